@@ -1,0 +1,31 @@
+# wxpush — the two commands that work on a fresh machine with only python3 and make.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench-simulator clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+## demo: start the simulator and a local Prefect server, set up, refresh the token, send a message
+demo: $(STAMP)
+	$(VENV)/bin/wxpush demo
+
+## test: lint, then the whole suite (PostgreSQL tests run when WXPUSH_TEST_POSTGRES_URL is set)
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+bench-simulator: $(STAMP)
+	$(PY) bench/simulator.py
+
+clean:
+	rm -rf $(VENV) .wxpush

@@ -1,0 +1,226 @@
+"""The async WeChat API client: one shared connection pool, typed calls, typed errors.
+
+One `WeChatClient` per event loop (a batch task, a flow, a benchmark): it owns one
+`httpx.AsyncClient` whose transport is `httpx-aiohttp`'s by default, because httpx's own
+async pool slows down as requests in flight grow (PERFORMANCE_NOTES.md). Every foreign
+exception is translated to `wechat.errors` here, and nothing it raises or logs carries a
+token or secret.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from collections.abc import Iterator
+from typing import Any, Literal, Self
+
+import aiohttp
+import httpx
+from httpx_aiohttp import AiohttpTransport
+from pydantic import SecretStr
+
+from wechat.errors import (
+    AccountKind,
+    ErrorClass,
+    RequestError,
+    TransportError,
+    WeChatError,
+    api_error,
+)
+from wechat.models import (
+    AccessToken,
+    CustomMessage,
+    Message,
+    SendResult,
+    SubscribeMessage,
+    TemplateMessage,
+)
+from wechat.redact import install_log_redaction, redact
+
+DEFAULT_BASE_URL = "https://api.weixin.qq.com"
+DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=30.0)
+TransportChoice = Literal["aiohttp", "httpx"]
+
+install_log_redaction("httpx", "httpcore")
+
+
+def _secret(value: SecretStr | str) -> str:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+@contextlib.contextmanager
+def _translate_transport_errors(endpoint: str) -> Iterator[None]:
+    """Map every transport-level failure to `TransportError` (RETRY), token-free."""
+    try:
+        yield
+    except WeChatError:
+        raise
+    except httpx.TimeoutException as exc:
+        raise TransportError(
+            f"{endpoint}: timeout ({type(exc).__name__})", endpoint=endpoint
+        ) from exc
+    except (httpx.TransportError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        detail = redact(str(exc)) or "no detail"
+        raise TransportError(
+            f"{endpoint}: connection failed ({type(exc).__name__}: {detail})", endpoint=endpoint
+        ) from exc
+
+
+class WeChatClient:
+    """Calls the WeChat server API (or the local simulator at another base URL)."""
+
+    def __init__(
+        self,
+        base_url: str = DEFAULT_BASE_URL,
+        *,
+        kind: AccountKind = "official_account",
+        timeout: httpx.Timeout | float = DEFAULT_TIMEOUT,
+        max_connections: int = 100,
+        transport: TransportChoice | httpx.AsyncBaseTransport = "aiohttp",
+    ) -> None:
+        limits = httpx.Limits(
+            max_connections=max_connections, max_keepalive_connections=max_connections
+        )
+        chosen: httpx.AsyncBaseTransport
+        if transport == "aiohttp":
+            chosen = AiohttpTransport(limits=limits)
+        elif transport == "httpx":
+            chosen = httpx.AsyncHTTPTransport(limits=limits)
+        else:
+            chosen = transport
+        self.kind: AccountKind = kind
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url,
+            timeout=timeout if isinstance(timeout, httpx.Timeout) else httpx.Timeout(timeout),
+            transport=chosen,
+            headers={"user-agent": "wxpush"},
+        )
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pool; call once when the loop that used it is done."""
+        await self._http.aclose()
+
+    # -- tokens -------------------------------------------------------------------------
+
+    async def stable_token(
+        self, app_id: str, app_secret: SecretStr | str, *, force_refresh: bool = False
+    ) -> AccessToken:
+        """`POST /cgi-bin/stable_token`: the same token for every caller while it is valid."""
+        body = {
+            "grant_type": "client_credential",
+            "appid": app_id,
+            "secret": _secret(app_secret),
+            "force_refresh": force_refresh,
+        }
+        data = await self._call("POST", "/cgi-bin/stable_token", json_body=body, token_fetch=True)
+        return self._token(data, "/cgi-bin/stable_token")
+
+    async def classic_token(self, app_id: str, app_secret: SecretStr | str) -> AccessToken:
+        """`GET /cgi-bin/token`: every call invalidates the previous token after an overlap."""
+        params = {"grant_type": "client_credential", "appid": app_id, "secret": _secret(app_secret)}
+        data = await self._call("GET", "/cgi-bin/token", params=params, token_fetch=True)
+        return self._token(data, "/cgi-bin/token")
+
+    async def check_token(self, access_token: SecretStr | str) -> None:
+        """A cheap authenticated call (`getcallbackip`): raises `TokenError` if refused."""
+        await self._call("GET", "/cgi-bin/getcallbackip", token=access_token)
+
+    # -- messages -----------------------------------------------------------------------
+
+    async def send_template(
+        self, access_token: SecretStr | str, message: TemplateMessage
+    ) -> SendResult:
+        """Template message; `client_msg_id` makes a retry within 10 minutes a no-op."""
+        return await self._send("/cgi-bin/message/template/send", access_token, message)
+
+    async def send_custom(
+        self, access_token: SecretStr | str, message: CustomMessage
+    ) -> SendResult:
+        """Customer-service message; WeChat refuses it outside the 48-hour window (45015)."""
+        return await self._send("/cgi-bin/message/custom/send", access_token, message)
+
+    async def send_subscribe(
+        self, access_token: SecretStr | str, message: SubscribeMessage
+    ) -> SendResult:
+        """Subscription notification (`bizsend`); needs the user's authorization (43101)."""
+        return await self._send("/cgi-bin/message/subscribe/bizsend", access_token, message)
+
+    async def send(self, access_token: SecretStr | str, message: Message) -> SendResult:
+        """Send any message kind to its endpoint."""
+        if isinstance(message, TemplateMessage):
+            return await self.send_template(access_token, message)
+        if isinstance(message, CustomMessage):
+            return await self.send_custom(access_token, message)
+        return await self.send_subscribe(access_token, message)
+
+    # -- plumbing -----------------------------------------------------------------------
+
+    async def _send(self, path: str, access_token: SecretStr | str, message: Message) -> SendResult:
+        data = await self._call("POST", path, token=access_token, json_body=message.payload())
+        msgid = data.get("msgid")
+        return SendResult(
+            msgid=int(msgid) if msgid is not None else None, errmsg=str(data.get("errmsg", "ok"))
+        )
+
+    def _token(self, data: dict[str, Any], endpoint: str) -> AccessToken:
+        value = data.get("access_token")
+        if not isinstance(value, str) or not value:
+            raise RequestError(f"{endpoint}: answer carried no access_token", endpoint=endpoint)
+        return AccessToken(access_token=SecretStr(value), expires_in=int(data.get("expires_in", 0)))
+
+    async def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        token: SecretStr | str | None = None,
+        params: dict[str, str] | None = None,
+        json_body: dict[str, Any] | None = None,
+        token_fetch: bool = False,
+    ) -> dict[str, Any]:
+        """One request; returns the JSON body or raises the errcode's exception."""
+        query = dict(params or {})
+        if token is not None:
+            query["access_token"] = _secret(token)
+        content = None
+        headers = None
+        if json_body is not None:
+            # Raw UTF-8, not \\uXXXX escapes: WeChat answers 40033 to escaped Chinese.
+            content = json.dumps(json_body, ensure_ascii=False, separators=(",", ":")).encode()
+            headers = {"content-type": "application/json; charset=utf-8"}
+        with _translate_transport_errors(path):
+            response = await self._http.request(
+                method, path, params=query or None, content=content, headers=headers
+            )
+            raw = await response.aread()
+        return self._parse(path, response.status_code, raw, token_fetch=token_fetch)
+
+    def _parse(self, path: str, status: int, raw: bytes, *, token_fetch: bool) -> dict[str, Any]:
+        if status >= 500 or status == 429:
+            raise TransportError(f"{path}: HTTP {status}", endpoint=path, status_code=status)
+        if status >= 400:
+            raise RequestError(f"{path}: HTTP {status}", endpoint=path)
+        try:
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise TransportError(
+                f"{path}: HTTP {status} with a body that is not JSON",
+                endpoint=path,
+                status_code=status,
+            ) from exc
+        if not isinstance(data, dict):
+            raise TransportError(f"{path}: unexpected JSON answer", endpoint=path)
+        errcode = int(float(data.get("errcode", 0) or 0))
+        if errcode == 0:
+            return data
+        errmsg = redact(str(data.get("errmsg", "")))
+        # On a token fetch 40001 means a wrong AppSecret, not a stale token.
+        override = ErrorClass.CONFIG if token_fetch and errcode == 40001 else None
+        raise api_error(errcode, errmsg, endpoint=path, kind=self.kind, error_class=override)
