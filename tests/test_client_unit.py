@@ -138,3 +138,12 @@ async def test_unknown_errcode_stops_conservatively(client: WeChatClient) -> Non
     with pytest.raises(errors.RequestError) as info:
         await client.send_template(TOKEN, MESSAGE)
     assert info.value.meaning == "unknown errcode"
+
+
+async def test_refused_connection_is_named_as_such() -> None:
+    # Nothing listens on port 9 of 127.0.0.1 (discard); the aiohttp transport is the default.
+    async with WeChatClient("http://127.0.0.1:9", timeout=2.0) as c:
+        with pytest.raises(errors.TransportError) as info:
+            await c.check_token(TOKEN)
+    assert "connection failed" in str(info.value)
+    assert TOKEN not in str(info.value)

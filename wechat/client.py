@@ -48,21 +48,27 @@ def _secret(value: SecretStr | str) -> str:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
+_TIMEOUTS = (httpx.TimeoutException, aiohttp.ServerTimeoutError, TimeoutError)
+
+
 @contextlib.contextmanager
 def _translate_transport_errors(endpoint: str) -> Iterator[None]:
-    """Map every transport-level failure to `TransportError` (RETRY), token-free."""
+    """Map every transport-level failure to `TransportError` (RETRY), token-free.
+
+    httpx-aiohttp maps some aiohttp errors to misleading httpx classes (a refused
+    connection arrives as ConnectTimeout), so the aiohttp cause, when there is one, names it.
+    """
     try:
         yield
     except WeChatError:
         raise
-    except httpx.TimeoutException as exc:
-        raise TransportError(
-            f"{endpoint}: timeout ({type(exc).__name__})", endpoint=endpoint
-        ) from exc
     except (httpx.TransportError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        detail = redact(str(exc)) or "no detail"
+        cause = exc.__cause__
+        root = cause if isinstance(cause, aiohttp.ClientError | OSError) else exc
+        what = "timeout" if isinstance(root, _TIMEOUTS) else "connection failed"
+        detail = redact(str(root)) or "no detail"
         raise TransportError(
-            f"{endpoint}: connection failed ({type(exc).__name__}: {detail})", endpoint=endpoint
+            f"{endpoint}: {what} ({type(root).__name__}: {detail})", endpoint=endpoint
         ) from exc
 
 

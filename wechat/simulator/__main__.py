@@ -1,0 +1,115 @@
+"""`python -m wechat.simulator [--port 8900 --app-id … --daily-quota … --drop-rate …]`.
+
+Every field of AccountConfig and FaultConfig is a flag (`--field-name`), so the command line
+and the admin API can never disagree about what is configurable. `wxpush simulator` runs this."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import types
+from collections.abc import Sequence
+from typing import Any, Final, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+from wechat.simulator.config import AccountConfig, FaultConfig
+from wechat.simulator.defaults import APP_SECRET_ENV, DEMO_APP_ID, DEMO_APP_SECRET
+from wechat.simulator.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, serve
+
+# Flags with a name other than --field-name (kept short, as the project's docs use them).
+FLAG_NAMES: Final[dict[str, list[str]]] = {
+    "classic_overlap_seconds": ["--token-overlap", "--classic-overlap-seconds"],
+    "stable_roll_seconds": ["--stable-roll", "--stable-roll-seconds"],
+    "rate_limit_per_second": ["--rate-limit", "--rate-limit-per-second"],
+    "seed": ["--fault-seed"],
+}
+
+
+def _scalar(annotation: Any) -> Any:
+    """int for `int | None`, etc."""
+    if get_origin(annotation) in (Union, types.UnionType):
+        return next(arg for arg in get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def _account_defaults() -> dict[str, str]:
+    """The demo account, with the secret taken from $WXPUSH_SIMULATOR_APP_SECRET if set."""
+    return {"app_id": DEMO_APP_ID, "app_secret": os.environ.get(APP_SECRET_ENV, DEMO_APP_SECRET)}
+
+
+def _add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], title: str) -> None:
+    group = parser.add_argument_group(title)
+    for name, field in model.model_fields.items():
+        flags = FLAG_NAMES.get(name, ["--" + name.replace("_", "-")])
+        kind = _scalar(field.annotation)
+        shown = {"app_id": DEMO_APP_ID, "app_secret": f"${APP_SECRET_ENV} or the demo's"}.get(
+            name, field.default
+        )
+        help_text = f"{field.description or ''} [default: {shown}]"
+        if kind is bool:
+            group.add_argument(
+                *flags,
+                dest=name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=help_text,
+            )
+        else:
+            group.add_argument(
+                *flags,
+                dest=name,
+                type=kind,
+                default=None,
+                metavar=kind.__name__.upper(),
+                help=help_text,
+            )
+
+
+def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog or "python -m wechat.simulator",
+        description="A local WeChat Official Account API server (tokens, template/custom/"
+        "subscribe sends, faults) with an admin API under /_sim/.",
+    )
+    parser.add_argument("--host", default=DEFAULT_HOST, help="[default: %(default)s]")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="[default: %(default)s]")
+    parser.add_argument(
+        "--no-demo",
+        dest="seed_demo",
+        action="store_false",
+        help="Start without the demo template and follower.",
+    )
+    _add_model_flags(parser, AccountConfig, "account")
+    _add_model_flags(parser, FaultConfig, "faults")
+    return parser
+
+
+def settings_from_args(
+    argv: Sequence[str] | None = None, prog: str | None = None
+) -> ServerSettings:
+    args = vars(build_parser(prog).parse_args(argv))
+
+    def given(model: type[BaseModel]) -> dict[str, Any]:
+        return {name: args[name] for name in model.model_fields if args.get(name) is not None}
+
+    return ServerSettings(
+        host=args["host"],
+        port=args["port"],
+        account=AccountConfig(**{**_account_defaults(), **given(AccountConfig)}),
+        faults=FaultConfig(**given(FaultConfig)),
+        seed_demo=args["seed_demo"],
+    )
+
+
+def main(argv: Sequence[str] | None = None, prog: str | None = None) -> int:
+    settings = settings_from_args(argv, prog)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    serve(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,172 @@
+"""`SimulatorAdmin`: a typed, synchronous client of the simulator's admin API (/_sim/…), for
+tests, the demo and benchmarks. Raises `httpx.HTTPStatusError` on a 4xx/5xx answer."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import httpx
+from pydantic import TypeAdapter
+
+from wechat.simulator.config import AccountConfig, FaultConfig
+from wechat.simulator.models import (
+    ClockInfo,
+    Counters,
+    FollowerIn,
+    FollowerOut,
+    FollowerUpsertResult,
+    Health,
+    MessagePage,
+    SentMessage,
+    TemplateSpec,
+)
+
+_TEMPLATES = TypeAdapter(list[TemplateSpec])
+FollowerLike = FollowerIn | Mapping[str, Any]
+
+
+class SimulatorAdmin:
+    """`SimulatorAdmin("http://127.0.0.1:8900")`; close it, or use it as a context manager."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+        self.base_url = base_url.rstrip("/")
+        self._http = httpx.Client(base_url=self.base_url + "/_sim", timeout=timeout)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)
+        response.raise_for_status()
+        return response.json()
+
+    # ---- lifecycle -----------------------------------------------------------------------
+
+    def health(self) -> Health:
+        return Health.model_validate(self._call("GET", "/health"))
+
+    def reset(self, *, everything: bool = False) -> None:
+        """Clear messages, counters, tokens, quota use, faults, clock offset; `everything`
+        also restores start-up config, faults, followers and templates."""
+        self._call("POST", "/reset", json={"everything": everything})
+
+    # ---- clock, config, faults, tokens ------------------------------------------------------
+
+    def clock(self) -> ClockInfo:
+        return ClockInfo.model_validate(self._call("GET", "/clock"))
+
+    def advance(self, seconds: float) -> ClockInfo:
+        """Move simulator time forward (tokens age, windows close, days turn)."""
+        return ClockInfo.model_validate(
+            self._call("POST", "/clock", json={"advance_seconds": seconds})
+        )
+
+    def config(self) -> AccountConfig:
+        return AccountConfig.model_validate(self._call("GET", "/config"))
+
+    def set_config(self, **changes: Any) -> AccountConfig:
+        """Change the given settings only (e.g. `daily_quota=2`)."""
+        return AccountConfig.model_validate(self._call("POST", "/config", json=changes))
+
+    def faults(self) -> FaultConfig:
+        return FaultConfig.model_validate(self._call("GET", "/faults"))
+
+    def set_faults(self, faults: FaultConfig | None = None, **fields: Any) -> FaultConfig:
+        """Replace the fault profile (fields not given are off) and re-seed its RNG."""
+        body = (faults or FaultConfig(**fields)).model_dump()
+        return FaultConfig.model_validate(self._call("POST", "/faults", json=body))
+
+    def rotate_tokens(self) -> None:
+        """Every current token of both kinds stops working now (40001)."""
+        self._call("POST", "/tokens/rotate")
+
+    def counters(self) -> Counters:
+        return Counters.model_validate(self._call("GET", "/counters"))
+
+    # ---- followers and templates ---------------------------------------------------------------
+
+    def add_followers(self, followers: Iterable[FollowerLike]) -> FollowerUpsertResult:
+        """Upsert many followers in one request (100k at a time is fine)."""
+        body = [
+            f.model_dump(mode="json", exclude_unset=True) if isinstance(f, FollowerIn) else dict(f)
+            for f in followers
+        ]
+        return FollowerUpsertResult.model_validate(self._call("POST", "/followers", json=body))
+
+    def add_follower(self, openid: str, **fields: Any) -> FollowerUpsertResult:
+        """Upsert one follower. `fields` are FollowerIn's: subscribed, blocked,
+        last_interaction_at (datetime, unix seconds, ISO text; None = never),
+        subscribe_authorizations. Fields left out keep their current (or default) value."""
+        return self.add_followers([FollowerIn(openid=openid, **fields)])
+
+    def follower(self, openid: str) -> FollowerOut | None:
+        response = self._http.get(f"/followers/{openid}")
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return FollowerOut.model_validate(response.json())
+
+    def follower_count(self) -> int:
+        return int(self._call("GET", "/followers", params={"count_only": 1})["total"])
+
+    def add_template(
+        self, template_id: str, keys: Iterable[str], title: str | None = None
+    ) -> TemplateSpec:
+        spec = TemplateSpec(template_id=template_id, keys=list(keys), title=title)
+        self._call("POST", "/templates", json=spec.model_dump())
+        return spec
+
+    def templates(self) -> list[TemplateSpec]:
+        return _TEMPLATES.validate_python(self._call("GET", "/templates"))
+
+    def delete_template(self, template_id: str) -> None:
+        self._call("DELETE", f"/templates/{template_id}")
+
+    # ---- accepted messages ---------------------------------------------------------------
+
+    def messages(
+        self,
+        *,
+        openid: str | None = None,
+        template_id: str | None = None,
+        kind: Literal["template", "custom", "subscribe"] | None = None,
+        client_msg_id: str | None = None,
+        since: int | None = None,
+        offset: int = 0,
+        limit: int = 100,
+    ) -> MessagePage:
+        """One page of accepted messages, oldest first; `since` is the last `seq` seen."""
+        params: dict[str, Any] = {"offset": offset, "limit": limit}
+        for name, value in (
+            ("openid", openid),
+            ("template_id", template_id),
+            ("kind", kind),
+            ("client_msg_id", client_msg_id),
+            ("since", since),
+        ):
+            if value is not None:
+                params[name] = value
+        return MessagePage.model_validate(self._call("GET", "/messages", params=params))
+
+    def iter_messages(self, *, page_size: int = 10_000, **filters: Any) -> Iterator[SentMessage]:
+        """Every accepted message matching the filters, fetched page by page via `since`."""
+        since = filters.pop("since", None)
+        while True:
+            page = self.messages(since=since, limit=page_size, **filters)
+            yield from page.items
+            if len(page.items) < page_size:
+                return
+            since = page.next_since

@@ -1,0 +1,136 @@
+"""The WeChat API paths (`/cgi-bin/…`) on aiohttp.web: parse, ask the state, answer. Faults that
+live below JSON (a dropped connection, an HTTP 5xx, a slow answer) are acted out here."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from http import HTTPStatus
+from typing import Final
+
+import orjson
+from aiohttp import web
+
+from wechat.simulator import replies
+from wechat.simulator.faults import Fault
+from wechat.simulator.replies import Reply
+from wechat.simulator.sim_api import Handler, SimApi
+from wechat.simulator.state import SimulatorState, parse_body
+
+# What api.weixin.qq.com sends (sic: "encoding", not "charset").
+JSON_CONTENT_TYPE: Final = "application/json; encoding=utf-8"
+MAX_BODY_BYTES: Final = 256 * 1024 * 1024  # bulk follower seeding posts tens of MB
+
+_5XX_BODY: Final = (
+    "<html>\r\n<head><title>{status}</title></head>\r\n<body>\r\n"
+    "<center><h1>{status}</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+)
+
+
+def json_response(reply: Reply) -> web.Response:
+    return web.Response(body=orjson.dumps(reply), headers={"Content-Type": JSON_CONTENT_TYPE})
+
+
+class CgiBin:
+    """Handlers of the real API paths, bound to one state."""
+
+    def __init__(self, state: SimulatorState) -> None:
+        self.state = state
+
+    def routes(self) -> list[web.RouteDef]:
+        state, send = self.state, self._send
+        return [
+            web.get("/cgi-bin/token", self.token),
+            web.route("*", "/cgi-bin/stable_token", self.stable_token),
+            web.get("/cgi-bin/getcallbackip", self.getcallbackip),
+            # Any method: a GET carries no body, so it is answered 44002 like WeChat does.
+            web.route(
+                "*", "/cgi-bin/message/template/send", send("template_send", state.send_template)
+            ),
+            web.route("*", "/cgi-bin/message/custom/send", send("custom_send", state.send_custom)),
+            web.route(
+                "*",
+                "/cgi-bin/message/subscribe/bizsend",
+                send("subscribe_bizsend", state.send_subscribe),
+            ),
+        ]
+
+    async def _fault(
+        self, request: web.Request, *, token_endpoint: bool = False
+    ) -> web.StreamResponse | None:
+        """Draw this request's fault and act it out; None means: answer normally."""
+        state = self.state
+        fault = state.faults.draw(token_endpoint=token_endpoint)
+        if fault is None:
+            return None
+        state.counters.faults[fault.value] += 1
+        if fault is Fault.SLOW:
+            generation = state.generation
+            await asyncio.sleep(state.faults.config.slow_seconds)  # other requests go on
+            # A reset while this request slept must not let it land in the new state.
+            return None if state.generation == generation else _drop(request)
+        if fault is Fault.DROP:
+            return _drop(request)
+        if fault is Fault.HTTP_5XX:
+            status = state.faults.config.http_5xx_status
+            return web.Response(
+                status=status,
+                text=_5XX_BODY.format(status=f"{status} {_reason(status)}"),
+                content_type="text/html",
+            )
+        return json_response(state.fail(replies.SYSTEM_ERROR, state.clock.now()))
+
+    async def token(self, request: web.Request) -> web.StreamResponse:
+        self.state.counters.calls["token"] += 1
+        if (faulted := await self._fault(request, token_endpoint=True)) is not None:
+            return faulted
+        return json_response(self.state.classic_token(request.query))
+
+    async def stable_token(self, request: web.Request) -> web.StreamResponse:
+        # Only a POSTed JSON body is read: a GET has no body, so it is answered 44002.
+        payload = parse_body(await request.read() if request.method == "POST" else b"")
+        force = isinstance(payload, dict) and payload.get("force_refresh") is True
+        self.state.counters.calls["stable_token_force" if force else "stable_token"] += 1
+        if (faulted := await self._fault(request, token_endpoint=True)) is not None:
+            return faulted
+        return json_response(self.state.stable_token(payload))
+
+    async def getcallbackip(self, request: web.Request) -> web.StreamResponse:
+        self.state.counters.calls["getcallbackip"] += 1
+        return json_response(self.state.callback_ip(request.query.get("access_token")))
+
+    def _send(self, endpoint: str, send: Callable[[str | None, bytes], Reply]) -> Handler:
+        """A message-send path: count, maybe fault, then let the state decide."""
+
+        async def handler(request: web.Request) -> web.StreamResponse:
+            self.state.counters.calls[endpoint] += 1
+            if (faulted := await self._fault(request)) is not None:
+                return faulted
+            body = await request.read()
+            return json_response(send(request.query.get("access_token"), body))
+
+        return handler
+
+
+def _drop(request: web.Request) -> web.StreamResponse:
+    """Close the TCP connection without any HTTP answer. aiohttp then fails to write the
+    placeholder returned here and discards it quietly (no log, no bytes on the wire)."""
+    transport = request.transport
+    if transport is not None:
+        transport.close()
+    return web.Response(status=499)
+
+
+def _reason(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Server Error"
+
+
+def build_app(state: SimulatorState) -> web.Application:
+    """The whole simulator: the real API paths plus the admin API under /_sim/."""
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
+    app.add_routes(CgiBin(state).routes())
+    app.add_routes(SimApi(state).routes())
+    return app

@@ -1,0 +1,88 @@
+"""Settings of the simulated account and of the fault injector (the /_sim/config and /_sim/faults
+models); every number the real platform imposes is a knob here, because the real values change."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Rate = Annotated[float, Field(ge=0.0, le=1.0)]
+
+
+class AccountConfig(BaseModel):
+    """One Official Account: credentials and the platform rules the simulator enforces."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    app_id: str = Field(description="AppID callers must present (wx + 16 hex chars in real life).")
+    app_secret: str = Field(repr=False, description="AppSecret callers must present.")
+    token_expires_in: int = Field(7200, ge=60, description="Life of every issued access_token, s.")
+    classic_overlap_seconds: int = Field(
+        300, ge=0, description="How long /cgi-bin/token keeps the previous token valid, s."
+    )
+    stable_roll_seconds: int = Field(
+        300, ge=0, description="Last part of a stable token's life in which a new one is issued, s."
+    )
+    force_refresh_daily_limit: int = Field(
+        20, ge=0, description="stable_token force_refresh calls allowed per day (then 45009)."
+    )
+    force_refresh_min_interval: int = Field(
+        30,
+        ge=0,
+        description="A force_refresh sooner than this after the last one does not refresh.",
+    )
+    classic_token_daily_limit: int = Field(
+        2000, ge=0, description="/cgi-bin/token calls allowed per day (then 45009)."
+    )
+    dedupe_window_seconds: int = Field(
+        600, ge=0, description="client_msg_id dedupe window of template/send, s."
+    )
+    daily_quota: int = Field(100_000, ge=0, description="Accepted template sends per day (45009).")
+    custom_window_hours: float = Field(
+        48, ge=0, description="Customer-service window after the follower's last interaction, h."
+    )
+
+    @model_validator(mode="after")
+    def _roll_inside_life(self) -> AccountConfig:
+        if self.stable_roll_seconds >= self.token_expires_in:
+            raise ValueError("stable_roll_seconds must be shorter than token_expires_in")
+        return self
+
+
+class FaultConfig(BaseModel):
+    """Injected failures; one seeded RNG decides them, so a seed replays the same outcomes."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    seed: int = Field(
+        0, description="Seed of the fault RNG; re-applied on every POST /_sim/faults."
+    )
+    minus_one_rate: Rate = Field(
+        0.0, description='Share answered {"errcode":-1,"errmsg":"system error"}.'
+    )
+    http_5xx_rate: Rate = Field(
+        0.0, description="Share answered with an HTTP 5xx and an HTML body."
+    )
+    http_5xx_status: int = Field(502, ge=500, le=599, description="Status of those answers.")
+    slow_rate: Rate = Field(0.0, description="Share answered normally after slow_seconds.")
+    slow_seconds: float = Field(2.0, ge=0, le=600, description="Delay of a slow answer, s.")
+    drop_rate: Rate = Field(0.0, description="Share whose TCP connection is closed without answer.")
+    rate_limit_per_second: int | None = Field(
+        None, ge=1, description="Message sends accepted per second (then 45011); None = no limit."
+    )
+    apply_to_token_endpoints: bool = Field(
+        False, description="Also inject faults into /cgi-bin/token and /cgi-bin/stable_token."
+    )
+
+    @model_validator(mode="after")
+    def _rates_fit(self) -> FaultConfig:
+        total = self.minus_one_rate + self.http_5xx_rate + self.slow_rate + self.drop_rate
+        if total > 1.0 + 1e-9:
+            raise ValueError(f"fault rates add up to {total:.3f} > 1")
+        return self
+
+    @property
+    def injects(self) -> bool:
+        """True when any random fault can happen (the hot path skips the RNG otherwise)."""
+        return (self.minus_one_rate + self.http_5xx_rate + self.slow_rate + self.drop_rate) > 0

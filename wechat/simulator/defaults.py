@@ -1,0 +1,28 @@
+"""The demo account the simulator starts with (and `make demo`, tests and benchmarks use):
+credentials, one "order shipped" category template and one recent follower."""
+
+from __future__ import annotations
+
+from typing import Final
+
+DEMO_APP_ID: Final = "wx8c4e1f0a7d3b9265"
+DEMO_APP_SECRET: Final = "5e0b7a9c3d1f46e8a2c94b7d06f1e3a5"
+# Read by `python -m wechat.simulator` when --app-secret is not given (keeps it out of argv).
+APP_SECRET_ENV: Final = "WXPUSH_SIMULATOR_APP_SECRET"
+
+DEMO_TEMPLATE_ID: Final = "Oq3nR8tB2kXo9LmWc4ZpYh7GdJ1sUeFa6NbQyTiKx0E"
+DEMO_TEMPLATE_TITLE: Final = "订单发货通知"
+DEMO_TEMPLATE_KEYS: Final = ("thing1", "character_string2", "time3", "amount4")
+DEMO_TEMPLATE_VALUES: Final = (
+    ("thing1", "无线降噪耳机"),  # goods
+    ("character_string2", "SF1402887715320"),  # waybill number
+    ("time3", "2024-05-01 10:30"),  # shipped at
+    ("amount4", "¥299.00"),  # order amount
+)
+
+DEMO_OPENID: Final = "oia2TjuEGTNoeX76QEjQNrcURxG8"
+
+
+def demo_template_data() -> dict[str, dict[str, str]]:
+    """The demo template's `data` in wire format: {key: {"value": ...}} (a fresh dict)."""
+    return {key: {"value": value} for key, value in DEMO_TEMPLATE_VALUES}

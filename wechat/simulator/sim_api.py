@@ -1,0 +1,269 @@
+"""The admin API under /_sim/: seed followers and templates, read accepted messages and
+counters, set faults and config, move the clock, rotate tokens, reset. JSON in, JSON out;
+invalid input is answered HTTP 400 with pydantic's error list."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from itertools import islice
+from typing import Any, Final, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from wechat.simulator.clock import iso
+from wechat.simulator.config import AccountConfig, FaultConfig
+from wechat.simulator.counters import KINDS
+from wechat.simulator.models import ClockAdvance, FollowerIn, ResetRequest, TemplateSpec
+from wechat.simulator.registry import Follower, Template
+from wechat.simulator.state import SimulatorState
+
+MAX_PAGE: Final = 100_000
+_FOLLOWERS_IN: Final = TypeAdapter(FollowerIn | list[FollowerIn])
+_TEMPLATES_IN: Final = TypeAdapter(TemplateSpec | list[TemplateSpec])
+
+M = TypeVar("M", bound=BaseModel)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class BadRequest(Exception):
+    """Answered HTTP 400 with this payload."""
+
+    def __init__(self, payload: dict[str, Any]) -> None:
+        super().__init__(payload.get("error"))
+        self.payload = payload
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def _guard(handler: Handler) -> Handler:
+    async def guarded(request: web.Request) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except BadRequest as exc:
+            return _json(exc.payload, status=400)
+        except orjson.JSONDecodeError as exc:
+            return _json({"error": f"invalid JSON: {exc}"}, status=400)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False, include_context=False, include_input=False)
+            return _json({"error": "invalid payload", "detail": errors}, status=400)
+
+    return guarded
+
+
+async def _body(request: web.Request) -> bytes:
+    body = await request.read()
+    return body or b"{}"
+
+
+def _int_param(request: web.Request, name: str, default: int | None, low: int = 0) -> int | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest({"error": f"{name} must be an integer"}) from None
+    if value < low:
+        raise BadRequest({"error": f"{name} must be >= {low}"})
+    return value
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "").lower() in {"1", "true", "yes"}
+
+
+def follower_json(follower: Follower) -> dict[str, Any]:
+    return {
+        "openid": follower.openid,
+        "subscribed": follower.subscribed,
+        "blocked": follower.blocked,
+        "last_interaction_at": iso(follower.last_interaction_at),
+        "subscribe_authorizations": dict(follower.subscribe_authorizations),
+    }
+
+
+def template_json(template: Template) -> dict[str, Any]:
+    return {
+        "template_id": template.template_id,
+        "keys": list(template.keys),
+        "title": template.title,
+    }
+
+
+def _merged(model: type[M], current: M, patch: bytes) -> M:
+    """`current` with the fields of the JSON object `patch` changed, fully re-validated."""
+    changes = orjson.loads(patch)
+    if not isinstance(changes, dict):
+        raise BadRequest({"error": "expected a JSON object"})
+    return model.model_validate({**current.model_dump(), **changes})
+
+
+class SimApi:
+    """Handlers of /_sim/…, bound to one state."""
+
+    def __init__(self, state: SimulatorState) -> None:
+        self.state = state
+
+    def routes(self) -> list[web.RouteDef]:
+        g = _guard
+        return [
+            web.get("/_sim/health", g(self.health)),
+            web.get("/_sim/messages", g(self.messages)),
+            web.get("/_sim/followers", g(self.followers)),
+            web.post("/_sim/followers", g(self.upsert_followers)),
+            web.get("/_sim/followers/{openid}", g(self.follower)),
+            web.get("/_sim/templates", g(self.templates)),
+            web.post("/_sim/templates", g(self.add_templates)),
+            web.delete("/_sim/templates/{template_id}", g(self.delete_template)),
+            web.get("/_sim/faults", g(self.faults)),
+            web.post("/_sim/faults", g(self.set_faults)),
+            web.get("/_sim/config", g(self.config)),
+            web.post("/_sim/config", g(self.set_config)),
+            web.get("/_sim/clock", g(self.clock)),
+            web.post("/_sim/clock", g(self.advance_clock)),
+            web.post("/_sim/tokens/rotate", g(self.rotate_tokens)),
+            web.get("/_sim/counters", g(self.counters)),
+            web.post("/_sim/reset", g(self.reset)),
+        ]
+
+    async def health(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        return _json(
+            {
+                "status": "ok",
+                "app_id": state.config.app_id,
+                "followers": len(state.registry.followers),
+                "templates": len(state.registry.templates),
+                "messages": len(state.log),
+            }
+        )
+
+    async def messages(self, request: web.Request) -> web.StreamResponse:
+        query = request.query
+        kind = query.get("kind")
+        if kind is not None and kind not in KINDS:
+            raise BadRequest({"error": f"kind must be one of {', '.join(KINDS)}"})
+        since = _int_param(request, "since", None)
+        offset = _int_param(request, "offset", 0) or 0
+        limit = min(_int_param(request, "limit", 100, low=1) or 100, MAX_PAGE)
+        total, page = self.state.log.query(
+            openid=query.get("openid"),
+            template_id=query.get("template_id"),
+            kind=kind,
+            client_msg_id=query.get("client_msg_id"),
+            since=since,
+            offset=offset,
+            limit=limit,
+        )
+        return _json(
+            {
+                "total": total,
+                "offset": offset,
+                "next_since": page[-1].seq if page else since,
+                "items": [message.to_json() for message in page],
+            }
+        )
+
+    async def followers(self, request: web.Request) -> web.StreamResponse:
+        registry = self.state.registry
+        if _flag(request, "count_only"):
+            return _json({"total": len(registry.followers)})
+        offset = _int_param(request, "offset", 0) or 0
+        limit = min(_int_param(request, "limit", 100, low=1) or 100, MAX_PAGE)
+        page = islice(registry.followers.values(), offset, offset + limit)
+        return _json(
+            {"total": len(registry.followers), "followers": [follower_json(f) for f in page]}
+        )
+
+    async def upsert_followers(self, request: web.Request) -> web.StreamResponse:
+        parsed = _FOLLOWERS_IN.validate_json(await request.read())
+        registry = self.state.registry
+        now = self.state.clock.now()
+        created = updated = 0
+        for item in parsed if isinstance(parsed, list) else [parsed]:
+            changes: dict[str, object] = {
+                name: getattr(item, name) for name in item.model_fields_set if name != "openid"
+            }
+            if "last_interaction_at" in changes:
+                at = item.last_interaction_at
+                changes["last_interaction_at"] = at.timestamp() if at is not None else None
+            if registry.upsert_follower(item.openid, changes, now):
+                created += 1
+            else:
+                updated += 1
+        return _json({"created": created, "updated": updated, "total": len(registry.followers)})
+
+    async def follower(self, request: web.Request) -> web.StreamResponse:
+        follower = self.state.registry.followers.get(request.match_info["openid"])
+        if follower is None:
+            return _json({"error": "no such follower"}, status=404)
+        return _json(follower_json(follower))
+
+    async def templates(self, request: web.Request) -> web.StreamResponse:
+        return _json([template_json(t) for t in self.state.registry.templates.values()])
+
+    async def add_templates(self, request: web.Request) -> web.StreamResponse:
+        parsed = _TEMPLATES_IN.validate_json(await request.read())
+        specs = parsed if isinstance(parsed, list) else [parsed]
+        for spec in specs:
+            self.state.registry.add_template(
+                Template(spec.template_id, tuple(spec.keys), spec.title)
+            )
+        return _json([spec.model_dump() for spec in specs])
+
+    async def delete_template(self, request: web.Request) -> web.StreamResponse:
+        removed = self.state.registry.templates.pop(request.match_info["template_id"], None)
+        if removed is None:
+            return _json({"error": "no such template"}, status=404)
+        return _json(template_json(removed))
+
+    async def faults(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.state.faults.config.model_dump())
+
+    async def set_faults(self, request: web.Request) -> web.StreamResponse:
+        # Replaces the whole fault profile (fields not given are off), unlike /_sim/config.
+        config = FaultConfig.model_validate_json(await _body(request))
+        self.state.faults.configure(config)
+        return _json(config.model_dump())
+
+    async def config(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.state.config.model_dump())
+
+    async def set_config(self, request: web.Request) -> web.StreamResponse:
+        self.state.config = _merged(AccountConfig, self.state.config, await _body(request))
+        return _json(self.state.config.model_dump())
+
+    def _clock_json(self) -> dict[str, Any]:
+        clock = self.state.clock
+        now = clock.now()
+        return {
+            "now": now,
+            "now_iso": iso(now),
+            "offset_seconds": clock.offset,
+            "seconds_to_next_day": clock.seconds_to_next_day(),
+        }
+
+    async def clock(self, request: web.Request) -> web.StreamResponse:
+        return _json(self._clock_json())
+
+    async def advance_clock(self, request: web.Request) -> web.StreamResponse:
+        advance = ClockAdvance.model_validate_json(await _body(request))
+        self.state.clock.advance(advance.advance_seconds)
+        return _json(self._clock_json())
+
+    async def rotate_tokens(self, request: web.Request) -> web.StreamResponse:
+        self.state.tokens.rotate(self.state.clock.now())
+        return _json({"rotated": True})
+
+    async def counters(self, request: web.Request) -> web.StreamResponse:
+        state = self.state
+        return _json(state.counters.snapshot(state.tokens_issued()))
+
+    async def reset(self, request: web.Request) -> web.StreamResponse:
+        options = ResetRequest.model_validate_json(await _body(request))
+        self.state.reset(everything=options.everything)
+        return _json({"reset": True, "everything": options.everything})
