@@ -1,9 +1,318 @@
-"""`wxpush setup`."""
+"""`wxpush setup`: register the block types, write the app block, create the limits.
+
+Idempotent: a second run with the same values changes nothing and says so. Values come
+from flags, else from `WXPUSH_*` environment variables, else from the existing block.
+Secrets are never printed (only the names of the fields that changed).
+"""
 
 from __future__ import annotations
 
+import asyncio
+import re
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
+
 import typer
+from prefect.blocks.core import Block
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+from pydantic import SecretStr, ValidationError
+
+from tasks.blocks import APP_NAME_PATTERN, AccountKind, TokenMode, WeChatAccessToken, WeChatApp
+from tasks.token import lock_name
+
+Change = Literal["created", "updated", "unchanged"]
+BLOCK_TYPES: tuple[type[Block], ...] = (WeChatApp, WeChatAccessToken)
+
+
+class SetupError(Exception):
+    """A problem the operator must fix; the message says how."""
+
+
+@dataclass
+class SetupReport:
+    """What `setup_app` did, item by item (never a secret value)."""
+
+    api_url: str
+    app: str
+    block_types: dict[str, Change] = field(default_factory=dict)
+    app_block: Change = "unchanged"
+    changed_fields: list[str] = field(default_factory=list)
+    limits: dict[str, Change] = field(default_factory=dict)
+
+    @property
+    def changed(self) -> bool:
+        """True if anything on the server was created or modified."""
+        items = [*self.block_types.values(), self.app_block, *self.limits.values()]
+        return any(item != "unchanged" for item in items)
+
+    def lines(self) -> list[str]:
+        """Human-readable summary, one line per item."""
+        out = [f"Prefect API: {self.api_url}"]
+        for slug, change in self.block_types.items():
+            out.append(f"  block type {slug}: {_word(change, 'registered')}")
+        detail = f" ({', '.join(self.changed_fields)})" if self.changed_fields else ""
+        out.append(f"  block wechat-app/{self.app}: {self.app_block}{detail}")
+        for name, change in self.limits.items():
+            out.append(f"  concurrency limit {name} (limit 1): {change}")
+        out.append("Done." if self.changed else "Nothing to change: already set up.")
+        return out
+
+
+def _word(change: Change, created: str) -> str:
+    return {"created": created, "updated": "schema updated", "unchanged": "unchanged"}[change]
+
+
+# -- the steps -----------------------------------------------------------------------------
+
+
+async def _check_api(client: PrefectClient) -> str:
+    url = PREFECT_API_URL.value() or "(none set: Prefect's temporary local server)"
+    error = await client.api_healthcheck()
+    if error is not None:
+        raise SetupError(
+            f"Cannot reach the Prefect API at {url}: {type(error).__name__}: {error}. "
+            "Start a server with `prefect server start` and point wxpush at it with "
+            "PREFECT_API_URL=http://127.0.0.1:4200/api."
+        )
+    return str(url)
+
+
+async def _register(client: PrefectClient, block_type: type[Block]) -> Change:
+    slug = block_type.get_block_type_slug()
+    try:
+        await client.read_block_type_by_slug(slug)
+    except ObjectNotFound:
+        status: Change = "created"
+    else:
+        try:
+            # A private helper, but the only way to tell whether this schema is new.
+            await client.read_block_schema_by_checksum(block_type._calculate_schema_checksum())
+            status = "unchanged"
+        except ObjectNotFound:
+            status = "updated"
+    await block_type.aregister_type_and_schema(client=client)
+    return status
+
+
+_REQUIRED = {"app_id": "--app-id", "app_secret": "--app-secret"}
+
+
+def _problems(exc: ValidationError) -> str:
+    """Where and what, never the input (it may be a secret)."""
+    return "; ".join(
+        f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
+        for err in exc.errors(include_input=False, include_url=False)
+    )
+
+
+def _plain(value: Any) -> Any:
+    return value.get_secret_value() if isinstance(value, SecretStr) else value
+
+
+async def _write_app_block(
+    client: PrefectClient, app: str, values: dict[str, Any]
+) -> tuple[Change, list[str]]:
+    try:
+        existing: WeChatApp | None = await WeChatApp.aload(app, client=client)
+    except ValidationError as exc:
+        raise SetupError(
+            f"wechat-app/{app} exists but does not fit the current block schema "
+            f"({_problems(exc)}); fix or delete it in the Prefect UI."
+        ) from None
+    except ValueError as exc:
+        if not isinstance(exc.__cause__, ObjectNotFound):
+            raise
+        existing = None
+    given = {key: value for key, value in values.items() if value is not None}
+    if existing is None:
+        missing = [flag for key, flag in _REQUIRED.items() if not given.get(key)]
+        if missing:
+            raise SetupError(
+                f"wechat-app/{app} does not exist yet, so {' and '.join(missing)} "
+                "are required (flags, or the WXPUSH_APP_ID / WXPUSH_APP_SECRET environment "
+                "variables)."
+            )
+        merged = given
+    else:
+        merged = {**existing.model_dump(include=set(values)), **given}
+    try:
+        block = WeChatApp(**merged)
+    except ValidationError as exc:
+        raise SetupError(f"Invalid settings for wechat-app/{app}: {_problems(exc)}") from None
+    if existing is None:
+        await block.asave(app, client=client)
+        return "created", []
+    changed = [
+        key for key in values if _plain(getattr(block, key)) != _plain(getattr(existing, key))
+    ]
+    if not changed:
+        return "unchanged", []
+    await block.asave(app, overwrite=True, client=client)
+    return "updated", changed
+
+
+async def _ensure_limit(client: PrefectClient, name: str, limit: int = 1) -> Change:
+    try:
+        existing = await client.read_global_concurrency_limit_by_name(name)
+    except ObjectNotFound:
+        try:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True)
+            )
+            return "created"
+        except ObjectAlreadyExists:
+            return "unchanged"  # a concurrent setup won the race
+    if existing.limit == limit and existing.active and not existing.slot_decay_per_second:
+        return "unchanged"
+    await client.update_global_concurrency_limit(
+        name, GlobalConcurrencyLimitUpdate(limit=limit, active=True, slot_decay_per_second=0)
+    )
+    return "updated"
+
+
+def required_limits(app: str) -> list[str]:
+    """The global concurrency limits wxpush needs for one app (each with limit 1)."""
+    return [lock_name(app)]
+
+
+# -- the core, for tests and `wxpush demo` ------------------------------------------------
+
+
+async def asetup_app(
+    app: str = "default",
+    *,
+    app_id: str | None = None,
+    app_secret: str | SecretStr | None = None,
+    api_base_url: str | None = None,
+    kind: AccountKind | None = None,
+    token_mode: TokenMode | None = None,
+    callback_token: str | SecretStr | None = None,
+    encoding_aes_key: str | SecretStr | None = None,
+) -> SetupReport:
+    """Register block types, create/update `wechat-app/<app>`, create its limits.
+
+    None means "keep what the block has (or the default)". Raises `SetupError` with a
+    message for the operator.
+    """
+    if not re.match(APP_NAME_PATTERN, app):
+        raise SetupError(
+            f"Invalid app name {app!r}: use lowercase letters, digits and dashes (it becomes "
+            "the name of Prefect block documents)."
+        )
+    values: dict[str, Any] = {
+        "app_id": app_id,
+        "app_secret": app_secret,
+        "api_base_url": api_base_url,
+        "kind": kind,
+        "token_mode": token_mode,
+        "callback_token": callback_token,
+        "encoding_aes_key": encoding_aes_key,
+    }
+    try:
+        async with get_client() as client:
+            report = SetupReport(api_url=await _check_api(client), app=app)
+            for block_type in BLOCK_TYPES:
+                slug = block_type.get_block_type_slug()
+                report.block_types[slug] = await _register(client, block_type)
+            report.app_block, report.changed_fields = await _write_app_block(client, app, values)
+            for name in required_limits(app):
+                report.limits[name] = await _ensure_limit(client, name)
+    except SetupError:
+        raise
+    except ValueError as exc:  # e.g. "No Prefect API URL provided"
+        raise SetupError(f"Prefect is not configured: {exc}") from None
+    return report
+
+
+def setup_app(
+    app: str = "default",
+    *,
+    app_id: str | None = None,
+    app_secret: str | SecretStr | None = None,
+    api_base_url: str | None = None,
+    kind: AccountKind | None = None,
+    token_mode: TokenMode | None = None,
+    callback_token: str | SecretStr | None = None,
+    encoding_aes_key: str | SecretStr | None = None,
+) -> SetupReport:
+    """Synchronous `asetup_app` (runs its own event loop: not inside a running one)."""
+    return asyncio.run(
+        asetup_app(
+            app,
+            app_id=app_id,
+            app_secret=app_secret,
+            api_base_url=api_base_url,
+            kind=kind,
+            token_mode=token_mode,
+            callback_token=callback_token,
+            encoding_aes_key=encoding_aes_key,
+        )
+    )
+
+
+# -- the command ---------------------------------------------------------------------------
+
+
+def _env(flag: str, envvar: str, help_text: str) -> Any:
+    return typer.Option(flag, envvar=envvar, show_envvar=True, help=help_text)
+
+
+def setup(
+    app: Annotated[str, typer.Option("--app", help="Block name of the app to set up.")] = "default",
+    app_id: Annotated[
+        str | None, _env("--app-id", "WXPUSH_APP_ID", "AppID (WeCom: CorpID).")
+    ] = None,
+    app_secret: Annotated[
+        str | None,
+        _env("--app-secret", "WXPUSH_APP_SECRET", "AppSecret (prefer the environment variable)."),
+    ] = None,
+    api_base_url: Annotated[
+        str | None,
+        _env(
+            "--api-base-url", "WXPUSH_API_BASE_URL", "WeChat API base URL (default: the real one)."
+        ),
+    ] = None,
+    kind: Annotated[
+        AccountKind | None, _env("--kind", "WXPUSH_ACCOUNT_KIND", "Account kind.")
+    ] = None,
+    token_mode: Annotated[
+        TokenMode | None,
+        _env("--token-mode", "WXPUSH_TOKEN_MODE", "stable (recommended) or classic."),
+    ] = None,
+    callback_token: Annotated[
+        str | None,
+        _env("--callback-token", "WXPUSH_CALLBACK_TOKEN", "Callback Token (for the receiver)."),
+    ] = None,
+    encoding_aes_key: Annotated[
+        str | None,
+        _env("--encoding-aes-key", "WXPUSH_CALLBACK_AES_KEY", "EncodingAESKey (for the receiver)."),
+    ] = None,
+) -> None:
+    """Register wxpush's block types, create or update the app's block, create its limits."""
+    try:
+        report = setup_app(
+            app,
+            app_id=app_id,
+            app_secret=app_secret,
+            api_base_url=api_base_url,
+            kind=kind,
+            token_mode=token_mode,
+            callback_token=callback_token,
+            encoding_aes_key=encoding_aes_key,
+        )
+    except SetupError as exc:
+        typer.echo(f"wxpush setup: {exc}", err=True)
+        raise typer.Exit(code=1) from None
+    for line in report.lines():
+        typer.echo(line)
 
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `wxpush` app."""
+    app.command("setup")(setup)

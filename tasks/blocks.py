@@ -1,0 +1,166 @@
+"""The two Prefect Blocks wxpush keeps its WeChat credentials in.
+
+`WeChatApp` holds what an operator types in once (AppID, AppSecret, callback keys);
+`WeChatAccessToken` holds what the refresh flow writes every couple of hours. Both use the
+same document name (`wechat-app/default` ↔ `wechat-access-token/default`), so one name
+picks an account everywhere. Every secret is a `SecretStr` (DESIGN decision 8): masked in
+`repr`, in the UI and in the API unless a client asks for secrets explicitly.
+
+In async code use `await WeChatApp.aload(name)` / `await block.asave(...)`: the plain
+`load`/`save` return coroutines there (PREFECT_NOTES.md §1, async_dispatch).
+"""
+
+from __future__ import annotations
+
+import hmac
+from datetime import UTC, datetime, timedelta
+from typing import ClassVar, Literal
+
+from prefect.blocks.core import Block
+from pydantic import Field, SecretStr, field_validator
+
+from wechat.errors import AccountKind
+from wechat.models import AccessToken
+
+__all__ = ["APP_NAME_PATTERN", "AccountKind", "TokenMode", "WeChatAccessToken", "WeChatApp"]
+
+TokenMode = Literal["stable", "classic"]
+
+DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
+#: Prefect block document names: lowercase letters, digits and dashes.
+APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+
+
+class WeChatApp(Block):
+    """A WeChat Official Account (or WeCom app) that wxpush sends as.
+
+    Create one per account in the Prefect UI (Blocks → WeChat App) or with `wxpush setup`.
+    The block's name (e.g. `default`) is the `app` parameter of every wxpush flow.
+    """
+
+    _block_type_name: ClassVar[str] = "WeChat App"
+    _block_type_slug: ClassVar[str] = "wechat-app"
+    _description: ClassVar[str] = (
+        "The WeChat Official Account (or WeCom app) wxpush sends as: AppID, AppSecret and "
+        "the callback keys. The block name is the `app` parameter of wxpush flows."
+    )
+
+    app_id: str = Field(
+        title="AppID",
+        min_length=1,
+        description=(
+            "The account's AppID (WeChat admin console → Settings and Development → Basic "
+            "configuration). For WeCom, the CorpID."
+        ),
+    )
+    app_secret: SecretStr = Field(
+        title="AppSecret",
+        description=(
+            "The AppSecret from the same page (WeCom: the app's Secret). Stored encrypted; "
+            "never shown again, never logged."
+        ),
+    )
+    api_base_url: str = Field(
+        default=DEFAULT_API_BASE_URL,
+        title="API base URL",
+        description=(
+            "Where the WeChat server API lives. Leave the default in production; point it at "
+            "the wxpush simulator (e.g. http://127.0.0.1:8090) for tests and demos."
+        ),
+    )
+    kind: AccountKind = Field(
+        default="official_account",
+        title="Account kind",
+        description="official_account (公众号/服务号) or wecom (企业微信).",
+    )
+    token_mode: TokenMode = Field(
+        default="stable",
+        title="Token mode",
+        description=(
+            "stable (recommended): /cgi-bin/stable_token, the same token for every caller, "
+            "so several refreshers never knock each other out. classic: /cgi-bin/token, "
+            "every fetch invalidates the previous token after 5 minutes and counts against "
+            "the 2000/day quota."
+        ),
+    )
+    callback_token: SecretStr | None = Field(
+        default=None,
+        title="Callback Token",
+        description=(
+            "The Token from the server configuration (服务器配置) page, used to check the "
+            "signature of WeChat's callbacks. Only needed by the callback receiver."
+        ),
+    )
+    encoding_aes_key: SecretStr | None = Field(
+        default=None,
+        title="EncodingAESKey",
+        description=(
+            "The 43-character EncodingAESKey from the same page, for encrypted (safe mode) "
+            "callbacks. Only needed by the callback receiver."
+        ),
+    )
+
+    @field_validator("api_base_url")
+    @classmethod
+    def _strip_slash(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("api_base_url must start with http:// or https://")
+        return value
+
+
+class WeChatAccessToken(Block):
+    """The current access_token of one WeChat App, kept fresh by `refresh_access_token`.
+
+    Senders read it, never fetch a token themselves on the hot path (DESIGN.md).
+    """
+
+    _block_type_name: ClassVar[str] = "WeChat Access Token"
+    _block_type_slug: ClassVar[str] = "wechat-access-token"
+    _description: ClassVar[str] = (
+        "The current access_token of the WeChat App with the same block name. Written by "
+        "the refresh-access-token flow; there is no need to edit it by hand."
+    )
+
+    access_token: SecretStr = Field(
+        title="Access token", description="The token itself. Never logged, never shown."
+    )
+    expires_at: datetime = Field(
+        title="Expires at (UTC)",
+        description="When WeChat stops accepting the token, by the fetching machine's clock.",
+    )
+    fetched_at: datetime = Field(
+        title="Fetched at (UTC)", description="When wxpush obtained this token from WeChat."
+    )
+
+    @field_validator("expires_at", "fetched_at")
+    @classmethod
+    def _utc(cls, value: datetime) -> datetime:
+        # Naive datetimes are taken as UTC: Prefect's API hands back aware ones anyway.
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+    @classmethod
+    def from_token(cls, token: AccessToken) -> WeChatAccessToken:
+        """The block document for a token WeChat just issued."""
+        return cls(
+            access_token=token.access_token,
+            expires_at=token.expires_at,
+            fetched_at=token.fetched_at,
+        )
+
+    def remaining(self, now: datetime | None = None) -> timedelta:
+        """Time left before the token expires (negative once it has)."""
+        return self.expires_at - (now or datetime.now(UTC))
+
+    def usable(self, margin_seconds: float = 0.0, now: datetime | None = None) -> bool:
+        """True if more than `margin_seconds` of life remain."""
+        return self.remaining(now).total_seconds() > margin_seconds
+
+    def same_token(self, other: SecretStr | str | None) -> bool:
+        """True if `other` is this very token (compared without exposing either)."""
+        if other is None:
+            return False
+        value = other.get_secret_value() if isinstance(other, SecretStr) else other
+        return hmac.compare_digest(value.encode(), self.access_token.get_secret_value().encode())

@@ -1,0 +1,123 @@
+"""The two Blocks: slugs, UI form metadata, secret masking, UTC datetimes, round trips."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta, timezone
+
+import pytest
+from prefect.client.orchestration import get_client
+from pydantic import SecretStr, ValidationError
+
+from tasks.blocks import WeChatAccessToken, WeChatApp
+
+SECRET = "app-secret-5b1f0c-should-never-show"
+TOKEN = "88_token-value-d41d8cd98f-should-never-show"
+CALLBACK = "callback-token-never-show"
+AES = "A" * 43
+
+
+def make_app(**overrides: object) -> WeChatApp:
+    values: dict[str, object] = {
+        "app_id": "wx0123456789abcdef",
+        "app_secret": SECRET,
+        "callback_token": CALLBACK,
+        "encoding_aes_key": AES,
+    }
+    values.update(overrides)
+    return WeChatApp(**values)  # type: ignore[arg-type]
+
+
+def test_slugs_follow_the_contract() -> None:
+    assert WeChatApp.get_block_type_slug() == "wechat-app"
+    assert WeChatAccessToken.get_block_type_slug() == "wechat-access-token"
+
+
+def test_every_secret_field_is_masked_in_the_schema() -> None:
+    assert WeChatApp.model_json_schema()["secret_fields"] == [
+        "app_secret",
+        "callback_token",
+        "encoding_aes_key",
+    ]
+    assert WeChatAccessToken.model_json_schema()["secret_fields"] == ["access_token"]
+
+
+def test_form_fields_have_titles_and_descriptions_for_operators() -> None:
+    props = WeChatApp.model_json_schema()["properties"]
+    for name, prop in props.items():
+        assert prop.get("title") and prop.get("description"), name
+    assert props["token_mode"]["enum"] == ["stable", "classic"]
+    assert props["kind"]["enum"] == ["official_account", "wecom"]
+
+
+def test_repr_and_str_never_show_a_secret() -> None:
+    app = make_app()
+    token = WeChatAccessToken(
+        access_token=TOKEN, expires_at=datetime.now(UTC), fetched_at=datetime.now(UTC)
+    )
+    for text in (repr(app), str(app), repr(token), str(token), f"{app!r} {token}"):
+        for secret in (SECRET, TOKEN, CALLBACK, AES):
+            assert secret not in text
+    assert "**********" in repr(app)
+
+
+def test_defaults_and_validation() -> None:
+    app = make_app(api_base_url="http://127.0.0.1:8090/")
+    assert app.api_base_url == "http://127.0.0.1:8090"  # trailing slash dropped
+    assert (app.kind, app.token_mode) == ("official_account", "stable")
+    assert make_app(callback_token=None).callback_token is None
+    with pytest.raises(ValidationError):
+        make_app(api_base_url="api.weixin.qq.com")
+    with pytest.raises(ValidationError):
+        make_app(token_mode="force")
+    with pytest.raises(ValidationError):
+        make_app(app_id="")
+
+
+def test_token_times_are_utc_aware() -> None:
+    naive = datetime(2030, 1, 1, 8, 0)
+    east8 = datetime(2030, 1, 1, 16, 0, tzinfo=timezone(timedelta(hours=8)))
+    token = WeChatAccessToken(access_token=TOKEN, expires_at=east8, fetched_at=naive)
+    assert token.expires_at == datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
+    assert token.expires_at.tzinfo == UTC and token.fetched_at.tzinfo == UTC
+    assert token.fetched_at == datetime(2030, 1, 1, 8, 0, tzinfo=UTC)
+
+
+def test_usable_and_same_token() -> None:
+    now = datetime.now(UTC)
+    token = WeChatAccessToken(
+        access_token=TOKEN, expires_at=now + timedelta(seconds=100), fetched_at=now
+    )
+    assert token.usable(0, now=now) and token.usable(99, now=now)
+    assert not token.usable(100, now=now)
+    assert token.same_token(TOKEN) and token.same_token(SecretStr(TOKEN))
+    assert not token.same_token("other") and not token.same_token(None)
+
+
+@pytest.mark.harness
+async def test_round_trip_through_the_server(prefect_harness: object) -> None:
+    name = f"blk-{uuid.uuid4().hex[:8]}"
+    fetched = datetime.now(UTC).replace(microsecond=0)
+    await make_app().asave(name)
+    await WeChatAccessToken(
+        access_token=TOKEN, expires_at=fetched + timedelta(hours=2), fetched_at=fetched
+    ).asave(name)
+
+    app = await WeChatApp.aload(name)
+    token = await WeChatAccessToken.aload(name)
+    assert app.app_secret.get_secret_value() == SECRET
+    assert app.encoding_aes_key is not None and app.encoding_aes_key.get_secret_value() == AES
+    assert token.access_token.get_secret_value() == TOKEN
+    assert token.expires_at == fetched + timedelta(hours=2)
+    assert token.expires_at.tzinfo is not None and token.fetched_at.utcoffset() == timedelta(0)
+
+    # Anyone reading without asking for secrets sees masks only.
+    async with get_client() as client:
+        doc = await client.read_block_document_by_name(
+            name, "wechat-access-token", include_secrets=False
+        )
+        app_doc = await client.read_block_document_by_name(
+            name, "wechat-app", include_secrets=False
+        )
+    assert TOKEN not in str(doc.data) and SECRET not in str(app_doc.data)
+    assert app_doc.data["app_id"] == "wx0123456789abcdef"

@@ -1,0 +1,130 @@
+"""`wxpush setup`: blocks, the token lock, idempotency, clear errors, no secrets printed."""
+
+from __future__ import annotations
+
+import socket
+import uuid
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from typer.testing import CliRunner
+
+from cli.main import app as wxpush
+from cli.setup import SetupError, asetup_app
+from tasks.blocks import WeChatApp
+from tasks.token import lock_name
+
+SECRET = "setup-secret-7f3a-should-never-print"
+runner = CliRunner()
+
+
+def new_app() -> str:
+    return f"setup-{uuid.uuid4().hex[:8]}"
+
+
+def count_limits(name: str) -> int:
+    with get_client(sync_client=True) as client:
+        limits = client.read_global_concurrency_limits(limit=200)
+    return sum(1 for limit in limits if limit.name == name)
+
+
+def count_app_blocks(name: str) -> int:
+    with get_client(sync_client=True) as client:
+        docs = client.read_block_documents_by_type("wechat-app", include_secrets=False)
+    return sum(1 for doc in docs if doc.name == name)
+
+
+@pytest.mark.harness
+def test_setup_twice_is_idempotent(prefect_harness: object) -> None:
+    # Sync test: the command runs its own event loop (asyncio.run), as from a shell.
+    name = new_app()
+    env = {"WXPUSH_APP_ID": "wx-setup-1", "WXPUSH_APP_SECRET": SECRET}
+
+    first = runner.invoke(wxpush, ["setup", "--app", name], env=env)
+    assert first.exit_code == 0, first.output
+    assert f"block wechat-app/{name}: created" in first.output
+    assert f"concurrency limit {lock_name(name)} (limit 1): created" in first.output
+    assert "Done." in first.output
+
+    second = runner.invoke(wxpush, ["setup", "--app", name], env=env)
+    assert second.exit_code == 0, second.output
+    assert "Nothing to change: already set up." in second.output
+    assert "created" not in second.output and "updated" not in second.output
+    assert "block type wechat-app: unchanged" in second.output
+
+    assert count_limits(lock_name(name)) == 1
+    assert count_app_blocks(name) == 1
+    with get_client(sync_client=True) as client:
+        limit = client.read_global_concurrency_limit_by_name(lock_name(name))
+        for slug in ("wechat-app", "wechat-access-token"):
+            assert client.read_block_type_by_slug(slug).slug == slug
+    assert limit.limit == 1 and limit.active
+    block = WeChatApp.load(name)
+    assert block.app_id == "wx-setup-1" and block.app_secret.get_secret_value() == SECRET
+    assert SECRET not in first.output + second.output
+
+
+@pytest.mark.harness
+async def test_changes_are_named_and_other_fields_kept(prefect_harness: object) -> None:
+    name = new_app()
+    await asetup_app(name, app_id="wx-setup-2", app_secret=SECRET, callback_token="cb-1")
+    report = await asetup_app(name, token_mode="classic", app_secret="new-secret-value")
+    assert report.app_block == "updated"
+    assert report.changed_fields == ["app_secret", "token_mode"]
+    assert report.limits == {lock_name(name): "unchanged"}
+    text = "\n".join(report.lines())
+    assert "new-secret-value" not in text and SECRET not in text
+    block = await WeChatApp.aload(name)
+    assert block.token_mode == "classic" and block.app_id == "wx-setup-2"
+    assert block.callback_token is not None and block.callback_token.get_secret_value() == "cb-1"
+
+
+@pytest.mark.harness
+async def test_setup_restores_a_tampered_limit(prefect_harness: object) -> None:
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    name = new_app()
+    await asetup_app(name, app_id="wx-setup-3", app_secret=SECRET)
+    async with get_client() as client:
+        await client.update_global_concurrency_limit(
+            lock_name(name), GlobalConcurrencyLimitUpdate(limit=5, active=False)
+        )
+    report = await asetup_app(name)
+    assert report.limits == {lock_name(name): "updated"} and report.app_block == "unchanged"
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(lock_name(name))
+    assert (limit.limit, limit.active) == (1, True)
+
+
+@pytest.mark.harness
+def test_new_app_without_credentials_is_a_clear_error(prefect_harness: object) -> None:
+    name = new_app()
+    result = runner.invoke(wxpush, ["setup", "--app", name, "--app-id", "wx-only-id"], env={})
+    assert result.exit_code == 1
+    assert f"wechat-app/{name} does not exist yet" in result.output
+    assert "--app-secret" in result.output and "WXPUSH_APP_SECRET" in result.output
+
+
+@pytest.mark.harness
+async def test_invalid_value_is_reported_without_echoing_it(prefect_harness: object) -> None:
+    with pytest.raises(SetupError, match="api_base_url") as info:
+        await asetup_app(new_app(), app_id="x", app_secret=SECRET, api_base_url="ftp://nope")
+    assert "ftp://nope" not in str(info.value) and SECRET not in str(info.value)
+    with pytest.raises(SetupError, match="lowercase letters, digits and dashes"):
+        await asetup_app("Shop_1", app_id="x", app_secret=SECRET)
+
+
+def test_unreachable_prefect_api_is_a_clear_error() -> None:
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        result = runner.invoke(
+            wxpush, ["setup", "--app-id", "x"], env={"WXPUSH_APP_SECRET": SECRET}
+        )
+    assert result.exit_code == 1
+    assert f"Cannot reach the Prefect API at {url}" in result.output
+    assert "prefect server start" in result.output
+    assert SECRET not in result.output
