@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench-simulator clean
+.PHONY: demo test lint ui bench-simulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+## ui: the Prefect UI on the demo's history (.wxpush/prefect), at http://127.0.0.1:4200
+ui: $(STAMP)
+	PREFECT_HOME=$(CURDIR)/.wxpush/prefect PREFECT_SERVER_ANALYTICS_ENABLED=false \
+		$(VENV)/bin/prefect server start --host 127.0.0.1 --port 4200
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
