@@ -1,0 +1,96 @@
+"""Where the database is and how to connect to it: `database_url()` and `make_engine()`.
+
+One settings source (`WXPUSH_DATABASE_URL`) for the app, the CLI, Alembic and the tests.
+The default is a SQLite file next to the operator (DESIGN decision 10); PostgreSQL is the
+same code with a different URL.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+
+ENV_VAR = "WXPUSH_DATABASE_URL"
+DEFAULT_SQLITE_FILE = "wxpush.db"
+SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
+
+
+def database_url(url: str | None = None) -> str:
+    """The database URL: `url`, else `$WXPUSH_DATABASE_URL`, else `sqlite:///<cwd>/wxpush.db`.
+
+    `postgresql://` and `postgres://` (what most tools print) become `postgresql+psycopg://`,
+    the driver wxpush ships with.
+    """
+    raw = url or os.environ.get(ENV_VAR, "").strip()
+    if not raw:
+        return f"sqlite:///{Path.cwd() / DEFAULT_SQLITE_FILE}"
+    for prefix in ("postgresql://", "postgres://"):
+        if raw.startswith(prefix):
+            return "postgresql+psycopg://" + raw[len(prefix) :]
+    return raw
+
+
+def display_url(url: str | URL) -> str:
+    """The URL with its password masked, for messages."""
+    return make_url(url).render_as_string(hide_password=True)
+
+
+def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
+    """A sync engine for `url` (default: `database_url()`), tuned for wxpush's workload.
+
+    SQLite: WAL (readers never block the ledger writer), a 30 s busy timeout (several worker
+    threads write the ledger), foreign keys on, a pool big enough for the stream plus the
+    batch writers. PostgreSQL: session time zone UTC, pre-ping, a modest pool.
+    Extra `kwargs` go to `create_engine` (tests use them; the app does not).
+    """
+    resolved = make_url(database_url(url))
+    backend = resolved.get_backend_name()
+    if backend == "sqlite":
+        return _sqlite_engine(resolved, **kwargs)
+    if backend == "postgresql":
+        return _postgresql_engine(resolved, **kwargs)
+    raise ValueError(
+        f"wxpush supports SQLite and PostgreSQL; {display_url(resolved)} is {backend}. "
+        f"Set {ENV_VAR} to sqlite:///path/to/wxpush.db or postgresql://user@host/db."
+    )
+
+
+def _sqlite_engine(url: URL, **kwargs: Any) -> Engine:
+    memory = url.database in (None, "", ":memory:")
+    options: dict[str, Any] = {
+        "connect_args": {"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+    }
+    if not memory and "poolclass" not in kwargs:
+        options |= {"pool_size": 8, "max_overflow": 16}
+    engine = create_engine(url, **(options | kwargs))
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection: Any, _record: Any) -> None:
+        cursor = dbapi_connection.cursor()
+        try:
+            if not memory:
+                cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT_SECONDS * 1000)}")
+            cursor.execute("PRAGMA foreign_keys=ON")
+        finally:
+            cursor.close()
+
+    return engine
+
+
+def _postgresql_engine(url: URL, **kwargs: Any) -> Engine:
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        # Naive `timestamp` values in a custom audience are read as UTC, like everything else.
+        "connect_args": {"options": "-c timezone=UTC"},
+    }
+    if "poolclass" not in kwargs:
+        options |= {"pool_size": 5, "max_overflow": 10, "pool_recycle": 1800}
+    if "options" in url.query:
+        # The URL already carries libpq options (e.g. a search_path): keep them, add UTC.
+        options["connect_args"] = {"options": f"{url.query['options']} -c timezone=UTC"}
+    return create_engine(url, **(options | kwargs))

@@ -1,0 +1,263 @@
+"""The delivery ledger: one row per (campaign, openid), written after WeChat answered
+(DESIGN decision 5), one statement per batch. The only place that writes `deliveries` for a
+send; every function takes the connection (or session) first and never commits.
+
+Precedence, enforced in the upsert's `DO UPDATE … WHERE`, so no order of writers can break it:
+
+- a `sent`, `skipped` or `invalid` row never changes again (receipts use their own columns);
+- a `failed` row changes only to another final status (a retry round's answer);
+- a `pending` row takes whatever comes next;
+- `attempts` adds up, `first_attempt_at` keeps the earliest, msgid/client_msg_id/sent_at are
+  kept when the new outcome has none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Connection, and_, bindparam, func, select
+from sqlalchemy.orm import Session
+
+from db.audience import RETRYABLE_ERROR_CLASSES
+from db.models import deliveries
+from db.outcomes import FINAL_STATUSES, DeliveryOutcome, DeliveryStatus
+from db.types import sqlite_text, utcnow
+
+Executor = Connection | Session
+# Statuses that never change once stored.
+SETTLED_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.INVALID)
+_MAX_ROWS_PER_STATEMENT = 500  # final_openids: IN lists of at most 500
+
+# -- the upsert ---------------------------------------------------------------------------------
+# Written once, as SQL, identical on both databases except for how rows arrive: SQLite gets a
+# driver executemany of one prepared statement (in-process, no round trips); PostgreSQL one
+# statement per batch with a binary array per column (`unnest`), i.e. one round trip. Values are
+# converted here exactly as db.types.UTCDateTime would (aware UTC; SQLite's canonical text):
+# going through SQLAlchemy's per-value type processing cost 4x more (see docs/database.md).
+
+_COLUMNS: tuple[tuple[str, str], ...] = (  # (column, PostgreSQL array element type)
+    ("campaign_id", "text"),
+    ("openid", "text"),
+    ("status", "text"),
+    ("reason", "text"),
+    ("errcode", "integer"),
+    ("errmsg", "text"),
+    ("error_class", "text"),
+    ("msgid", "bigint"),
+    ("client_msg_id", "text"),
+    ("attempts", "integer"),
+    ("first_attempt_at", "timestamptz"),
+    ("last_attempt_at", "timestamptz"),
+    ("sent_at", "timestamptz"),
+    ("updated_at", "timestamptz"),
+)
+_TIMESTAMPS = frozenset({"first_attempt_at", "last_attempt_at", "sent_at", "updated_at"})
+
+_ON_CONFLICT = f"""
+ON CONFLICT (campaign_id, openid) DO UPDATE SET
+  status = excluded.status,
+  reason = excluded.reason,
+  errcode = excluded.errcode,
+  errmsg = excluded.errmsg,
+  error_class = excluded.error_class,
+  msgid = COALESCE(excluded.msgid, deliveries.msgid),
+  client_msg_id = COALESCE(excluded.client_msg_id, deliveries.client_msg_id),
+  sent_at = COALESCE(excluded.sent_at, deliveries.sent_at),
+  attempts = deliveries.attempts + excluded.attempts,
+  first_attempt_at = CASE
+    WHEN deliveries.first_attempt_at IS NULL THEN excluded.first_attempt_at
+    WHEN excluded.first_attempt_at IS NULL THEN deliveries.first_attempt_at
+    WHEN excluded.first_attempt_at < deliveries.first_attempt_at THEN excluded.first_attempt_at
+    ELSE deliveries.first_attempt_at END,
+  last_attempt_at = COALESCE(excluded.last_attempt_at, deliveries.last_attempt_at),
+  updated_at = excluded.updated_at
+WHERE deliveries.status = '{DeliveryStatus.PENDING}'
+   OR (deliveries.status = '{DeliveryStatus.FAILED}'
+       AND excluded.status <> '{DeliveryStatus.PENDING}')"""
+
+_NAMES = ", ".join(name for name, _ in _COLUMNS)
+UPSERT_SQL = {
+    "sqlite": f"INSERT INTO deliveries ({_NAMES}) VALUES ({', '.join('?' for _ in _COLUMNS)})"
+    + _ON_CONFLICT,
+    "postgresql": f"INSERT INTO deliveries ({_NAMES}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{kind}[]" for _, kind in _COLUMNS)
+    + ")"
+    + _ON_CONFLICT,
+}
+
+
+def _connection(executor: Executor) -> Connection:
+    return executor.connection() if isinstance(executor, Session) else executor
+
+
+def _utc(value: datetime | None, sqlite: bool) -> Any:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        raise ValueError(f"naive datetime {value!r}: the ledger stores aware UTC timestamps")
+    return sqlite_text(value) if sqlite else value
+
+
+def _row(
+    campaign_id: str, outcome: DeliveryOutcome, now: datetime, sqlite: bool
+) -> tuple[Any, ...]:
+    return (
+        campaign_id,
+        outcome.openid,
+        str(DeliveryStatus(outcome.status)),
+        outcome.reason,
+        outcome.errcode,
+        outcome.errmsg,
+        outcome.error_class,
+        outcome.msgid,
+        outcome.client_msg_id,
+        outcome.attempts,
+        _utc(outcome.first_attempt_at, sqlite),
+        _utc(outcome.last_attempt_at, sqlite),
+        _utc(outcome.sent_at, sqlite),
+        _utc(now, sqlite),
+    )
+
+
+def _merge(first: DeliveryOutcome, then: DeliveryOutcome) -> DeliveryOutcome:
+    """Two outcomes for one openid in one batch, combined by the ledger's own rules (a single
+    INSERT … ON CONFLICT cannot touch a row twice)."""
+    if first.status in SETTLED_STATUSES or (
+        first.status == DeliveryStatus.FAILED and then.status == DeliveryStatus.PENDING
+    ):
+        winner, other = first, then
+    else:
+        winner, other = then, first
+    starts = [t for t in (first.first_attempt_at, then.first_attempt_at) if t is not None]
+    return DeliveryOutcome(
+        openid=winner.openid,
+        status=winner.status,
+        reason=winner.reason,
+        errcode=winner.errcode,
+        errmsg=winner.errmsg,
+        error_class=winner.error_class,
+        msgid=winner.msgid if winner.msgid is not None else other.msgid,
+        client_msg_id=winner.client_msg_id or other.client_msg_id,
+        attempts=first.attempts + then.attempts,
+        first_attempt_at=min(starts) if starts else None,
+        last_attempt_at=winner.last_attempt_at or other.last_attempt_at,
+        sent_at=winner.sent_at or other.sent_at,
+    )
+
+
+def record_outcomes(
+    executor: Executor, campaign_id: str, outcomes: Sequence[DeliveryOutcome]
+) -> int:
+    """Upsert a batch of outcomes into the ledger in one statement and return how many rows
+    were inserted or changed (rows the precedence rules protect are not counted).
+
+    Call it only with answers WeChat gave (or decisions taken: skipped/invalid), never
+    before sending. Two outcomes for one openid in the batch are merged first.
+    """
+    if not outcomes:
+        return 0
+    unique: dict[str, DeliveryOutcome] = {}
+    for outcome in outcomes:
+        earlier = unique.get(outcome.openid)
+        unique[outcome.openid] = outcome if earlier is None else _merge(earlier, outcome)
+    connection = _connection(executor)
+    dialect = connection.dialect.name
+    sqlite = dialect == "sqlite"
+    now = utcnow()
+    rows = [_row(campaign_id, outcome, now, sqlite) for outcome in unique.values()]
+    parameters: Any = rows if sqlite else tuple(list(column) for column in zip(*rows, strict=True))
+    result = connection.exec_driver_sql(
+        UPSERT_SQL[dialect], parameters, execution_options={"preserve_rowcount": True}
+    )
+    return max(result.rowcount, 0)
+
+
+def final_openids(
+    executor: Executor,
+    campaign_id: str,
+    openids: Iterable[str],
+    *,
+    retry_failed: bool = False,
+) -> set[str]:
+    """Which of `openids` the ledger already marks final for this campaign (a re-run batch
+    skips them before sending). With `retry_failed`, failures of a retryable class (RETRY,
+    QUOTA) do not count as final, matching `stream_audience(retry_failed=True)`."""
+    wanted = list(dict.fromkeys(openids))
+    if not wanted:
+        return set()
+    condition = deliveries.c.status.in_([str(s) for s in FINAL_STATUSES])
+    if retry_failed:
+        condition = and_(
+            condition,
+            ~and_(
+                deliveries.c.status == DeliveryStatus.FAILED,
+                deliveries.c.error_class.in_(RETRYABLE_ERROR_CLASSES),
+            ),
+        )
+    query = select(deliveries.c.openid).where(
+        deliveries.c.campaign_id == campaign_id,
+        deliveries.c.openid.in_(bindparam("openids", expanding=True)),
+        condition,
+    )
+    found: set[str] = set()
+    for start in range(0, len(wanted), _MAX_ROWS_PER_STATEMENT):
+        chunk = wanted[start : start + _MAX_ROWS_PER_STATEMENT]
+        found.update(executor.execute(query, {"openids": chunk}).scalars())
+    return found
+
+
+def status_counts(executor: Executor, campaign_id: str) -> dict[str, int]:
+    """Rows per delivery status for the campaign, every status present (0 when none)."""
+    counts = {str(status): 0 for status in DeliveryStatus}
+    query = (
+        select(deliveries.c.status, func.count())
+        .where(deliveries.c.campaign_id == campaign_id)
+        .group_by(deliveries.c.status)
+    )
+    for status, n in executor.execute(query):
+        counts[status] = int(n)
+    return counts
+
+
+def reason_counts(executor: Executor, campaign_id: str) -> dict[tuple[str, str | None], int]:
+    """Rows per (status, reason): why rows were skipped or invalid."""
+    query = (
+        select(deliveries.c.status, deliveries.c.reason, func.count())
+        .where(deliveries.c.campaign_id == campaign_id)
+        .group_by(deliveries.c.status, deliveries.c.reason)
+    )
+    return {(status, reason): int(n) for status, reason, n in executor.execute(query)}
+
+
+def errcode_counts(
+    executor: Executor, campaign_id: str, limit: int = 10
+) -> list[tuple[int, str | None, int]]:
+    """The most frequent errcodes of the campaign's rows: (errcode, error_class, rows)."""
+    n = func.count().label("n")
+    query = (
+        select(deliveries.c.errcode, deliveries.c.error_class, n)
+        .where(deliveries.c.campaign_id == campaign_id, deliveries.c.errcode.is_not(None))
+        .group_by(deliveries.c.errcode, deliveries.c.error_class)
+        .order_by(n.desc(), deliveries.c.errcode)
+        .limit(limit)
+    )
+    return [(int(code), cls, int(count)) for code, cls, count in executor.execute(query)]
+
+
+def failed_rows_sql(campaign_id: str) -> str:
+    """The SQL an analyst pastes to list the campaign's failed rows (SQLite and PostgreSQL)."""
+    literal = "'" + campaign_id.replace("'", "''") + "'"
+    return (
+        "SELECT openid, errcode, error_class, errmsg, attempts, last_attempt_at\n"
+        "FROM deliveries\n"
+        f"WHERE campaign_id = {literal} AND status = 'failed'\n"
+        "ORDER BY errcode, openid;"
+    )
+
+
+def outcome_rows(executor: Executor, campaign_id: str) -> Mapping[str, Mapping[str, Any]]:
+    """Every ledger row of the campaign by openid (tests and small reports; not for big ones)."""
+    query = select(deliveries).where(deliveries.c.campaign_id == campaign_id)
+    return {row.openid: row._asdict() for row in executor.execute(query)}

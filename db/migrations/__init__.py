@@ -1,0 +1,1 @@
+"""Alembic migrations of the wxpush database (run them with `wxpush db upgrade`)."""

@@ -1,0 +1,1 @@
+"""Migration scripts, named date-first so they sort."""

@@ -1,0 +1,168 @@
+"""The four tables: `recipients`, `interactions`, `campaigns`, `deliveries`.
+
+Declared once here; the Alembic migrations create exactly this (a test compares them on
+SQLite and PostgreSQL). Timestamps are `UTCDateTime` (aware UTC on both databases), JSON is
+JSONB on PostgreSQL. Query code uses the tables through Core (`Delivery.__table__`), so every
+function works with a `Connection` or a `Session`; there are no relationships to load lazily.
+What each column means for an analyst is in docs/analytics.md.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from db.outcomes import CampaignStatus, DeliveryStatus
+from db.types import BigIntPK, JSONType, UTCDateTime, utcnow
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+OPENID = String(64)  # WeChat openids are 28 characters; WeCom user ids up to 64
+APP_ID = String(64)
+
+
+def _in_list(column: str, values: Any) -> str:
+    """A CHECK clause listing the allowed values (the vocabulary of db/outcomes.py)."""
+    return f"{column} IN ({', '.join(repr(str(v)) for v in values)})"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with a naming convention, so migrations name constraints the same
+    way on every database."""
+
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Recipient(Base):
+    """A follower of an app: who can be messaged, and when they last interacted."""
+
+    __tablename__ = "recipients"
+    __table_args__ = (
+        UniqueConstraint("app_id", "openid"),
+        # The 48-hour window: "recipients of this app who interacted since …".
+        Index(None, "app_id", "last_interaction_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(APP_ID)
+    openid: Mapped[str] = mapped_column(OPENID)
+    subscribed: Mapped[bool] = mapped_column(Boolean, default=True)
+    # "blacklist" (43019) or "refuse" (48002) when known; NULL = not blocked.
+    blocked: Mapped[str | None] = mapped_column(String(32))
+    last_interaction_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    nickname: Mapped[str | None] = mapped_column(String(200))
+    city: Mapped[str | None] = mapped_column(String(100))
+    attributes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Interaction(Base):
+    """Something a follower did that opens WeChat's 48-hour window (message, click, …)."""
+
+    __tablename__ = "interactions"
+    __table_args__ = (Index(None, "app_id", "openid", "occurred_at"),)  # latest per openid
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(APP_ID)
+    openid: Mapped[str] = mapped_column(OPENID)
+    kind: Mapped[str] = mapped_column(String(32))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class Campaign(Base):
+    """One campaign: what is sent, to which audience, and where it stands.
+
+    `status` is written only by `db.campaigns.set_status`; the `*_count` columns are the
+    snapshot it last stored (the ledger is the truth).
+    """
+
+    __tablename__ = "campaigns"
+    __table_args__ = (
+        CheckConstraint(_in_list("status", CampaignStatus), name="status"),
+        Index(None, "name"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(String(200))
+    app: Mapped[str] = mapped_column(String(100))  # the wechat-app block name
+    kind: Mapped[str] = mapped_column(String(32))  # template / customer_service / subscribe
+    template_id: Mapped[str | None] = mapped_column(String(128))
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+    audience_sql: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(32))
+    status_reason: Mapped[str | None] = mapped_column(Text)
+    audience_count: Mapped[int] = mapped_column(Integer, default=0)
+    eligible_count: Mapped[int] = mapped_column(Integer, default=0)
+    sent_count: Mapped[int] = mapped_column(Integer, default=0)
+    failed_count: Mapped[int] = mapped_column(Integer, default=0)
+    skipped_count: Mapped[int] = mapped_column(Integer, default=0)
+    invalid_count: Mapped[int] = mapped_column(Integer, default=0)
+    pending_count: Mapped[int] = mapped_column(Integer, default=0)
+    run_count: Mapped[int] = mapped_column(Integer, default=1)  # 1 + resumes
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    deployment_id: Mapped[str | None] = mapped_column(String(64))
+    deployment_name: Mapped[str | None] = mapped_column(String(200))
+    started_by: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Delivery(Base):
+    """The ledger: one row per (campaign, openid), changed only after WeChat answered."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        UniqueConstraint("campaign_id", "openid"),
+        CheckConstraint(_in_list("status", DeliveryStatus), name="status"),
+        Index(None, "campaign_id", "status"),
+        Index(None, "msgid"),  # receipts (TEMPLATESENDJOBFINISH) arrive by msgid
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    campaign_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("campaigns.id", ondelete="CASCADE")
+    )
+    openid: Mapped[str] = mapped_column(OPENID)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    errcode: Mapped[int | None] = mapped_column(Integer)
+    errmsg: Mapped[str | None] = mapped_column(Text)
+    error_class: Mapped[str | None] = mapped_column(String(16))
+    msgid: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit, < 2^63
+    client_msg_id: Mapped[str | None] = mapped_column(String(128))
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    receipt_status: Mapped[str | None] = mapped_column(String(32))
+    receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+recipients = Recipient.__table__
+interactions = Interaction.__table__
+campaigns = Campaign.__table__
+deliveries = Delivery.__table__

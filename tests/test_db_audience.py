@@ -1,0 +1,420 @@
+"""The audience SQL: read-only with a timeout, clear errors, streamed in batches with the skip
+reason computed in SQL, final ledger rows left out, flat memory."""
+
+from __future__ import annotations
+
+import time
+import tracemalloc
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine, func, select, text
+from sqlalchemy.exc import DBAPIError
+
+from db.audience import (
+    DEFAULT_AUDIENCE_SQL,
+    AudienceQueryError,
+    preview_audience,
+    read_only,
+    stream_audience,
+)
+from db.campaigns import create_or_resume
+from db.engine import make_engine
+from db.ledger import record_outcomes
+from db.models import recipients
+from db.outcomes import DeliveryOutcome, DeliveryStatus, SkipReason
+
+APP = "wx-test-app"
+NOW = datetime(2026, 11, 26, 8, 0, tzinfo=UTC)
+CUTOFF = NOW - timedelta(hours=48)
+
+
+def _add(engine: Engine, *rows: dict[str, Any]) -> None:
+    defaults = {
+        "app_id": APP,
+        "subscribed": True,
+        "nickname": "小王",
+        "city": "上海",
+        "attributes": {"vip_level": 2},
+        "created_at": NOW,
+        "updated_at": NOW,
+        "last_interaction_at": NOW - timedelta(hours=1),
+    }
+    with engine.begin() as connection:
+        connection.execute(recipients.insert(), [defaults | row for row in rows])
+
+
+def _stream(engine: Engine, sql: str = DEFAULT_AUDIENCE_SQL, **options: Any) -> list[list[Any]]:
+    settings: dict[str, Any] = {
+        "campaign_id": "camp",
+        "window_hours": 48,
+        "now": NOW,
+        "batch_size": 100,
+    }
+    params = options.pop("params", {"app_id": APP})
+    return list(stream_audience(engine, sql, params, **(settings | options)))
+
+
+def _flat(batches: list[list[Any]]) -> dict[str, Any]:
+    return {row.openid: row for batch in batches for row in batch}
+
+
+def _state(engine: Engine) -> tuple[int, list[str]]:
+    with engine.connect() as connection:
+        count = connection.execute(select(func.count()).select_from(recipients)).scalar_one()
+        cities = connection.execute(select(recipients.c.city).order_by(recipients.c.openid))
+        return count, list(cities.scalars())
+
+
+def _campaign(engine: Engine, campaign_id: str = "camp") -> None:
+    with engine.begin() as connection:
+        create_or_resume(
+            connection,
+            campaign_id=campaign_id,
+            name="audience test",
+            app="default",
+            kind="template",
+            template_id="T1",
+            parameters={},
+            audience_sql=DEFAULT_AUDIENCE_SQL,
+        )
+
+
+# -- preview ------------------------------------------------------------------------------------
+
+
+def test_preview_gives_the_same_plain_values_on_both_databases(db_engine: Engine) -> None:
+    seen = NOW - timedelta(hours=3, microseconds=7)
+    _add(db_engine, {"openid": "o-1", "last_interaction_at": seen, "blocked": "refuse"})
+    preview = preview_audience(db_engine, DEFAULT_AUDIENCE_SQL, {"app_id": APP}, window_hours=48)
+    assert preview.columns == [
+        "openid",
+        "nickname",
+        "city",
+        "subscribed",
+        "blocked",
+        "last_interaction_at",
+        "attributes",
+    ]
+    assert preview.rows == [
+        {
+            "openid": "o-1",
+            "nickname": "小王",
+            "city": "上海",
+            "subscribed": True,
+            "blocked": "refuse",
+            "last_interaction_at": seen,
+            "attributes": {"vip_level": 2},
+        }
+    ]
+    assert preview.rows[0]["last_interaction_at"].tzinfo == UTC
+
+
+WRITES = [
+    "DELETE FROM recipients",
+    "UPDATE recipients SET city = 'x'; SELECT openid FROM recipients",
+    "WITH gone AS (DELETE FROM recipients RETURNING openid) SELECT openid FROM gone",
+    "INSERT INTO recipients (app_id, openid) VALUES ('a', 'b')",
+    "DROP TABLE recipients",
+    "SELECT openid FROM recipients FOR UPDATE",
+    # closes the wrapper's parenthesis to smuggle a second statement in
+    "SELECT openid FROM recipients) AS x; DELETE FROM recipients; SELECT * FROM (SELECT 1",
+    "select openid from recipients;\n-- the end\ndelete from recipients",
+]
+
+
+@pytest.mark.parametrize("sql", WRITES)
+def test_a_statement_that_writes_is_rejected_and_nothing_changes(
+    db_engine: Engine, sql: str
+) -> None:
+    _add(db_engine, {"openid": "o-1"}, {"openid": "o-2"})
+    before = _state(db_engine)
+    with pytest.raises(AudienceQueryError, match=r"must only read|must be one SELECT"):
+        preview_audience(db_engine, sql, {})
+    with pytest.raises(AudienceQueryError, match=r"must only read|must be one SELECT"):
+        _stream(db_engine, sql, params={})
+    assert _state(db_engine) == before == (2, ["上海", "上海"])
+
+
+def test_the_read_only_transaction_itself_refuses_writes(db_engine: Engine) -> None:
+    """Below the lexical check: the database refuses, whatever the text looked like."""
+    _add(db_engine, {"openid": "o-1"})
+    with db_engine.connect() as connection:
+        with pytest.raises(DBAPIError), read_only(connection, 5):
+            connection.execute(text("DELETE FROM recipients"))
+        connection.rollback()
+    if db_engine.dialect.name == "postgresql":
+        with db_engine.begin() as connection:
+            connection.execute(
+                text(
+                    "CREATE FUNCTION wipe() RETURNS integer LANGUAGE sql AS "
+                    "'DELETE FROM recipients; SELECT 1'"
+                )
+            )
+        sql = "SELECT openid FROM recipients WHERE wipe() = 1"  # a SELECT that writes
+        with pytest.raises(AudienceQueryError, match=r"must only read.*read-only transaction"):
+            preview_audience(db_engine, sql, {})
+    assert _state(db_engine)[0] == 1
+
+
+def test_sqlite_connection_settings_are_restored_for_the_pool(db_url: str) -> None:
+    engine = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=5)
+    try:
+        if engine.dialect.name != "sqlite":
+            pytest.skip("PRAGMA query_only and the progress handler are SQLite's")
+        with pytest.raises(AudienceQueryError):
+            preview_audience(engine, "SELECT openid FROM no_such_table", {})
+        preview_audience(engine, "SELECT 'x' AS openid", {})
+        _add(engine, {"openid": "o-1"})  # the same (only) connection can write again
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("PRAGMA query_only").scalar() == 0
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize(
+    ("sql", "message"),
+    [
+        ("SELECT openid FROM no_such_table", r"is not valid: .*no_such_table"),
+        ("SELECT openid FROM recipients WHERE", r"is not valid: .*syntax error"),
+        ("SELEC openid FROM recipients", r"is not valid: it must be a SELECT .* SELEC openid"),
+        ("SELECT app_id FROM recipients", r"must return an `openid` column.*returned: app_id"),
+        ("SELECT openid FROM recipients WHERE app_id = :app", r"needs a value.*'app'"),
+        ("  -- nothing here\n ; ", r"is empty"),
+    ],
+)
+def test_bad_sql_gets_a_message_an_operator_understands(
+    db_engine: Engine, sql: str, message: str
+) -> None:
+    with pytest.raises(AudienceQueryError, match=message):
+        preview_audience(db_engine, sql, {})
+
+
+def test_a_missing_window_column_is_an_error_not_a_silent_send(db_engine: Engine) -> None:
+    _add(db_engine, {"openid": "o-1"})
+    sql = "SELECT openid, nickname FROM recipients"
+    with pytest.raises(AudienceQueryError, match="no `last_interaction_at` column"):
+        preview_audience(db_engine, sql, {}, window_hours=48)
+    with pytest.raises(AudienceQueryError, match="no `last_interaction_at` column"):
+        _stream(db_engine, sql, params={})
+    rows = _flat(_stream(db_engine, sql, params={}, window_hours=0))
+    assert rows["o-1"].skip_reason is None and rows["o-1"].values == {
+        "openid": "o-1",
+        "nickname": "小王",
+    }
+
+
+def _slow_sql(dialect: str) -> str:
+    if dialect == "postgresql":
+        return "SELECT 'x' AS openid FROM pg_sleep(10)"
+    return (
+        "SELECT 'x' AS openid FROM (WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL "
+        "SELECT i + 1 FROM n WHERE i < 2000000000) SELECT max(i) AS m FROM n)"
+    )
+
+
+def test_the_statement_timeout_stops_a_slow_query(db_engine: Engine) -> None:
+    sql = _slow_sql(db_engine.dialect.name)
+    started = time.monotonic()
+    with pytest.raises(AudienceQueryError, match="took longer than the 1 s timeout"):
+        preview_audience(db_engine, sql, {}, timeout_seconds=1)
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    with pytest.raises(AudienceQueryError, match=r"took longer than the 0\.5 s timeout"):
+        _stream(db_engine, sql, params={}, window_hours=0, timeout_seconds=0.5)
+    assert time.monotonic() - started < 5
+
+
+def test_percent_signs_and_bind_parameters(db_engine: Engine) -> None:
+    _add(db_engine, {"openid": "o-1", "city": "北京"}, {"openid": "o-2", "city": "上海"})
+    sql = "SELECT openid FROM recipients WHERE app_id = :app_id AND city LIKE '%京%'"
+    assert [r["openid"] for r in preview_audience(db_engine, sql, {"app_id": APP}).rows] == ["o-1"]
+
+
+# -- stream -------------------------------------------------------------------------------------
+
+
+def test_batches_and_skip_reasons_at_the_window_boundary(db_engine: Engine) -> None:
+    _add(
+        db_engine,
+        {"openid": "a-exactly-48h", "last_interaction_at": CUTOFF},
+        {"openid": "b-48h-and-1us", "last_interaction_at": CUTOFF - timedelta(microseconds=1)},
+        {"openid": "c-1us-inside", "last_interaction_at": CUTOFF + timedelta(microseconds=1)},
+        {"openid": "d-never", "last_interaction_at": None},
+        {"openid": "e-unsubscribed", "subscribed": False},
+        {"openid": "f-unsubscribed-old", "subscribed": False, "last_interaction_at": CUTOFF},
+        {"openid": "g-recent"},
+        {"openid": "h-other-app", "app_id": "another"},
+    )
+    batches = _stream(db_engine, batch_size=3)
+    assert [len(batch) for batch in batches] == [3, 3, 1]
+    rows = [row for batch in batches for row in batch]
+    assert len(rows) == len({row.openid for row in rows})
+    assert {row.openid: row.skip_reason for row in rows} == {
+        "a-exactly-48h": None,
+        "b-48h-and-1us": SkipReason.OUTSIDE_WINDOW,
+        "c-1us-inside": None,
+        "d-never": SkipReason.OUTSIDE_WINDOW,
+        "e-unsubscribed": SkipReason.UNSUBSCRIBED,
+        "f-unsubscribed-old": SkipReason.UNSUBSCRIBED,
+        "g-recent": None,
+    }
+    no_window = _flat(_stream(db_engine, window_hours=0))
+    assert no_window["b-48h-and-1us"].skip_reason is None
+    assert no_window["e-unsubscribed"].skip_reason == SkipReason.UNSUBSCRIBED
+    assert no_window["g-recent"].values["last_interaction_at"] == NOW - timedelta(hours=1)
+
+
+def test_a_custom_query_brings_its_own_interaction_time(db_engine: Engine) -> None:
+    """ISO text with an offset, text without microseconds, a 'T' separator: all compared as
+    instants, not as text (on SQLite a plain text comparison gets most of these wrong)."""
+    values = [
+        ("inside-offset", "2026-11-24T16:00:00+08:00"),  # = the cutoff, 08:00 UTC
+        ("outside-offset", "2026-11-24T15:59:59+08:00"),
+        ("inside-no-micro", "2026-11-24 08:00:00"),
+        ("outside-t", "2026-11-24T07:59:59"),
+        ("inside-z", "2026-11-24T08:00:01Z"),
+    ]
+    sql = " UNION ALL ".join(
+        f"SELECT '{openid}' AS openid, '{stamp}' AS last_interaction_at" for openid, stamp in values
+    )
+    if db_engine.dialect.name == "sqlite":
+        epoch = int(CUTOFF.timestamp())
+        sql += (
+            f" UNION ALL SELECT 'inside-unix', {epoch} UNION ALL SELECT 'outside-unix', {epoch - 1}"
+        )
+    rows = _flat(_stream(db_engine, sql, params={}))
+    reasons = {openid: row.skip_reason for openid, row in rows.items()}
+    assert {k for k, v in reasons.items() if v is None} == {k for k in reasons if "inside" in k}
+    assert all(v == SkipReason.OUTSIDE_WINDOW for k, v in reasons.items() if "outside" in k)
+
+
+def test_final_ledger_rows_are_left_out_and_retry_failed_brings_some_back(
+    db_engine: Engine,
+) -> None:
+    _add(db_engine, *({"openid": name} for name in "abcdefgh"))
+    _campaign(db_engine)
+
+    def failed(openid: str, error_class: str) -> DeliveryOutcome:
+        return DeliveryOutcome(openid, DeliveryStatus.FAILED, errcode=1, error_class=error_class)
+
+    with db_engine.begin() as connection:
+        record_outcomes(
+            connection,
+            "camp",
+            [
+                DeliveryOutcome("a", DeliveryStatus.SENT, msgid=1),
+                DeliveryOutcome("b", DeliveryStatus.SKIPPED, reason="outside_window"),
+                failed("c", "RETRY"),
+                failed("d", "QUOTA"),
+                failed("e", "RECIPIENT"),
+                DeliveryOutcome("f", DeliveryStatus.PENDING, attempts=1),
+                DeliveryOutcome("g", DeliveryStatus.INVALID, reason="thing1 too long"),
+            ],
+        )
+    assert sorted(_flat(_stream(db_engine))) == ["f", "h"]
+    assert sorted(_flat(_stream(db_engine, retry_failed=True))) == ["c", "d", "f", "h"]
+    assert sorted(_flat(_stream(db_engine, campaign_id="other"))) == list("abcdefgh")
+
+
+def test_duplicate_openids_give_one_row_and_null_openids_are_dropped(db_engine: Engine) -> None:
+    sql = (
+        "SELECT column1 AS openid, column2 AS label FROM (VALUES "
+        "('x', 'one', 2), ('x', 'two', 1), ('y', 'only', 3), (NULL, 'nobody', 0)"
+        ") AS v"
+    )
+    batches = _stream(db_engine, sql, params={}, window_hours=0)
+    rows = [row for batch in batches for row in batch]
+    assert sorted(row.openid for row in rows) == ["x", "y"]
+    labels = {row.openid: row.values["label"] for row in rows}
+    assert labels["x"] in ("one", "two") and labels["y"] == "only"
+
+
+def test_closing_the_stream_gives_its_connection_back(db_url: str) -> None:
+    engine = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=3)
+    try:
+        _add(engine, *({"openid": f"o-{i:03d}"} for i in range(50)))
+        stream = stream_audience(
+            engine,
+            DEFAULT_AUDIENCE_SQL,
+            {"app_id": APP},
+            campaign_id="camp",
+            window_hours=48,
+            now=NOW,
+            batch_size=10,
+        )
+        first = next(stream)
+        assert len(first) == 10 and all(row.openid.startswith("o-") for row in first)
+        stream.close()
+        _add(engine, {"openid": "after"})  # the single pooled connection writes again
+        assert _state(engine)[0] == 51
+    finally:
+        engine.dispose()
+
+
+def test_streaming_200k_rows_keeps_memory_flat(db_engine: Engine) -> None:
+    total = 200_000
+    if db_engine.dialect.name == "postgresql":
+        sql = "SELECT 'o' || lpad(i::text, 27, '0') AS openid FROM generate_series(1, :n) AS i"
+    else:
+        sql = (
+            "WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM n WHERE i < :n) "
+            "SELECT printf('o%027d', i) AS openid FROM n"
+        )
+    tracemalloc.start()
+    try:
+        rows = batches = 0
+        stream = stream_audience(
+            db_engine,
+            sql,
+            {"n": total},
+            campaign_id="camp",
+            window_hours=0,
+            now=NOW,
+            batch_size=1000,
+            timeout_seconds=60,
+        )
+        for batch in stream:
+            rows += len(batch)
+            batches += 1
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert (rows, batches) == (total, 200)
+    # All 200k rows at once would be ~80 MB of AudienceRow + dict + str; a batch is ~0.4 MB.
+    assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB while streaming"
+
+
+def test_worker_threads_write_the_ledger_while_the_audience_streams(db_engine: Engine) -> None:
+    """The campaign's shape: one connection streams (a read transaction stays open), batch
+    tasks record outcomes from other threads at the same time; nobody waits for a lock."""
+    _add(db_engine, *({"openid": f"o-{i:04d}"} for i in range(400)))
+    _campaign(db_engine)
+    stream = stream_audience(
+        db_engine,
+        DEFAULT_AUDIENCE_SQL,
+        {"app_id": APP},
+        campaign_id="camp",
+        window_hours=48,
+        now=NOW,
+        batch_size=50,
+    )
+
+    def record(batch: list[Any]) -> int:
+        with db_engine.begin() as connection:
+            sent = [DeliveryOutcome(row.openid, DeliveryStatus.SENT, msgid=1) for row in batch]
+            return record_outcomes(connection, "camp", sent)
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = []
+        for batch in stream:  # each write finishes while the stream's statement is still open
+            futures.append(pool.submit(record, batch))
+            if len(futures) % 2 == 0:
+                futures[-1].result()
+        written = sum(future.result() for future in futures)
+    assert written == 400
+    assert time.monotonic() - started < 10
+    assert _flat(_stream(db_engine)) == {}  # everything is final now
