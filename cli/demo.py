@@ -1,14 +1,17 @@
 """`wxpush demo`: the whole loop on one machine, against the simulator, in about a minute.
 
-Starts the WeChat API simulator and a real Prefect server (project-local PREFECT_HOME, so
-the run history survives: ephemeral mode loses it), sets the app up, refreshes the token,
-sends one template message, shows where to look, and stops what it started.
+Starts the WeChat API simulator (with a few faults on) and a real Prefect server
+(project-local PREFECT_HOME, so the run history survives: ephemeral mode loses it), sets the
+app up, seeds 1,000 recipients, refreshes the token, runs a campaign, prints its report and
+a query to run against the ledger, and stops what it started.
 """
 
 from __future__ import annotations
 
 import asyncio
 import inspect
+import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -48,17 +51,25 @@ def _servers(sim_port: int, ui_port: int) -> tuple[list[str], list[str], dict[st
     return simulator, server, server_env
 
 
+#: The faults the demo's simulator injects, so the retries have something to do.
+DEMO_FAULTS = {"seed": 2026, "minus_one_rate": 0.05, "http_5xx_rate": 0.02, "drop_rate": 0.005}
+DEMO_RECIPIENTS = 1000
+
+
 def run_demo(*, keep_running: bool = False) -> None:
     """Everything `make demo` does; raises on any failure so `make` exits non-zero."""
     # Imported here: they pull in Prefect, which should read the settings we set below.
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from cli.setup import setup_app
-    from flows.test_message import TestMessage, send_test_message
+    from flows.campaign import push_campaign
     from flows.token import refresh_access_token
+    from tasks.params import CampaignParams
     from wechat.simulator import defaults
+    from wechat.simulator.admin import SimulatorAdmin
 
     PREFECT_HOME.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WXPUSH_DATABASE_URL", f"sqlite:///{(STATE_DIR / 'wxpush.db').resolve()}")
     sim_port, ui_port = pick_port(8900), pick_port(4200)
     simulator_argv, server_argv, server_env = _servers(sim_port, ui_port)
     sim_url = f"http://127.0.0.1:{sim_port}"
@@ -66,11 +77,13 @@ def run_demo(*, keep_running: bool = False) -> None:
     api_url = f"{ui_url}/api"
     started = time.monotonic()
 
-    _say(f"1/5 Starting the WeChat API simulator on {sim_url}")
+    _say(f"1/6 Starting the WeChat API simulator on {sim_url} (with a few faults switched on)")
     with running(
         "simulator", simulator_argv, url=sim_url, health_url=f"{sim_url}/_sim/health"
     ) as simulator:
-        _say(f"2/5 Starting a Prefect server on {ui_url} (PREFECT_HOME={PREFECT_HOME})")
+        with SimulatorAdmin(sim_url) as admin:
+            admin.set_faults(**DEMO_FAULTS)
+        _say(f"2/6 Starting a Prefect server on {ui_url} (PREFECT_HOME={PREFECT_HOME})")
         with (
             running(
                 "prefect-server",
@@ -82,31 +95,45 @@ def run_demo(*, keep_running: bool = False) -> None:
             ) as server,
             temporary_settings(updates={PREFECT_API_URL: api_url}),
         ):
-            _say("3/5 wxpush setup: block types, the wechat-app block, the token lock")
+            _say("3/6 wxpush setup: block types, the wechat-app block, the token lock")
             setup_app(
                 app="default",
                 app_id=defaults.DEMO_APP_ID,
                 app_secret=defaults.DEMO_APP_SECRET,
                 api_base_url=sim_url,
             )
-            _say("4/5 Refreshing the access token (flow refresh_access_token)")
+            _say(f"4/6 Seeding {DEMO_RECIPIENTS:,} recipients in SQL and in the simulator")
+            _seed(sim_url)
+            _say("5/6 Refreshing the access token (flow refresh_access_token)")
             refresh_state = _run_flow(refresh_access_token, app="default")
             if not refresh_state.is_completed():
                 raise typer.Exit(f"refresh_access_token ended {refresh_state.name}")
-            _say(f"5/5 Sending a template message to the demo follower {defaults.DEMO_OPENID}")
-            send_state = _run_flow(
-                send_test_message,
-                TestMessage(
-                    app="default",
-                    openid=defaults.DEMO_OPENID,
+            _say("6/6 Running a campaign (flow push_campaign)")
+            campaign_state = _run_flow(
+                push_campaign,
+                CampaignParams(
+                    name="demo order shipped",
                     template_id=defaults.DEMO_TEMPLATE_ID,
-                    data=dict(defaults.DEMO_TEMPLATE_VALUES),
+                    data={**dict(defaults.DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"},
                 ),
             )
             _flush_prefect_workers()
-            _report(send_state, simulator, server, started)
+            _report(campaign_state, simulator, server, started)
             if keep_running:
                 _wait_for_ctrl_c(ui_url)
+
+
+def _seed(sim_url: str) -> None:
+    done = subprocess.run(
+        python_module(
+            "cli.main", "seed", "--recipients", str(DEMO_RECIPIENTS), "--simulator-url", sim_url
+        ),
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        raise typer.Exit(f"wxpush seed failed:\n{done.stdout}{done.stderr}")
+    typer.echo(done.stdout.rstrip())
 
 
 def _flush_prefect_workers() -> None:
@@ -120,26 +147,46 @@ def _flush_prefect_workers() -> None:
             asyncio.run(outcome)  # type: ignore[arg-type]
 
 
-def _report(send_state: Any, simulator: Service, server: Service, started: float) -> None:
-    result = send_state.result()
-    accepted = httpx.get(
-        f"{simulator.url}/_sim/messages", params={"openid": result.openid}, timeout=10
-    ).json()
-    items = accepted["items"] if isinstance(accepted, dict) else accepted
-    confirmed = any(int(m["msgid"]) == result.msgid for m in items)
-    run_id = send_state.state_details.flow_run_id
+def _report(campaign_state: Any, simulator: Service, server: Service, started: float) -> None:
+    from cli.campaign import report_text
+    from db.engine import database_url
+    from db.ledger import status_counts
+    from tasks.database import engine
+
+    if not campaign_state.is_completed():
+        raise typer.Exit(f"push_campaign ended {campaign_state.name}: {campaign_state.message}")
+    result = campaign_state.result()
+    with engine().connect() as conn:
+        counts = status_counts(conn, result.campaign_id)
+    accepted = httpx.get(f"{simulator.url}/_sim/counters", timeout=10).json()["accepted"]
+    run_id = campaign_state.state_details.flow_run_id
+    query = (
+        "SELECT status, CASE WHEN status = 'invalid' THEN 'field rule' "
+        "ELSE coalesce(CAST(errcode AS TEXT), reason) END AS why, count(*) AS recipients\n"
+        f"FROM deliveries WHERE campaign_id = '{result.campaign_id}'\n"
+        "GROUP BY 1, 2 ORDER BY 3 DESC;"
+    )
     typer.echo("")
+    typer.echo(report_text(result.campaign_id))
     typer.secho("Demo finished.", fg=typer.colors.GREEN, bold=True)
-    typer.echo(f"  WeChat (simulated) accepted the message: msgid {result.msgid}")
-    typer.echo(f"  The simulator recorded it: {'yes' if confirmed else 'NO'}")
+    typer.echo(
+        f"  The simulator accepted {accepted} messages; the ledger says {counts.get('sent', 0)} "
+        "sent (they must match)."
+    )
     typer.echo(f"  Took {time.monotonic() - started:.1f} s")
     typer.echo(f"  The run in the Prefect UI: {server.url}/runs/flow-run/{run_id}")
     typer.echo(
         "  (the demo stops its server now; `make ui` starts it again on the same history,\n"
         "   or run `wxpush demo --keep-running` to keep everything up)"
     )
-    typer.echo(f"  Logs of the background services: {Path(simulator.log_path).parent}/")
-    if not confirmed:
+    typer.echo(f"  The results are in {database_url()}; try:\n")
+    typer.echo("    " + query.replace("\n", "\n    "))
+    typer.echo("")
+    with engine().connect() as conn:
+        for row in conn.exec_driver_sql(query):
+            typer.echo(f"    {row[0]:<8} {row[1] or '':<16} {row[2]}")
+    typer.echo(f"\n  Logs of the background services: {Path(simulator.log_path).parent}/")
+    if accepted != counts.get("sent", 0):
         raise typer.Exit(1)
 
 

@@ -3,4 +3,5 @@
 pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.prefect",
+    "tests.fixtures.database",
 ]

@@ -1,8 +1,10 @@
-"""`wxpush demo` (what `make demo` runs) works end to end and leaves no process behind."""
+"""`wxpush demo` (what `make demo` runs) runs a campaign end to end and leaves no process
+behind."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +27,11 @@ def test_demo_sends_a_message_and_stops_what_it_started(tmp_path: Path) -> None:
         timeout=220,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "The simulator recorded it: yes" in done.stdout
+    assert "Demo finished." in done.stdout
+    match = re.search(r"simulator accepted (\d+) messages; the ledger says (\d+) sent", done.stdout)
+    assert match, done.stdout[-3000:]
+    assert int(match.group(1)) == int(match.group(2)) > 500, "1,000 seeded, most eligible"
+    assert "# Campaign demo order shipped" in done.stdout
     assert "/runs/flow-run/" in done.stdout
     assert (tmp_path / ".wxpush" / "prefect" / "prefect.db").exists(), "run history is kept"
     assert _started_in(tmp_path, exclude=before) == []

@@ -1,0 +1,369 @@
+"""`push_campaign`: SQL audience → window → batched sends with retries → ledger → report.
+
+Reads top to bottom like the process it runs: start (or resume) the campaign row, preflight
+(audience read-only with a timeout, template columns, field rules on sample rows, the
+token), stream the audience in batches — skipped rows recorded at once, eligible rows sent
+by `send_batch` tasks, two at a time — then decide the final status in one place and
+publish the report.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter, deque
+from datetime import UTC, datetime
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.context import get_run_context
+from prefect.futures import PrefectFuture
+from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.asyncutils import run_coro_as_sync
+from pydantic import BaseModel
+
+from db import campaigns as campaign_rows
+from db.audience import DEFAULT_AUDIENCE_SQL, AudienceQueryError, preview_audience, stream_audience
+from db.ledger import record_outcomes, status_counts
+from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
+from tasks.batch import BatchSummary, SendSettings, send_batch
+from tasks.database import engine
+from tasks.message import MessageSpec, client_msg_id_for, render
+from tasks.params import CampaignParams
+from tasks.report import CampaignReport, Progress, publish_report
+from tasks.sender import RetryPolicy, StopSignal, stop_signal
+from tasks.token import get_access_token, load_app, verify_token
+
+#: Batches in flight at once: one sends while the next is being prepared or recorded.
+PARALLEL_BATCHES = 2
+#: Failure-ratio pauses need this many attempted messages before they can trigger.
+ERROR_RATIO_MIN_ATTEMPTS = 200
+PREFLIGHT_SAMPLE = 20
+
+
+class CampaignFailed(RuntimeError):
+    """The campaign stopped before or while sending; the message says what to fix."""
+
+
+class CampaignResult(BaseModel):
+    """The run's answer: where the campaign ended and what it did."""
+
+    campaign_id: str
+    name: str
+    status: CampaignStatus
+    reason: str | None = None
+    counts: dict[str, int]
+    sent_this_run: int
+    http_attempts: int = 0
+    seconds: float
+    messages_per_second: float
+    dry_run: bool = False
+
+
+# -- stage 1: the campaign row --------------------------------------------------------------
+
+
+def _flow_run_id() -> str | None:
+    try:
+        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
+    except Exception:
+        return None
+
+
+@task(name="start-campaign", cache_policy=NO_CACHE)
+def start_campaign(params: CampaignParams) -> str:
+    """Create the campaign row, or resume the one named by `campaign_id`."""
+    with engine().begin() as conn:
+        record = campaign_rows.create_or_resume(
+            conn,
+            campaign_id=params.campaign_id,
+            name=params.name,
+            app=params.app,
+            kind=params.kind,
+            template_id=params.template_id,
+            parameters=params.model_dump(mode="json"),
+            audience_sql=params.audience_sql or DEFAULT_AUDIENCE_SQL,
+            flow_run_id=_flow_run_id(),
+            deployment=None,
+            started_by="push_campaign",
+        )
+    return record.id
+
+
+# -- stage 2: preflight ---------------------------------------------------------------------
+
+
+def message_spec(params: CampaignParams) -> MessageSpec:
+    """The message every recipient gets, before their row fills the placeholders."""
+    return MessageSpec(
+        kind=params.kind,
+        template_id=params.template_id,
+        data=dict(params.data),
+        text=params.text,
+        url=params.url,
+        miniprogram_appid=params.miniprogram_appid,
+        miniprogram_pagepath=params.miniprogram_pagepath,
+    )
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+async def preflight(
+    params: CampaignParams, campaign_id: str, sql: str, binds: dict[str, Any]
+) -> int:
+    """Stop before sending anything if the audience, template or token cannot work.
+
+    Returns how many preview rows rendered cleanly.
+    """
+    log = get_run_logger()
+    try:
+        preview = preview_audience(engine(), sql, binds, sample_size=PREFLIGHT_SAMPLE)
+    except AudienceQueryError as exc:
+        raise CampaignFailed(str(exc)) from None
+    spec = message_spec(params)
+    missing = spec.check_columns(preview.columns)
+    if missing:
+        raise CampaignFailed(
+            "The message uses "
+            + ", ".join(f"{{{m}}}" for m in missing)
+            + f" but the audience has no such column (it has: {', '.join(preview.columns)})."
+        )
+    problems: list[str] = []
+    clean = 0
+    for row in preview.rows:
+        rendered = render(spec, row, client_msg_id=client_msg_id_for(campaign_id, row["openid"]))
+        if isinstance(rendered, list):
+            problems.append(str(rendered[0]))
+        else:
+            clean += 1
+    if preview.rows and clean == 0:
+        raise CampaignFailed(
+            f"Every one of the {len(preview.rows)} preview rows breaks WeChat's field rules, "
+            f"e.g. {problems[0]}. Fix the template fields (docs/template-fields.md)."
+        )
+    if not params.dry_run:
+        await get_access_token(params.app)
+        await verify_token(params.app)
+    log.info(
+        "Preflight passed: audience columns %s; %d of %d preview rows render cleanly%s.",
+        ", ".join(preview.columns),
+        clean,
+        len(preview.rows),
+        "" if params.dry_run else "; the token works",
+    )
+    return clean
+
+
+# -- stage 3: stream, send, record ------------------------------------------------------------
+
+
+def _skipped(rows: list[Any], now: datetime) -> list[DeliveryOutcome]:
+    return [
+        DeliveryOutcome(
+            openid=row.openid,
+            status=DeliveryStatus.SKIPPED,
+            reason=str(row.skip_reason),
+            last_attempt_at=now,
+        )
+        for row in rows
+    ]
+
+
+class _Tally:
+    """Running totals across batches, for progress and the error-ratio pause."""
+
+    def __init__(self) -> None:
+        self.counts: Counter[str] = Counter()
+        self.errcodes: Counter[str] = Counter()
+        self.rows = 0
+        self.batches = 0
+        self.http_attempts = 0
+
+    def add(self, summary: BatchSummary) -> None:
+        self.counts.update(summary.counts)
+        self.errcodes.update(summary.errcodes)
+        self.http_attempts += summary.attempts
+        self.batches += 1
+
+    @property
+    def attempted(self) -> int:
+        return sum(self.counts[s] for s in ("sent", "failed", "pending"))
+
+    def failure_ratio(self) -> float:
+        return self.counts["failed"] / self.attempted if self.attempted else 0.0
+
+
+def _collect(
+    future: PrefectFuture[BatchSummary],
+    tally: _Tally,
+    stop: StopSignal,
+    params: CampaignParams,
+    progress: Progress,
+) -> None:
+    summary = future.result()
+    tally.add(summary)
+    progress.update(tally.rows, tally.counts)
+    if (
+        params.max_error_ratio < 1
+        and tally.attempted >= ERROR_RATIO_MIN_ATTEMPTS
+        and tally.failure_ratio() > params.max_error_ratio
+    ):
+        stop.pause(
+            None,
+            f"{tally.failure_ratio():.0%} of {tally.attempted} attempted messages failed, "
+            f"above the limit of {params.max_error_ratio:.0%}; look at the top errcodes, "
+            "then resume",
+        )
+
+
+def _dry_run(spec: MessageSpec, campaign_id: str, batch: list[Any], tally: _Tally) -> None:
+    for row in batch:
+        if row.skip_reason:
+            tally.counts[f"skipped:{row.skip_reason}"] += 1
+            continue
+        rendered = render(
+            spec, row.values, client_msg_id=client_msg_id_for(campaign_id, row.openid)
+        )
+        tally.counts["invalid" if isinstance(rendered, list) else "would_send"] += 1
+
+
+def _send_all(
+    params: CampaignParams,
+    campaign_id: str,
+    sql: str,
+    binds: dict[str, Any],
+    stop: StopSignal,
+    progress: Progress,
+) -> _Tally:
+    spec = message_spec(params)
+    settings = SendSettings(
+        concurrency=params.concurrency,
+        rate_per_second=params.rate_per_second,
+        timeout_seconds=params.request_timeout_seconds,
+        retry=RetryPolicy(max_attempts=params.max_attempts),
+    )
+    tally = _Tally()
+    in_flight: deque[PrefectFuture[BatchSummary]] = deque()
+    batches = stream_audience(
+        engine(),
+        sql,
+        binds,
+        campaign_id=campaign_id,
+        window_hours=params.window_hours,
+        now=datetime.now(UTC),
+        batch_size=params.batch_size,
+        retry_failed=params.retry_failed,
+    )
+    for index, batch in enumerate(batches):
+        if stop.is_set():
+            break
+        tally.rows += len(batch)
+        if params.dry_run:
+            _dry_run(spec, campaign_id, batch, tally)
+            progress.update(tally.rows, tally.counts)
+            continue
+        skipped = [row for row in batch if row.skip_reason]
+        if skipped:
+            with engine().begin() as conn:
+                record_outcomes(conn, campaign_id, _skipped(skipped, datetime.now(UTC)))
+            tally.counts["skipped"] += len(skipped)
+        eligible = [dict(row.values, openid=row.openid) for row in batch if not row.skip_reason]
+        if eligible:
+            in_flight.append(
+                send_batch.submit(campaign_id, index, params.app, spec, eligible, settings)
+            )
+        while len(in_flight) >= PARALLEL_BATCHES:
+            _collect(in_flight.popleft(), tally, stop, params, progress)
+    while in_flight:
+        _collect(in_flight.popleft(), tally, stop, params, progress)
+    return tally
+
+
+# -- stage 4: the outcome -------------------------------------------------------------------
+
+
+def decide_status(counts: dict[str, int], stop: StopSignal) -> tuple[CampaignStatus, str | None]:
+    """The one place that turns what happened into the campaign's final status."""
+    if stop.is_set():
+        kind = stop.kind
+        if kind == "cancel":
+            return CampaignStatus.CANCELLED, stop.reason
+        if kind == "pause":
+            return CampaignStatus.PAUSED, stop.reason
+        return CampaignStatus.FAILED, stop.reason
+    if counts.get(DeliveryStatus.PENDING, 0):
+        return CampaignStatus.PAUSED, "some recipients are still pending; resume to finish"
+    if counts.get(DeliveryStatus.FAILED, 0):
+        return CampaignStatus.COMPLETED_WITH_FAILURES, None
+    return CampaignStatus.COMPLETED, None
+
+
+@flow(
+    name="push-campaign",
+    flow_run_name="campaign-{params.name}",
+    task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_BATCHES),
+    log_prints=False,
+)
+def push_campaign(params: CampaignParams) -> CampaignResult:
+    """Send one campaign: every eligible recipient at most once, every row in the ledger."""
+    log = get_run_logger()
+    started = time.monotonic()
+    app = run_coro_as_sync(load_app(params.app))
+    sql = params.audience_sql or DEFAULT_AUDIENCE_SQL
+    binds = {"app_id": app.app_id}
+    if params.dry_run:
+        campaign_id = params.campaign_id or f"dry-run-{uuid.uuid4().hex[:12]}"
+    else:
+        campaign_id = start_campaign(params)
+    stop = stop_signal(campaign_id)
+    stop.clear()
+    progress = Progress.start(campaign_id, params.name)
+    try:
+        preflight.submit(params, campaign_id, sql, binds).result()
+        tally = _send_all(params, campaign_id, sql, binds, stop, progress)
+    except CampaignFailed as exc:
+        if not params.dry_run:
+            with engine().begin() as conn:
+                campaign_rows.set_status(conn, campaign_id, CampaignStatus.FAILED, str(exc))
+        log.error("Campaign %r stopped before sending: %s", params.name, exc)
+        raise
+    seconds = time.monotonic() - started
+    if params.dry_run:
+        counts = dict(tally.counts)
+        status, reason = CampaignStatus.COMPLETED, "dry run: nothing was sent"
+    else:
+        with engine().connect() as conn:
+            counts = status_counts(conn, campaign_id)
+        status, reason = decide_status(counts, stop)
+        audience = sum(counts.values())
+        stored = {
+            **{k: v for k, v in counts.items() if k in campaign_rows.COUNT_KEYS},
+            "audience": audience,
+            "eligible": audience - counts.get("skipped", 0),
+        }
+        with engine().begin() as conn:
+            campaign_rows.set_status(conn, campaign_id, status, reason, counts=stored)
+    sent_now = tally.counts.get("sent", 0)
+    result = CampaignResult(
+        campaign_id=campaign_id,
+        name=params.name,
+        status=status,
+        reason=reason,
+        counts=counts,
+        sent_this_run=sent_now,
+        http_attempts=tally.http_attempts,
+        seconds=round(seconds, 2),
+        messages_per_second=round(sent_now / seconds, 1) if seconds else 0.0,
+        dry_run=params.dry_run,
+    )
+    progress.finish()
+    publish_report(CampaignReport.build(result, tally.errcodes))
+    log.info(
+        "Campaign %r %s: %s (%d sent this run, %.1f msg/s).",
+        params.name,
+        status,
+        ", ".join(f"{v} {k}" for k, v in sorted(counts.items())),
+        sent_now,
+        result.messages_per_second,
+    )
+    return result

@@ -1,0 +1,187 @@
+"""What a campaign shows in the Prefect UI: a live progress bar and a final report.
+
+Artifacts carry counts, errcodes and SQL — never a token, a secret or message content.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from prefect.artifacts import (
+    create_markdown_artifact,
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from pydantic import BaseModel
+
+from db.ledger import failed_rows_sql
+from wechat.errors import lookup
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+
+def artifact_key(campaign_id: str, suffix: str) -> str:
+    """Artifact keys allow lowercase letters, digits and dashes only."""
+    cleaned = "".join(c if c.isalnum() else "-" for c in campaign_id.lower()).strip("-")
+    return f"campaign-{cleaned}-{suffix}"[:100]
+
+
+@dataclass
+class Progress:
+    """The run's progress artifact, updated as batches finish."""
+
+    artifact_id: UUID | None
+    description: str
+    total: int | None = None
+    last: float = field(default=0.0)
+
+    @classmethod
+    def start(cls, campaign_id: str, name: str, total: int | None = None) -> Progress:
+        """Create the progress artifact at 0 %."""
+        description = f"Campaign {name} ({campaign_id})"
+        artifact_id = create_progress_artifact(
+            0.0, key=artifact_key(campaign_id, "progress"), description=description
+        )
+        return cls(artifact_id=artifact_id, description=description, total=total)
+
+    def update(self, rows_seen: int, counts: Mapping[str, int]) -> None:
+        """Move the bar (when the audience size is known) and say what happened so far."""
+        if self.artifact_id is None:
+            return
+        percent = min(99.0, 100.0 * rows_seen / self.total) if self.total else self.last
+        summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
+        update_progress_artifact(
+            self.artifact_id, percent, description=f"{self.description}: {summary}"
+        )
+        self.last = percent
+
+    def finish(self) -> None:
+        """100 %: every audience row has been handled."""
+        if self.artifact_id is not None:
+            update_progress_artifact(self.artifact_id, 100.0)
+
+
+class CampaignReport(BaseModel):
+    """The final report: counts per status, top errcodes with meanings, throughput, SQL."""
+
+    campaign_id: str
+    name: str
+    status: str
+    reason: str | None
+    counts: dict[str, int]
+    errcodes: list[dict[str, Any]]
+    seconds: float
+    messages_per_second: float
+    sent_this_run: int = 0
+    http_attempts: int = 0
+    failed_sql: str
+    dry_run: bool
+
+    @classmethod
+    def build(cls, result: Any, errcodes: Mapping[str, int]) -> CampaignReport:
+        """From the flow's result and this run's errcode tally."""
+        rows = []
+        for code, count in sorted(errcodes.items(), key=lambda kv: -kv[1])[:10]:
+            row = lookup(int(code))
+            rows.append(
+                {
+                    "errcode": int(code),
+                    "count": count,
+                    "class": str(row.error_class),
+                    "meaning": row.meaning,
+                }
+            )
+        return cls(
+            campaign_id=result.campaign_id,
+            name=result.name,
+            status=str(result.status),
+            reason=result.reason,
+            counts=dict(result.counts),
+            errcodes=rows,
+            seconds=result.seconds,
+            messages_per_second=result.messages_per_second,
+            sent_this_run=getattr(result, "sent_this_run", 0),
+            http_attempts=getattr(result, "http_attempts", 0),
+            failed_sql=failed_rows_sql(result.campaign_id),
+            dry_run=result.dry_run,
+        )
+
+    @classmethod
+    def from_record(
+        cls, record: Any, counts: Mapping[str, int], errcodes: Mapping[str, int]
+    ) -> CampaignReport:
+        """From a stored campaign row and the ledger (what `wxpush report` shows)."""
+        seconds = 0.0
+        if record.started_at and record.finished_at:
+            seconds = (record.finished_at - record.started_at).total_seconds()
+        sent = counts.get("sent", 0)
+        summary = type(
+            "Stored",
+            (),
+            {
+                "campaign_id": record.id,
+                "name": record.name,
+                "status": record.status,
+                "reason": record.status_reason,
+                "counts": dict(counts),
+                "seconds": round(seconds, 2),
+                "messages_per_second": round(sent / seconds, 1) if seconds else 0.0,
+                "dry_run": False,
+            },
+        )
+        return cls.build(summary, errcodes)
+
+    def markdown(self) -> str:
+        """The report as markdown (also what `wxpush report` prints)."""
+        lines = [
+            f"# Campaign {self.name}",
+            "",
+            f"**Status:** {self.status}" + (f" — {self.reason}" if self.reason else ""),
+            f"**Campaign ID:** `{self.campaign_id}`",
+            f"**Time:** {self.seconds:.1f} s, {self.messages_per_second:.1f} messages/s",
+        ]
+        if self.http_attempts:
+            retries = self.http_attempts - self.sent_this_run
+            lines.append(
+                f"**This run:** {self.sent_this_run} sent with {self.http_attempts} HTTP "
+                f"attempts (retries and refused sends: {max(retries, 0)})"
+            )
+        lines += [
+            "",
+            "| status | recipients |",
+            "|---|---|",
+            *(f"| {k} | {v} |" for k, v in sorted(self.counts.items()) if v),
+        ]
+        if self.errcodes:
+            lines += [
+                "",
+                "## Top errcodes",
+                "",
+                "| errcode | count | class | meaning |",
+                "|---|---|---|---|",
+                *(
+                    f"| {e['errcode']} | {e['count']} | {e['class']} | {e['meaning']} |"
+                    for e in self.errcodes
+                ),
+            ]
+        if not self.dry_run:
+            lines += ["", "## The failed rows", "", "```sql", self.failed_sql, "```"]
+        return "\n".join(lines) + "\n"
+
+
+def publish_report(report: CampaignReport) -> None:
+    """The markdown report and the per-status table, keyed per campaign (versioned)."""
+    create_markdown_artifact(
+        report.markdown(),
+        key=artifact_key(report.campaign_id, "report"),
+        description=f"Campaign {report.name}: {report.status}",
+    )
+    create_table_artifact(
+        [{"status": k, "recipients": v} for k, v in sorted(report.counts.items())],
+        key=artifact_key(report.campaign_id, "counts"),
+        description=f"Campaign {report.name}: recipients per status",
+    )

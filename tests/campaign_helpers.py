@@ -1,0 +1,140 @@
+"""Helpers for campaign tests: an audience in SQL and in the simulator, and what to expect."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, text
+
+from db.seed import seed_recipients
+from tasks.params import CampaignParams
+from wechat.fields import validate_template_data
+from wechat.simulator.defaults import DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
+
+#: The demo template with the nickname in `thing1`: long nicknames make invalid rows.
+DATA = {**dict(DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"}
+
+
+@dataclass
+class Audience:
+    """A seeded app: its block name, AppID and the database/simulator it lives in."""
+
+    app: str
+    app_id: str
+    engine: Engine
+    sim: Any
+
+
+def follower(recipient: Any) -> dict[str, Any]:
+    """The simulator's view of a seeded recipient."""
+    last = recipient.last_interaction_at
+    return {
+        "openid": recipient.openid,
+        "subscribed": recipient.subscribed,
+        "blocked": recipient.blocked,
+        "last_interaction_at": None if last is None else last.isoformat(),
+    }
+
+
+def seed(engine: Engine, sim: Any, app_id: str, count: int, seed_value: int = 7) -> None:
+    """`count` recipients in SQL and the same followers in the simulator."""
+    with engine.begin() as conn:
+        seed_recipients(
+            conn,
+            app_id=app_id,
+            count=count,
+            seed=seed_value,
+            on_chunk=lambda chunk: sim.admin.add_followers([follower(r) for r in chunk]),
+        )
+
+
+def make_app(make_wechat_app: Any) -> Any:
+    """A fresh wechat-app block against the simulator (sync wrapper for sync tests)."""
+    return asyncio.run(make_wechat_app())
+
+
+def params(app: str, **overrides: Any) -> CampaignParams:
+    """Campaign parameters for the demo template; fast retries for tests."""
+    values: dict[str, Any] = {
+        "name": "test-campaign",
+        "app": app,
+        "template_id": DEMO_TEMPLATE_ID,
+        "data": dict(DATA),
+        "batch_size": 50,
+        "concurrency": 8,
+        "request_timeout_seconds": 2.0,
+    }
+    values.update(overrides)
+    return CampaignParams.model_validate(values)
+
+
+def expected_statuses(engine: Engine, app_id: str, window_hours: int = 48) -> dict[str, tuple]:
+    """What every recipient of the app should end as: (status, reason or errcode)."""
+    cutoff = datetime.now(UTC) - timedelta(hours=window_hours)
+    expected: dict[str, tuple] = {}
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT openid, nickname, subscribed, blocked, last_interaction_at "
+                "FROM recipients WHERE app_id = :a"
+            ),
+            {"a": app_id},
+        ).mappings()
+        for row in rows:
+            last = row["last_interaction_at"]
+            if isinstance(last, str):
+                last = datetime.fromisoformat(last)
+            if last is not None and last.tzinfo is None:
+                last = last.replace(tzinfo=UTC)
+            if not row["subscribed"]:
+                expected[row["openid"]] = ("skipped", "unsubscribed")
+            elif last is None or last < cutoff:
+                expected[row["openid"]] = ("skipped", "outside_window")
+            elif validate_template_data({**dict(DEMO_TEMPLATE_VALUES), "thing1": row["nickname"]}):
+                expected[row["openid"]] = ("invalid", None)
+            elif row["blocked"] == "blacklist":
+                expected[row["openid"]] = ("failed", 43019)
+            elif row["blocked"] == "refuse":
+                expected[row["openid"]] = ("failed", 48002)
+            else:
+                expected[row["openid"]] = ("sent", None)
+    return expected
+
+
+def ledger(engine: Engine, campaign_id: str) -> dict[str, dict[str, Any]]:
+    """Every ledger row of the campaign, by openid."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM deliveries WHERE campaign_id = :c"), {"c": campaign_id}
+        ).mappings()
+        return {row["openid"]: dict(row) for row in rows}
+
+
+def accepted_openids(sim: Any) -> Counter[str]:
+    """How often the simulator accepted a message for each openid."""
+    return Counter(message.openid for message in sim.admin.iter_messages())
+
+
+def assert_exactly_once(engine: Engine, sim: Any, app_id: str, campaign_id: str) -> None:
+    """Every audience row has one ledger row with the right status; every sent row reached
+    the simulator once and nothing else reached it."""
+    expected = expected_statuses(engine, app_id)
+    rows = ledger(engine, campaign_id)
+    assert set(rows) == set(expected), "every audience row has exactly one ledger row"
+    for openid, (status, detail) in expected.items():
+        row = rows[openid]
+        assert row["status"] == status, (openid, row, status)
+        if status == "skipped":
+            assert row["reason"] == detail
+        if status == "failed":
+            assert row["errcode"] == detail
+        if status == "sent":
+            assert row["msgid"] and int(row["msgid"]) > 2**53
+    seen = accepted_openids(sim)
+    sent = {o for o, (status, _) in expected.items() if status == "sent"}
+    assert set(seen) == sent, "exactly the eligible followers got a message"
+    assert max(seen.values(), default=1) == 1, "nobody got a message twice"

@@ -1,0 +1,68 @@
+"""push_campaign end to end: a real Prefect server, the simulator over HTTP, SQLite and
+PostgreSQL. Every eligible follower gets exactly one message; every audience row gets
+exactly one ledger row with the right status and reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from flows.campaign import push_campaign
+from tasks import database
+from tests.campaign_helpers import assert_exactly_once, make_app, params, seed
+
+pytestmark = pytest.mark.harness
+
+
+@pytest.fixture
+def audience(
+    db_url: str, db_engine: Engine, sim: Any, make_wechat_app: Any, monkeypatch: pytest.MonkeyPatch
+) -> Any:
+    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
+    database.dispose_all()
+    app = make_app(make_wechat_app)
+    seed(db_engine, sim, sim.app_id, 300)
+    yield app
+    database.dispose_all()
+
+
+def run(p: Any) -> Any:
+    state = push_campaign(p, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result()
+
+
+def test_every_eligible_follower_exactly_once(audience: Any, db_engine: Engine, sim: Any) -> None:
+    result = run(params(audience.name))
+    assert result.status in ("completed", "completed_with_failures")
+    assert_exactly_once(db_engine, sim, sim.app_id, result.campaign_id)
+
+
+def test_faults_lose_nothing_and_send_nothing_twice(
+    audience: Any, db_engine: Engine, sim: Any
+) -> None:
+    sim.admin.set_faults(
+        seed=11,
+        minus_one_rate=0.2,
+        http_5xx_rate=0.05,
+        slow_rate=0.01,
+        slow_seconds=2.5,
+        drop_rate=0.01,
+    )
+    result = run(params(audience.name, max_attempts=12, request_timeout_seconds=1.0))
+    counters = sim.admin.counters()
+    assert sum(counters.faults.values()) > 20, "the faults really happened"
+    assert_exactly_once(db_engine, sim, sim.app_id, result.campaign_id)
+
+
+def test_rerun_of_a_completed_campaign_sends_nothing(
+    audience: Any, db_engine: Engine, sim: Any
+) -> None:
+    first = run(params(audience.name))
+    before = sim.admin.counters().accepted
+    again = run(params(audience.name, campaign_id=first.campaign_id))
+    assert sim.admin.counters().accepted == before
+    assert again.sent_this_run == 0
+    assert again.counts == first.counts

@@ -1,0 +1,120 @@
+"""A campaign leaks no secret: not in logs (local and stored), artifacts, the flow run's
+parameters and state, the task runs, nor any column of the ledger or campaigns table.
+
+The token is rotated mid-run so a refresh (and its log lines) happens too."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    FlowRunFilter,
+    FlowRunFilterId,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.logging.handlers import APILogWorker
+from sqlalchemy import Engine, text
+
+from flows.campaign import push_campaign
+from tasks import database
+from tasks.blocks import WeChatAccessToken
+from tests.campaign_helpers import make_app, params, seed
+from tests.fixtures.prefect import api_logging
+
+pytestmark = pytest.mark.harness
+
+
+@pytest.fixture
+def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
+    caplog.set_level(logging.DEBUG)
+    prefect_logger = logging.getLogger("prefect")
+    prefect_logger.addHandler(caplog.handler)
+    try:
+        yield caplog
+    finally:
+        prefect_logger.removeHandler(caplog.handler)
+
+
+async def _stored(flow_run_id: Any) -> str:
+    await APILogWorker.drain_all()
+    async with get_client() as client:
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+        )
+        artifacts = await client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+        flow_run = await client.read_flow_run(flow_run_id)
+        task_runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    assert any("Campaign" in (a.data or "") for a in artifacts if isinstance(a.data, str))
+    assert logs, "run logs were stored"
+    return "\n".join(
+        [
+            *(log.message for log in logs),
+            *(str(a.data) + str(a.description) for a in artifacts),
+            flow_run.model_dump_json(),
+            *(run.model_dump_json() for run in task_runs),
+        ]
+    )
+
+
+def _tables(engine: Engine) -> str:
+    with engine.connect() as conn:
+        rows = [
+            *conn.execute(text("SELECT * FROM deliveries")).all(),
+            *conn.execute(text("SELECT * FROM campaigns")).all(),
+        ]
+    assert rows
+    return "\n".join(repr(tuple(row)) for row in rows)
+
+
+def test_campaign_leaks_no_secret(
+    db_url: str,
+    db_engine: Engine,
+    sim: Any,
+    make_wechat_app: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    all_logs: Any,
+) -> None:
+    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
+    database.dispose_all()
+    app = make_app(make_wechat_app)
+    seed(db_engine, sim, sim.app_id, 120)
+    tokens: list[str] = []
+
+    original = sim.admin.counters
+
+    with api_logging():
+        sim.admin.set_faults(seed=5, minus_one_rate=0.1)
+        state = push_campaign(params(app.name, rate_per_second=200), return_state=True)
+        tokens.append(WeChatAccessToken.load(app.name).access_token.get_secret_value())
+        sim.admin.rotate_tokens()
+        again = push_campaign(params(app.name, name="second"), return_state=True)
+        tokens.append(WeChatAccessToken.load(app.name).access_token.get_secret_value())
+    assert state.is_completed() and again.is_completed()
+    assert tokens[0] != tokens[1], "the second run refreshed the rotated token"
+    assert original().accepted > 0
+
+    seen = "\n".join(
+        [
+            asyncio.run(_stored(state.state_details.flow_run_id)),
+            asyncio.run(_stored(again.state_details.flow_run_id)),
+            all_logs.text,
+            _tables(db_engine),
+            repr(state.result()),
+        ]
+    )
+    assert "access_token=" in all_logs.text, "request lines were captured (redacted)"
+    for secret in (app.app_secret, *tokens):
+        assert secret not in seen
+    database.dispose_all()
