@@ -240,6 +240,7 @@ def _send_all(
         concurrency=params.concurrency,
         rate_per_second=params.rate_per_second,
         timeout_seconds=params.request_timeout_seconds,
+        retry_failed=params.retry_failed,
         retry=RetryPolicy(max_attempts=params.max_attempts),
     )
     tally = _Tally()

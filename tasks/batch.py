@@ -36,6 +36,7 @@ class SendSettings(BaseModel):
     concurrency: int = Field(ge=1)
     rate_per_second: float | None = None
     timeout_seconds: float = Field(10.0, gt=0)
+    retry_failed: bool = False
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
 
 
@@ -96,7 +97,9 @@ async def send_batch(
     started = time.monotonic()
     stop = stop_signal(campaign_id)
     with engine().connect() as conn:
-        done = final_openids(conn, campaign_id, [row["openid"] for row in rows])
+        done = final_openids(
+            conn, campaign_id, [row["openid"] for row in rows], retry_failed=settings.retry_failed
+        )
     todo = [row for row in rows if row["openid"] not in done]
     counts: dict[str, int] = {}
     errcodes: dict[str, int] = {}
