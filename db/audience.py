@@ -383,6 +383,28 @@ def preview_audience(
     return AudiencePreview(columns=columns, rows=rows)
 
 
+def count_audience(
+    engine: Engine,
+    sql: str,
+    params: Mapping[str, Any],
+    *,
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+) -> int:
+    """How many rows the audience SQL returns (read-only, with the timeout): the size the
+    campaign's progress bar measures against."""
+    statement = checked_sql(sql)
+    with engine.connect() as connection:
+        try:
+            with _audience_errors(timeout_seconds), read_only(connection, timeout_seconds):
+                return int(
+                    connection.execute(
+                        text(f"SELECT count(*) FROM (\n{statement}\n) AS _wx_c"), dict(params)
+                    ).scalar_one()
+                )
+        finally:
+            connection.rollback()
+
+
 # -- stream ---------------------------------------------------------------------------------------
 
 

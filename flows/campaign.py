@@ -24,7 +24,13 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
 from db import campaigns as campaign_rows
-from db.audience import DEFAULT_AUDIENCE_SQL, AudienceQueryError, preview_audience, stream_audience
+from db.audience import (
+    DEFAULT_AUDIENCE_SQL,
+    AudienceQueryError,
+    count_audience,
+    preview_audience,
+    stream_audience,
+)
 from db.ledger import record_outcomes, status_counts
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
@@ -318,9 +324,18 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
         campaign_id = start_campaign(params)
     stop = stop_signal(campaign_id)
     stop.clear()
-    progress = Progress.start(campaign_id, params.name)
     try:
         preflight.submit(params, campaign_id, sql, binds).result()
+        progress = Progress.start(
+            campaign_id, params.name, total=count_audience(engine(), sql, binds)
+        )
+        if not params.dry_run:
+            with engine().connect() as conn:
+                progress.done_before = sum(
+                    n
+                    for status, n in status_counts(conn, campaign_id).items()
+                    if status != "pending"
+                )
         tally = _send_all(params, campaign_id, sql, binds, stop, progress)
     except CampaignFailed as exc:
         if not params.dry_run:

@@ -37,6 +37,7 @@ class Progress:
     artifact_id: UUID | None
     description: str
     total: int | None = None
+    done_before: int = 0  # rows a resumed campaign had already finished
     last: float = field(default=0.0)
 
     @classmethod
@@ -52,7 +53,8 @@ class Progress:
         """Move the bar (when the audience size is known) and say what happened so far."""
         if self.artifact_id is None:
             return
-        percent = min(99.0, 100.0 * rows_seen / self.total) if self.total else self.last
+        seen = self.done_before + rows_seen
+        percent = min(99.0, 100.0 * seen / self.total) if self.total else self.last
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         update_progress_artifact(
             self.artifact_id, percent, description=f"{self.description}: {summary}"

@@ -66,3 +66,32 @@ def test_rerun_of_a_completed_campaign_sends_nothing(
     assert sim.admin.counters().accepted == before
     assert again.sent_this_run == 0
     assert again.counts == first.counts
+
+
+def test_the_ui_shows_progress_and_a_report(audience: Any, db_engine: Engine, sim: Any) -> None:
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    state = push_campaign(params(audience.name, name="shown"), return_state=True)
+    result = state.result()
+
+    async def artifacts() -> tuple[str, list[Any]]:
+        run_id = state.state_details.flow_run_id
+        async with get_client() as client:
+            flow_run = await client.read_flow_run(run_id)
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]))
+            )
+        return flow_run.name, found
+
+    run_name, listed = asyncio.run(artifacts())
+    assert run_name == "campaign-shown"
+    found = {a.type: a for a in listed}
+    assert found["progress"].data == 100.0
+    report = found["markdown"].data
+    assert "# Campaign shown" in report and f"| sent | {result.counts['sent']} |" in report
+    assert "43019" in report or "48002" in report, "top errcodes with their meaning"
+    assert f"campaign_id = '{result.campaign_id}'" in report, "the SQL for the failed rows"
+    assert found["table"].data
