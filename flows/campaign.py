@@ -373,7 +373,20 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
         dry_run=params.dry_run,
     )
     progress.finish()
-    publish_report(CampaignReport.build(result, tally.errcodes))
+    publish_report(
+        CampaignReport.build(
+            campaign_id=campaign_id,
+            name=params.name,
+            status=status,
+            reason=reason,
+            counts=counts,
+            errcodes=tally.errcodes,
+            seconds=seconds,
+            sent_this_run=sent_now,
+            http_attempts=tally.http_attempts,
+            dry_run=params.dry_run,
+        )
+    )
     log.info(
         "Campaign %r %s: %s (%d sent this run, %.1f msg/s).",
         params.name,

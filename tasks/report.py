@@ -84,8 +84,21 @@ class CampaignReport(BaseModel):
     dry_run: bool
 
     @classmethod
-    def build(cls, result: Any, errcodes: Mapping[str, int]) -> CampaignReport:
-        """From the flow's result and this run's errcode tally."""
+    def build(
+        cls,
+        *,
+        campaign_id: str,
+        name: str,
+        status: str,
+        reason: str | None,
+        counts: Mapping[str, int],
+        errcodes: Mapping[str, int],
+        seconds: float,
+        sent_this_run: int = 0,
+        http_attempts: int = 0,
+        dry_run: bool = False,
+    ) -> CampaignReport:
+        """The report, with each errcode's class and meaning from the one errcode table."""
         rows = []
         for code, count in sorted(errcodes.items(), key=lambda kv: -kv[1])[:10]:
             row = lookup(int(code))
@@ -98,18 +111,18 @@ class CampaignReport(BaseModel):
                 }
             )
         return cls(
-            campaign_id=result.campaign_id,
-            name=result.name,
-            status=str(result.status),
-            reason=result.reason,
-            counts=dict(result.counts),
+            campaign_id=campaign_id,
+            name=name,
+            status=str(status),
+            reason=reason,
+            counts=dict(counts),
             errcodes=rows,
-            seconds=result.seconds,
-            messages_per_second=result.messages_per_second,
-            sent_this_run=getattr(result, "sent_this_run", 0),
-            http_attempts=getattr(result, "http_attempts", 0),
-            failed_sql=failed_rows_sql(result.campaign_id),
-            dry_run=result.dry_run,
+            seconds=round(seconds, 2),
+            messages_per_second=round(sent_this_run / seconds, 1) if seconds else 0.0,
+            sent_this_run=sent_this_run,
+            http_attempts=http_attempts,
+            failed_sql=failed_rows_sql(campaign_id),
+            dry_run=dry_run,
         )
 
     @classmethod
@@ -120,22 +133,16 @@ class CampaignReport(BaseModel):
         seconds = 0.0
         if record.started_at and record.finished_at:
             seconds = (record.finished_at - record.started_at).total_seconds()
-        sent = counts.get("sent", 0)
-        summary = type(
-            "Stored",
-            (),
-            {
-                "campaign_id": record.id,
-                "name": record.name,
-                "status": record.status,
-                "reason": record.status_reason,
-                "counts": dict(counts),
-                "seconds": round(seconds, 2),
-                "messages_per_second": round(sent / seconds, 1) if seconds else 0.0,
-                "dry_run": False,
-            },
+        return cls.build(
+            campaign_id=record.id,
+            name=record.name,
+            status=record.status,
+            reason=record.status_reason,
+            counts=counts,
+            errcodes=errcodes,
+            seconds=seconds,
+            sent_this_run=counts.get("sent", 0),
         )
-        return cls.build(summary, errcodes)
 
     def markdown(self) -> str:
         """The report as markdown (also what `wxpush report` prints)."""
