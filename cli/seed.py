@@ -18,7 +18,8 @@ from cli.db import DatabaseUrl
 SIMULATOR_CHUNK = 20_000  # followers per POST /_sim/followers
 
 
-def _follower(recipient: Any) -> dict[str, Any]:
+def follower_payload(recipient: Any) -> dict[str, Any]:
+    """A seeded recipient as the simulator's follower (same subscribed/blocked/last interaction)."""
     last = recipient.last_interaction_at
     return {
         "openid": recipient.openid,
@@ -87,7 +88,7 @@ def register(app: typer.Typer) -> None:
         def to_simulator(chunk: Sequence[Any]) -> None:
             assert admin is not None
             for start in range(0, len(chunk), SIMULATOR_CHUNK):
-                part = [_follower(r) for r in chunk[start : start + SIMULATOR_CHUNK]]
+                part = [follower_payload(r) for r in chunk[start : start + SIMULATOR_CHUNK]]
                 result = admin.add_followers(part)
                 registered["created"] += result.created
                 registered["updated"] += result.updated

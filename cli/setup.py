@@ -230,30 +230,10 @@ async def asetup_app(
     return report
 
 
-def setup_app(
-    app: str = "default",
-    *,
-    app_id: str | None = None,
-    app_secret: str | SecretStr | None = None,
-    api_base_url: str | None = None,
-    kind: AccountKind | None = None,
-    token_mode: TokenMode | None = None,
-    callback_token: str | SecretStr | None = None,
-    encoding_aes_key: str | SecretStr | None = None,
-) -> SetupReport:
-    """Synchronous `asetup_app` (runs its own event loop: not inside a running one)."""
-    return asyncio.run(
-        asetup_app(
-            app,
-            app_id=app_id,
-            app_secret=app_secret,
-            api_base_url=api_base_url,
-            kind=kind,
-            token_mode=token_mode,
-            callback_token=callback_token,
-            encoding_aes_key=encoding_aes_key,
-        )
-    )
+def setup_app(app: str = "default", **values: Any) -> SetupReport:
+    """Synchronous `asetup_app`, same keyword arguments (runs its own event loop: not inside
+    a running one)."""
+    return asyncio.run(asetup_app(app, **values))
 
 
 # -- the command ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import Engine, text
 
+from cli.seed import follower_payload
 from db.seed import seed_recipients
 from tasks.params import CampaignParams
 from wechat.fields import validate_template_data
@@ -29,17 +30,6 @@ class Audience:
     sim: Any
 
 
-def follower(recipient: Any) -> dict[str, Any]:
-    """The simulator's view of a seeded recipient."""
-    last = recipient.last_interaction_at
-    return {
-        "openid": recipient.openid,
-        "subscribed": recipient.subscribed,
-        "blocked": recipient.blocked,
-        "last_interaction_at": None if last is None else last.isoformat(),
-    }
-
-
 def seed(engine: Engine, sim: Any, app_id: str, count: int, seed_value: int = 7) -> None:
     """`count` recipients in SQL and the same followers in the simulator."""
     with engine.begin() as conn:
@@ -48,7 +38,7 @@ def seed(engine: Engine, sim: Any, app_id: str, count: int, seed_value: int = 7)
             app_id=app_id,
             count=count,
             seed=seed_value,
-            on_chunk=lambda chunk: sim.admin.add_followers([follower(r) for r in chunk]),
+            on_chunk=lambda chunk: sim.admin.add_followers([follower_payload(r) for r in chunk]),
         )
 
 
@@ -138,3 +128,12 @@ def assert_exactly_once(engine: Engine, sim: Any, app_id: str, campaign_id: str)
     sent = {o for o, (status, _) in expected.items() if status == "sent"}
     assert set(seen) == sent, "exactly the eligible followers got a message"
     assert max(seen.values(), default=1) == 1, "nobody got a message twice"
+
+
+def run_campaign(p: CampaignParams) -> Any:
+    """Run push_campaign in-process and return its result; the run must complete."""
+    from flows.campaign import push_campaign
+
+    state = push_campaign(p, return_state=True)
+    assert state.is_completed(), state.message
+    return state.result()

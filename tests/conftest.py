@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.simulator",
     "tests.fixtures.prefect",
     "tests.fixtures.database",
+    "tests.fixtures.campaign",
 ]

@@ -15,40 +15,20 @@ import pytest
 from sqlalchemy import Engine, text
 
 from flows.campaign import push_campaign
-from tasks import database
 from tests.campaign_helpers import (
     accepted_openids,
     assert_exactly_once,
     ledger,
-    make_app,
     params,
-    seed,
 )
+from tests.campaign_helpers import run_campaign as run
 
 pytestmark = pytest.mark.harness
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def audience(
-    db_url: str, db_engine: Engine, sim: Any, make_wechat_app: Any, monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
-    database.dispose_all()
-    app = make_app(make_wechat_app)
-    seed(db_engine, sim, sim.app_id, 300)
-    yield app
-    database.dispose_all()
-
-
 def run_state(p: Any) -> Any:
     return push_campaign(p, return_state=True)
-
-
-def run(p: Any) -> Any:
-    state = run_state(p)
-    assert state.is_completed(), state.message
-    return state.result()
 
 
 def test_token_rotated_mid_campaign_refreshes_once(

@@ -10,36 +10,15 @@ from sqlalchemy import Engine
 from typer.testing import CliRunner
 
 from cli.main import app as cli
-from flows.campaign import push_campaign
-from tasks import database
 from tests.campaign_helpers import (
     assert_exactly_once,
     expected_statuses,
     ledger,
-    make_app,
     params,
-    seed,
 )
+from tests.campaign_helpers import run_campaign as run
 
 pytestmark = pytest.mark.harness
-
-
-@pytest.fixture
-def audience(
-    db_url: str, db_engine: Engine, sim: Any, make_wechat_app: Any, monkeypatch: pytest.MonkeyPatch
-) -> Any:
-    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
-    database.dispose_all()
-    app = make_app(make_wechat_app)
-    seed(db_engine, sim, sim.app_id, 300)
-    yield app
-    database.dispose_all()
-
-
-def run(p: Any) -> Any:
-    state = push_campaign(p, return_state=True)
-    assert state.is_completed(), state.message
-    return state.result()
 
 
 def test_dry_run_sends_and_records_nothing(audience: Any, db_engine: Engine, sim: Any) -> None:

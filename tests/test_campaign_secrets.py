@@ -6,8 +6,6 @@ The token is rotated mid-run so a refresh (and its log lines) happens too."""
 from __future__ import annotations
 
 import asyncio
-import logging
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,17 +28,6 @@ from tests.campaign_helpers import make_app, params, seed
 from tests.fixtures.prefect import api_logging
 
 pytestmark = pytest.mark.harness
-
-
-@pytest.fixture
-def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    caplog.set_level(logging.DEBUG)
-    prefect_logger = logging.getLogger("prefect")
-    prefect_logger.addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        prefect_logger.removeHandler(caplog.handler)
 
 
 async def _stored(flow_run_id: Any) -> str:

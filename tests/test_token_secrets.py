@@ -9,9 +9,7 @@ both secrets travel in URL query strings, which httpx logs.
 from __future__ import annotations
 
 import asyncio
-import logging
 import traceback
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -35,18 +33,6 @@ from wechat.errors import ConfigError, TransportError
 from wechat.simulator.process import free_port
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.harness]
-
-
-@pytest.fixture
-def all_logs(caplog: pytest.LogCaptureFixture) -> Iterator[pytest.LogCaptureFixture]:
-    """caplog at DEBUG, also fed by Prefect's loggers (which do not propagate to root)."""
-    caplog.set_level(logging.DEBUG)
-    prefect_logger = logging.getLogger("prefect")
-    prefect_logger.addHandler(caplog.handler)
-    try:
-        yield caplog
-    finally:
-        prefect_logger.removeHandler(caplog.handler)
 
 
 def exception_text(exc: BaseException) -> str:
