@@ -476,7 +476,8 @@ class _Batch:
                     self.stop.set(
                         "stop", reason, errcode=error.errcode, error_class="CONFIG", openid=openid
                     )
-                    return outcome(DeliveryStatus.FAILED, reason, error_class="CONFIG")
+                    # An account problem, not this recipient's: a resume after the fix sends it.
+                    return outcome(DeliveryStatus.PENDING, reason, error_class="CONFIG")
                 if self.stop._stop is not None:
                     return outcome(DeliveryStatus.PENDING, "campaign stopped before a retry")
                 refreshed = True
@@ -502,9 +503,10 @@ class _Batch:
             )
             return outcome(DeliveryStatus.PENDING, reason)
         self.stop.set("stop", reason, errcode=error.errcode, error_class=str(cls), openid=openid)
-        # A code the table does not know is not this recipient's fault: keep the row open.
-        status = DeliveryStatus.PENDING if _is_unknown(error) else DeliveryStatus.FAILED
-        return outcome(status, reason)
+        # An account problem (CONFIG) or a code the table does not know is not this
+        # recipient's fault: keep the row open, so a resume after the fix sends it.
+        keep_open = cls is ErrorClass.CONFIG or _is_unknown(error)
+        return outcome(DeliveryStatus.PENDING if keep_open else DeliveryStatus.FAILED, reason)
 
     def _refresh_failed(
         self, exc: Exception, outcome: Callable[..., DeliveryOutcome], openid: str
@@ -517,7 +519,7 @@ class _Batch:
             self.stop.set("pause", reason + " (transient: resume later)", error_class=str(cls))
             return outcome(DeliveryStatus.PENDING, reason)
         self.stop.set("stop", reason, error_class=str(cls), openid=openid)
-        return outcome(DeliveryStatus.FAILED, reason, error_class=str(cls))
+        return outcome(DeliveryStatus.PENDING, reason, error_class=str(cls))
 
 
 def _unknown(error: WeChatError) -> bool:

@@ -332,7 +332,7 @@ async def test_a_refreshed_token_refused_again_stops_without_looping(
 
     assert calls == 1
     (outcome,) = result.outcomes
-    assert outcome.status is DeliveryStatus.FAILED and outcome.error_class == "CONFIG"
+    assert outcome.status is DeliveryStatus.PENDING and outcome.error_class == "CONFIG"
     assert outcome.errcode == 40001 and outcome.attempts == 2
     assert "refused the refreshed access_token" in outcome.reason
     assert result.stop is not None and result.stop.kind == "stop"
@@ -496,6 +496,27 @@ async def test_an_errcode_nobody_knows_stops_but_keeps_the_row_open(
     (outcome,) = result.outcomes
     assert outcome.status is DeliveryStatus.PENDING and outcome.error_class == "REQUEST"
     assert result.stop is not None and result.stop.kind == "stop" and "99999" in result.stop.reason
+
+
+async def test_an_account_problem_stops_and_keeps_the_row_open(
+    sim: SimulatorProcess, respx_mock: Any
+) -> None:
+    respx_mock.route(host="wechat.test").mock(
+        return_value=httpx.Response(200, json={"errcode": 40164, "errmsg": "invalid ip"})
+    )
+    async with WeChatClient("http://wechat.test", transport="httpx") as client:
+        result = await send_rows(
+            [row("o1"), row("o2")],
+            spec=SPEC,
+            campaign_id=CAMPAIGN,
+            client=client,
+            token=TokenSource("t", Refresher(sim)),
+            concurrency=1,
+        )
+    (outcome,) = result.outcomes
+    # Not the recipient's fault: pending, so a resume after whitelisting the IP sends it.
+    assert outcome.status is DeliveryStatus.PENDING and outcome.error_class == "CONFIG"
+    assert result.stop is not None and result.stop.kind == "stop" and "40164" in result.stop.reason
 
 
 async def test_a_batch_started_after_a_stop_sends_nothing(sim: SimulatorProcess) -> None:
