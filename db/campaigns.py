@@ -176,6 +176,14 @@ def find_campaign(executor: Executor, id_or_name: str) -> CampaignRecord | None:
     return named[0] if named else None
 
 
+def find_by_flow_run(executor: Executor, flow_run_id: str) -> CampaignRecord | None:
+    """The campaign a flow run is (or was last) working on."""
+    row = executor.execute(
+        select(campaigns).where(campaigns.c.flow_run_id == str(flow_run_id))
+    ).first()
+    return CampaignRecord.from_row(row) if row is not None else None
+
+
 def create_or_resume(
     executor: Executor,
     *,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import Counter, deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -305,11 +306,42 @@ def decide_status(counts: dict[str, int], stop: StopSignal) -> tuple[CampaignSta
     return CampaignStatus.COMPLETED, None
 
 
+def _end_abnormally(status: CampaignStatus, reason: str) -> Callable[..., None]:
+    """A flow hook that records how a run ended when the flow body could not (cancelled
+    from the UI, or the process crashed): the ledger already holds every answer."""
+
+    def hook(flow: Any, flow_run: Any, state: Any) -> None:
+        with engine().begin() as conn:
+            record = campaign_rows.find_by_flow_run(conn, str(flow_run.id))
+            if record is None or record.status != CampaignStatus.RUNNING:
+                return
+            counts = status_counts(conn, record.id)
+            campaign_rows.set_status(
+                conn,
+                record.id,
+                status,
+                reason,
+                counts={k: v for k, v in counts.items() if k in campaign_rows.COUNT_KEYS},
+            )
+
+    return hook
+
+
 @flow(
     name="push-campaign",
     flow_run_name="campaign-{params.name}",
     task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_BATCHES),
     log_prints=False,
+    on_cancellation=[
+        _end_abnormally(
+            CampaignStatus.CANCELLED, "the run was cancelled; run it again with its ID to finish"
+        )
+    ],
+    on_crashed=[
+        _end_abnormally(
+            CampaignStatus.FAILED, "the run crashed; run it again with its ID to finish"
+        )
+    ],
 )
 def push_campaign(params: CampaignParams) -> CampaignResult:
     """Send one campaign: every eligible recipient at most once, every row in the ledger."""
