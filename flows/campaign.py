@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
 from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
 from pydantic import BaseModel
 
@@ -35,6 +36,7 @@ from db.audience import (
 from db.ledger import record_outcomes, status_counts
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
+from tasks.blocks import WeChatApp
 from tasks.database import engine
 from tasks.message import MessageSpec, client_msg_id_for, render
 from tasks.params import CampaignParams
@@ -236,6 +238,7 @@ def _dry_run(spec: MessageSpec, campaign_id: str, batch: list[Any], tally: _Tall
 
 def _send_all(
     params: CampaignParams,
+    app: WeChatApp,
     campaign_id: str,
     sql: str,
     binds: dict[str, Any],
@@ -244,6 +247,8 @@ def _send_all(
 ) -> _Tally:
     spec = message_spec(params)
     settings = SendSettings(
+        api_base_url=app.api_base_url,
+        kind=app.kind,
         concurrency=params.concurrency,
         rate_per_second=params.rate_per_second,
         timeout_seconds=params.request_timeout_seconds,
@@ -278,7 +283,8 @@ def _send_all(
         eligible = [dict(row.values, openid=row.openid) for row in batch if not row.skip_reason]
         if eligible:
             in_flight.append(
-                send_batch.submit(campaign_id, index, params.app, spec, eligible, settings)
+                # quote(): Prefect would otherwise walk every row looking for futures.
+                send_batch.submit(campaign_id, index, params.app, spec, quote(eligible), settings)
             )
         while len(in_flight) >= PARALLEL_BATCHES:
             _collect(in_flight.popleft(), tally, stop, params, progress)
@@ -368,7 +374,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
                     for status, n in status_counts(conn, campaign_id).items()
                     if status != "pending"
                 )
-        tally = _send_all(params, campaign_id, sql, binds, stop, progress)
+        tally = _send_all(params, app, campaign_id, sql, binds, stop, progress)
     except CampaignFailed as exc:
         if not params.dry_run:
             with engine().begin() as conn:

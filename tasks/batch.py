@@ -22,9 +22,9 @@ from tasks.database import engine
 from tasks.message import MessageSpec
 from tasks.ratelimit import shared_limiter
 from tasks.sender import RetryPolicy, TokenSource, send_rows, stop_signal
-from tasks.token import get_access_token, load_app, refresh_if_current
+from tasks.token import get_access_token, refresh_if_current
 from wechat.client import WeChatClient
-from wechat.errors import RetryableError
+from wechat.errors import AccountKind, RetryableError
 
 #: How often the ledger write is tried before the task fails (outcomes stay in memory).
 LEDGER_ATTEMPTS = 4
@@ -33,6 +33,8 @@ LEDGER_ATTEMPTS = 4
 class SendSettings(BaseModel):
     """The knobs of one campaign's send path, passed to every batch."""
 
+    api_base_url: str = Field(description="The app's WeChat API base (no secret).")
+    kind: AccountKind = "official_account"
     concurrency: int = Field(ge=1)
     rate_per_second: float | None = None
     timeout_seconds: float = Field(10.0, gt=0)
@@ -105,15 +107,14 @@ async def send_batch(
     errcodes: dict[str, int] = {}
     attempts = 0
     if todo and not stop.is_set():
-        app_block = await load_app(app)
         token = TokenSource(
             await get_access_token(app), refresh=lambda failed: refresh_if_current(app, failed)
         )
         answered: list[DeliveryOutcome] = []
         try:
             async with WeChatClient(
-                app_block.api_base_url,
-                kind=app_block.kind,
+                settings.api_base_url,
+                kind=settings.kind,
                 max_connections=settings.concurrency,
                 timeout=settings.timeout_seconds,
             ) as client:
