@@ -83,6 +83,7 @@ from sqlalchemy.pool import NullPool
 
 from bench.sender import stable_token, workers
 from bench.simulator import STACKS, Outcome, Send, cpu_seconds
+from cli.seed import follower_payload
 from db.engine import database_url, make_engine
 from db.migrate import upgrade
 from db.models import deliveries
@@ -723,7 +724,7 @@ def seed_round(
     def on_chunk(chunk: Sequence[Any]) -> None:
         nonlocal written
         if register:
-            bench.sim.admin.add_followers(follower(r) for r in chunk)
+            bench.sim.admin.add_followers(follower_payload(r) for r in chunk)
         written += len(chunk)
         conn.commit()
         if time.monotonic() > deadline:
@@ -734,17 +735,6 @@ def seed_round(
             seed_recipients(conn, app_id=app_id, count=count, seed=seed, on_chunk=on_chunk)
         conn.commit()
     return written
-
-
-def follower(recipient: Any) -> dict[str, Any]:
-    """The simulator's view of a seeded recipient (as cli/seed.py registers it)."""
-    last = recipient.last_interaction_at
-    return {
-        "openid": recipient.openid,
-        "subscribed": recipient.subscribed,
-        "blocked": recipient.blocked,
-        "last_interaction_at": None if last is None else last.isoformat(),
-    }
 
 
 def audience_rows(engine: Engine, app_id: str, n: int) -> list[dict[str, Any]]:
