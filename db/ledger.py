@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, func, select
+from sqlalchemy import Connection, bindparam, func, select
 from sqlalchemy.orm import Session
 
 from db.audience import RETRYABLE_ERROR_CLASSES
@@ -187,24 +187,27 @@ def final_openids(
     wanted = list(dict.fromkeys(openids))
     if not wanted:
         return set()
-    condition = deliveries.c.status.in_([str(s) for s in FINAL_STATUSES])
-    if retry_failed:
-        condition = and_(
-            condition,
-            ~and_(
-                deliveries.c.status == DeliveryStatus.FAILED,
-                deliveries.c.error_class.in_(RETRYABLE_ERROR_CLASSES),
-            ),
-        )
-    query = select(deliveries.c.openid).where(
+    # Select by (campaign_id, openid) only and judge the status here: with the status in
+    # the WHERE clause SQLite picks the (campaign_id, status) index and reads every final
+    # row of the campaign per batch (968 ms per batch at 1M sent rows, against 6 ms).
+    query = select(deliveries.c.openid, deliveries.c.status, deliveries.c.error_class).where(
         deliveries.c.campaign_id == campaign_id,
         deliveries.c.openid.in_(bindparam("openids", expanding=True)),
-        condition,
     )
+    final = {str(s) for s in FINAL_STATUSES}
     found: set[str] = set()
     for start in range(0, len(wanted), _MAX_ROWS_PER_STATEMENT):
         chunk = wanted[start : start + _MAX_ROWS_PER_STATEMENT]
-        found.update(executor.execute(query, {"openids": chunk}).scalars())
+        for openid, status, error_class in executor.execute(query, {"openids": chunk}):
+            if status not in final:
+                continue
+            if (
+                retry_failed
+                and status == DeliveryStatus.FAILED
+                and error_class in RETRYABLE_ERROR_CLASSES
+            ):
+                continue
+            found.add(openid)
     return found
 
 
