@@ -1,6 +1,6 @@
-"""`wxpush db upgrade` and `wxpush db current`: bring the database to the current schema, or
-say where it stands. The database is `--database-url`, else `$WXPUSH_DATABASE_URL`, else
-`./wxpush.db`."""
+"""`wxpush db upgrade` and `wxpush db current`: bring the database to the current schema (and
+the `errcodes` reference table up to date), or say where it stands. The database is
+`--database-url`, else `$WXPUSH_DATABASE_URL`, else `./wxpush.db`."""
 
 from __future__ import annotations
 
@@ -24,10 +24,22 @@ def register(app: typer.Typer) -> None:
 
     @group.command("upgrade")
     def upgrade_command(database_url: DatabaseUrl = None) -> None:
-        """Create or migrate the tables to the newest schema (safe to run again)."""
-        from db.migrate import upgrade
+        """Create or migrate the tables to the newest schema and refresh the errcodes
+        reference table the analyst views join (safe to run again)."""
+        from sqlalchemy.pool import NullPool
 
-        typer.echo(upgrade(database_url).describe())
+        from db.engine import make_engine
+        from db.migrate import upgrade
+        from tasks.reference import sync_errcodes_table
+
+        result = upgrade(database_url)
+        typer.echo(result.describe())
+        # The errcode meanings live in wechat/errors.py, which the migration may not import.
+        engine = make_engine(result.url, poolclass=NullPool)
+        try:
+            typer.echo(sync_errcodes_table(engine).describe())
+        finally:
+            engine.dispose()
 
     @group.command("current")
     def current_command(database_url: DatabaseUrl = None) -> None:

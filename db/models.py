@@ -1,4 +1,5 @@
-"""The four tables: `recipients`, `interactions`, `campaigns`, `deliveries`.
+"""The tables: `recipients`, `interactions`, `campaigns`, `deliveries`, and the `errcodes`
+reference table the analyst views join (filled by `db.errcodes.sync_errcodes`).
 
 Declared once here; the Alembic migrations create exactly this (a test compares them on
 SQLite and PostgreSQL). Timestamps are `UTCDateTime` (aware UTC on both databases), JSON is
@@ -36,6 +37,9 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+# `errcodes.account_kind`: the account kinds whose errcode tables differ (wechat/errors.py).
+ACCOUNT_KINDS = ("official_account", "wecom")
 
 OPENID = String(64)  # WeChat openids are 28 characters; WeCom user ids up to 64
 APP_ID = String(64)
@@ -162,7 +166,24 @@ class Delivery(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 
+class Errcode(Base):
+    """What a WeChat errcode means and its class, so SQL (the `delivery_failures` view) can
+    explain failures. A copy of wechat/errors.py, kept in step by `tasks.reference`."""
+
+    __tablename__ = "errcodes"
+    __table_args__ = (
+        CheckConstraint(_in_list("account_kind", ACCOUNT_KINDS), name="account_kind"),
+    )
+
+    # `wecom` rows are only the codes whose meaning differs from the Official Account's.
+    account_kind: Mapped[str] = mapped_column(String(16), primary_key=True)
+    errcode: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    error_class: Mapped[str] = mapped_column(String(16))
+    meaning: Mapped[str] = mapped_column(Text)
+
+
 recipients = Recipient.__table__
 interactions = Interaction.__table__
 campaigns = Campaign.__table__
 deliveries = Delivery.__table__
+errcodes = Errcode.__table__
