@@ -1,7 +1,7 @@
 """The audience: an operator's SELECT, run read-only with a timeout, streamed in batches
 (DESIGN decision 6).
 
-The query returns `openid` plus any columns the message uses. Two column names have a meaning:
+The query returns `openid` plus any columns the message uses. Three column names have a meaning:
 
 - `last_interaction_at` drives WeChat's interaction window: with `window_hours > 0` a row whose
   value is NULL or older than `now - window_hours` is annotated `outside_window` (a row exactly
@@ -14,6 +14,13 @@ The query returns `openid` plus any columns the message uses. Two column names h
   required: a query without it is rejected rather than silently sending to everyone.
 - `subscribed`, when present, marks rows `unsubscribed` when false (false, 0, 'false', 'f',
   'no'); NULL counts as subscribed.
+- `nothing_to_send`, when present, marks rows `nothing_to_send` when true (true, 1, 'true',
+  't', 'yes'); NULL and anything else count as having something to send. A digest's query
+  (db/digest.py) returns every recipient and marks those without content this way, so the
+  ledger records why they got nothing.
+
+A row gets one skip reason, the first that applies: `unsubscribed`, then `nothing_to_send`,
+then `outside_window`.
 
 Skipped rows are streamed too (annotated, not dropped) so the ledger records them. Rows already
 final in the ledger for this campaign are left out in SQL; `pending` rows always come back, and
@@ -56,6 +63,10 @@ DEFAULT_AUDIENCE_SQL = """\
 SELECT openid, nickname, city, subscribed, blocked, last_interaction_at, attributes
 FROM recipients
 WHERE app_id = :app_id"""
+
+# The texts (lower-cased) of a false `subscribed` and of a true `nothing_to_send`.
+_FALSE_TEXTS = ("0", "false", "f", "no")
+_TRUE_TEXTS = ("1", "true", "t", "yes")
 
 # Error classes (wechat.errors.ErrorClass values) whose failures `retry_failed` sends again.
 RETRYABLE_ERROR_CLASSES = ("RETRY", "QUOTA")
@@ -326,13 +337,16 @@ def _require_columns(columns: list[str], window_hours: float) -> None:
 _SQLITE_STAMP = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}")
 
 
+_BOOLEAN_COLUMNS = frozenset({"subscribed", "nothing_to_send"})
+
+
 def _plain(name: str, value: Any) -> Any:
     """The same Python value from both databases: aware UTC datetimes (SQLite hands back
-    wxpush's timestamps as text), JSON `attributes` as dicts (SQLite: text) and `subscribed`
-    as a bool (SQLite: 0/1)."""
+    wxpush's timestamps as text), JSON `attributes` as dicts (SQLite: text), `subscribed` and
+    `nothing_to_send` as bools (SQLite: 0/1)."""
     if isinstance(value, datetime):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-    if name == "subscribed" and type(value) is int and value in (0, 1):
+    if name in _BOOLEAN_COLUMNS and type(value) is int and value in (0, 1):
         return bool(value)  # SQLite has no boolean type
     if isinstance(value, str):
         if len(value) == 26 and value[10] == " " and _SQLITE_STAMP.fullmatch(value):
@@ -347,6 +361,13 @@ def _plain(name: str, value: Any) -> Any:
 
 def _plain_row(columns: list[str], row: Any) -> dict[str, Any]:
     return {name: _plain(name, value) for name, value in zip(columns, row, strict=False)}
+
+
+def has_nothing_to_send(row: Mapping[str, Any]) -> bool:
+    """Whether the row's `nothing_to_send` column is true, judged as the stream's SQL judges
+    it: a preview row the campaign will skip has no content to check."""
+    value = row.get("nothing_to_send")
+    return value is not None and str(value).lower() in _TRUE_TEXTS
 
 
 # -- preview --------------------------------------------------------------------------------------
@@ -413,8 +434,13 @@ def _skip_reason_sql(columns: list[str], dialect: str, window_hours: float) -> s
     whens = []
     if "subscribed" in columns:
         whens.append(
-            "WHEN lower(CAST(_wx_w.subscribed AS TEXT)) IN ('0', 'false', 'f', 'no') "
+            f"WHEN lower(CAST(_wx_w.subscribed AS TEXT)) IN ({_sql_list(_FALSE_TEXTS)}) "
             f"THEN '{SkipReason.UNSUBSCRIBED}'"
+        )
+    if "nothing_to_send" in columns:
+        whens.append(
+            f"WHEN lower(CAST(_wx_w.nothing_to_send AS TEXT)) IN ({_sql_list(_TRUE_TEXTS)}) "
+            f"THEN '{SkipReason.NOTHING_TO_SEND}'"
         )
     if window_hours > 0:
         stamp = _comparable_stamp("_wx_w.last_interaction_at", dialect)
@@ -425,6 +451,10 @@ def _skip_reason_sql(columns: list[str], dialect: str, window_hours: float) -> s
     if not whens:
         return "CAST(NULL AS VARCHAR(32))"
     return "CASE " + " ".join(whens) + " END"
+
+
+def _sql_list(texts: tuple[str, ...]) -> str:
+    return ", ".join(f"'{t}'" for t in texts)
 
 
 def _comparable_stamp(column: str, dialect: str) -> str:

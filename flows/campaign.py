@@ -30,6 +30,7 @@ from db.audience import (
     DEFAULT_AUDIENCE_SQL,
     AudienceQueryError,
     count_audience,
+    has_nothing_to_send,
     preview_audience,
     stream_audience,
 )
@@ -139,15 +140,17 @@ async def preflight(
         )
     problems: list[str] = []
     clean = 0
-    for row in preview.rows:
+    # A row the campaign skips as nothing_to_send has no content to check, by design.
+    rows = [row for row in preview.rows if not has_nothing_to_send(row)]
+    for row in rows:
         rendered = render(spec, row, client_msg_id=client_msg_id_for(campaign_id, row["openid"]))
         if isinstance(rendered, list):
             problems.append(str(rendered[0]))
         else:
             clean += 1
-    if preview.rows and clean == 0:
+    if rows and clean == 0:
         raise CampaignFailed(
-            f"Every one of the {len(preview.rows)} preview rows breaks WeChat's field rules, "
+            f"Every one of the {len(rows)} preview rows breaks WeChat's field rules, "
             f"e.g. {problems[0]}. Fix the template fields (docs/template-fields.md)."
         )
     if not params.dry_run:
@@ -157,7 +160,7 @@ async def preflight(
         "Preflight passed: audience columns %s; %d of %d preview rows render cleanly%s.",
         ", ".join(preview.columns),
         clean,
-        len(preview.rows),
+        len(rows),
         "" if params.dry_run else "; the token works",
     )
     return clean
@@ -355,7 +358,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
     started = time.monotonic()
     app = run_coro_as_sync(load_app(params.app))
     sql = params.audience_sql or DEFAULT_AUDIENCE_SQL
-    binds = {"app_id": app.app_id}
+    binds = {**params.audience_params, "app_id": app.app_id}
     if params.dry_run:
         campaign_id = params.campaign_id or f"dry-run-{uuid.uuid4().hex[:12]}"
     else:

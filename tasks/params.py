@@ -1,31 +1,66 @@
-"""`CampaignParams`: the campaign form an operator fills in the Prefect UI.
+"""`CampaignParams` and `DigestParams`: the forms an operator fills in the Prefect UI.
 
 Every knob is in the operator's words, with bounds the UI enforces before a run exists
 (listmonk's lesson: state the arithmetic in the help text). Cross-field rules that a JSON
 schema cannot express are checked when the run starts, with a message saying what to fix.
+The message and sending knobs are declared once, in `MessageParams`, which both forms extend:
+a digest is a campaign whose audience, name and ID come from the day.
 """
 
 from __future__ import annotations
 
-from typing import Literal, Self
+import re
+from datetime import date
+from typing import Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from db.digest import DEFAULT_DIGEST_SQL, day_binds, digest_campaign_id, zone
+from wechat.simulator.defaults import DEMO_TEMPLATE_ID
 
 MessageKind = Literal["template", "customer_service", "subscribe"]
+AudienceParam = str | int | float | bool
+
+#: The demo template ("order shipped": thing1, character_string2, time3, amount4) filled from
+#: the columns of `db.digest.DEFAULT_DIGEST_SQL`, so the example digest runs out of the box.
+DEFAULT_DIGEST_DATA: dict[str, str] = {
+    "thing1": "当日互动 {event_count} 次",
+    "character_string2": "{last_event_kind}",
+    "time3": "{last_event_at}",
+    "amount4": "{last_order_amount}",
+}
+
+_BIND_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
-class CampaignParams(BaseModel):
-    """One campaign: who gets which message, how fast, and what to do when things fail."""
+def _template_id_field(default: str | None) -> Any:
+    return Field(
+        default,
+        min_length=1,
+        max_length=128,
+        title="Template ID",
+        description="From the account's template library; required for template and subscribe.",
+        json_schema_extra={"position": 3},
+    )
+
+
+def _data_field(default: dict[str, str]) -> Any:
+    return Field(
+        default_factory=lambda: dict(default),
+        title="Template fields",
+        description=(
+            "Field key → text. `{column}` is replaced by that column of the audience row, "
+            "e.g. thing1 → `{nickname}, your order shipped`. Write `{{` for a literal brace."
+        ),
+        json_schema_extra={"position": 4},
+    )
+
+
+class MessageParams(BaseModel):
+    """What every recipient gets and how it is sent: the knobs campaigns and digests share."""
 
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(
-        min_length=1,
-        max_length=100,
-        title="Campaign name",
-        description="Shown in run names, reports and the campaigns table.",
-        json_schema_extra={"position": 0},
-    )
     app: str = Field(
         "default",
         min_length=1,
@@ -43,23 +78,8 @@ class CampaignParams(BaseModel):
         ),
         json_schema_extra={"position": 2},
     )
-    template_id: str | None = Field(
-        None,
-        min_length=1,
-        max_length=128,
-        title="Template ID",
-        description="From the account's template library; required for template and subscribe.",
-        json_schema_extra={"position": 3},
-    )
-    data: dict[str, str] = Field(
-        default_factory=dict,
-        title="Template fields",
-        description=(
-            "Field key → text. `{column}` is replaced by that column of the audience row, "
-            "e.g. thing1 → `{nickname}, your order shipped`. Write `{{` for a literal brace."
-        ),
-        json_schema_extra={"position": 4},
-    )
+    template_id: str | None = _template_id_field(None)
+    data: dict[str, str] = _data_field({})
     text: str | None = Field(
         None,
         min_length=1,
@@ -81,17 +101,6 @@ class CampaignParams(BaseModel):
     )
     miniprogram_pagepath: str | None = Field(
         None, title="Mini-program page", json_schema_extra={"position": 8}
-    )
-    audience_sql: str | None = Field(
-        None,
-        title="Audience SQL",
-        description=(
-            "A SELECT returning `openid` plus the columns the fields use; runs read-only with "
-            "a timeout. Bind parameter `:app_id` is the app's AppID. Empty: every recipient of "
-            "the app (unsubscribed ones are recorded as skipped). A `last_interaction_at` "
-            "column drives the window; a `subscribed` column marks unsubscribed rows."
-        ),
-        json_schema_extra={"position": 9},
     )
     window_hours: int = Field(
         48,
@@ -165,6 +174,52 @@ class CampaignParams(BaseModel):
         description="Render and check every message and report the counts; send nothing.",
         json_schema_extra={"position": 15},
     )
+
+    @model_validator(mode="after")
+    def _fits_the_kind(self) -> Self:
+        if self.kind in ("template", "subscribe") and not self.template_id:
+            raise ValueError(f"a {self.kind} campaign needs a template_id")
+        if self.kind in ("template", "subscribe") and not self.data:
+            raise ValueError(f"a {self.kind} campaign needs at least one template field in data")
+        if self.kind == "customer_service" and not self.text:
+            raise ValueError("a customer_service campaign needs a text")
+        return self
+
+
+class CampaignParams(MessageParams):
+    """One campaign: who gets which message, how fast, and what to do when things fail."""
+
+    name: str = Field(
+        min_length=1,
+        max_length=100,
+        title="Campaign name",
+        description="Shown in run names, reports and the campaigns table.",
+        json_schema_extra={"position": 0},
+    )
+    audience_sql: str | None = Field(
+        None,
+        title="Audience SQL",
+        description=(
+            "A SELECT returning `openid` plus the columns the fields use; runs read-only with "
+            "a timeout. Bind parameter `:app_id` is the app's AppID; others come from Audience "
+            "SQL parameters. Empty: every recipient of the app (unsubscribed ones are recorded "
+            "as skipped). Columns with a meaning: `last_interaction_at` drives the window; "
+            "`subscribed` false marks a row unsubscribed; `nothing_to_send` true marks a row "
+            "with no content (a digest's quiet day). A row is skipped for the first that "
+            "applies: unsubscribed, nothing_to_send, outside_window."
+        ),
+        json_schema_extra={"position": 9},
+    )
+    audience_params: dict[str, AudienceParam] = Field(
+        default_factory=dict,
+        title="Audience SQL parameters",
+        description=(
+            "Name → value for the audience SQL's other bind parameters, e.g. city → 上海 for "
+            "`WHERE city = :city`. Names are letters, digits and _; `app_id` and names "
+            "starting with `wx_` are reserved."
+        ),
+        json_schema_extra={"position": 9.5},
+    )
     campaign_id: str | None = Field(
         None,
         min_length=1,
@@ -185,14 +240,98 @@ class CampaignParams(BaseModel):
         json_schema_extra={"position": 17},
     )
 
+    @field_validator("audience_params")
+    @classmethod
+    def _bindable_names(cls, value: dict[str, AudienceParam]) -> dict[str, AudienceParam]:
+        for name in value:
+            if not _BIND_NAME.fullmatch(name):
+                raise ValueError(
+                    f"audience parameter {name!r} is not a bind name: use letters, digits and "
+                    "_ (not starting with a digit), as in `:city`"
+                )
+            if name == "app_id" or name.lower().startswith("wx_"):
+                raise ValueError(
+                    f"audience parameter {name!r} is reserved (`app_id` is the app's AppID; "
+                    "`wx_…` names are wxpush's own); pick another name"
+                )
+        return value
+
     @model_validator(mode="after")
-    def _fits_the_kind(self) -> Self:
-        if self.kind in ("template", "subscribe") and not self.template_id:
-            raise ValueError(f"a {self.kind} campaign needs a template_id")
-        if self.kind in ("template", "subscribe") and not self.data:
-            raise ValueError(f"a {self.kind} campaign needs at least one template field in data")
-        if self.kind == "customer_service" and not self.text:
-            raise ValueError("a customer_service campaign needs a text")
+    def _retry_needs_the_campaign(self) -> Self:
         if self.retry_failed and not self.campaign_id:
             raise ValueError("retry_failed needs the campaign_id of the campaign to retry")
         return self
+
+
+class DigestParams(MessageParams):
+    """One digest: per-recipient content from a digest SQL for one day, sent as that day's
+    campaign (ID `digest-<name>-<day>`), so re-running a day never sends twice."""
+
+    name: str = Field(
+        "daily digest",
+        min_length=1,
+        max_length=80,
+        title="Digest name",
+        description=(
+            "Names each day's campaign and its ID, `digest-<name>-<YYYY-MM-DD>`: keep it "
+            "unchanged so a re-run of a day continues that day's campaign."
+        ),
+        json_schema_extra={"position": 0},
+    )
+    day: date | None = Field(
+        None,
+        title="Day",
+        description=(
+            "The day whose events the digest reports, in the time zone below. Empty = the day "
+            "before the run was scheduled (yesterday for a run started now; a retry of the "
+            "same run keeps its day)."
+        ),
+        json_schema_extra={"position": 1.1},
+    )
+    timezone: str = Field(
+        "Asia/Shanghai",
+        min_length=1,
+        title="Time zone",
+        description="IANA name of the zone whose midnight starts and ends the day.",
+        json_schema_extra={"position": 1.2},
+    )
+    template_id: str | None = _template_id_field(DEMO_TEMPLATE_ID)
+    data: dict[str, str] = _data_field(DEFAULT_DIGEST_DATA)
+    digest_sql: str = Field(
+        DEFAULT_DIGEST_SQL,
+        min_length=1,
+        title="Digest SQL",
+        description=(
+            "A SELECT returning one row per recipient: `openid`, the columns the fields use, "
+            "`last_interaction_at`, `subscribed`, and `nothing_to_send` (true = nothing to "
+            "report that day: skipped, recorded as nothing_to_send). Binds: `:app_id`, "
+            "`:day_start` and `:day_end` (the day's [start, end) in UTC, as "
+            "'YYYY-MM-DD HH:MM:SS.ffffff' text). Runs read-only with a timeout."
+        ),
+        json_schema_extra={"position": 9},
+    )
+    retry_failed: bool = Field(
+        False,
+        title="Re-send retryable failures",
+        description="Also re-send this day's rows that failed for a passing reason "
+        "(WeChat busy, quota).",
+        json_schema_extra={"position": 17},
+    )
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    def campaign(self, day: date) -> CampaignParams:
+        """The campaign that sends this digest for `day`: the same ID every time."""
+        shared = {name: getattr(self, name) for name in MessageParams.model_fields}
+        return CampaignParams(
+            **shared,
+            name=f"{self.name} {day.isoformat()}",
+            audience_sql=self.digest_sql,
+            audience_params=dict(day_binds(day, self.timezone)),
+            campaign_id=digest_campaign_id(self.name, day),
+            retry_failed=self.retry_failed,
+        )

@@ -1,0 +1,79 @@
+"""`wxpush digest run`: a day's digest from a terminal (the same flow a schedule runs)."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+
+digest_app = typer.Typer(help="Send daily digests from a terminal (the daily-digest flow).")
+
+
+@digest_app.command("run")
+def run(
+    day: Annotated[
+        datetime | None,
+        typer.Option(
+            "--day",
+            formats=["%Y-%m-%d"],
+            metavar="YYYY-MM-DD",
+            help="YYYY-MM-DD, in the digest's time zone; default: yesterday there.",
+        ),
+    ] = None,
+    name: Annotated[
+        str | None,
+        typer.Option("--name", help="Digest name (with the day, it makes the campaign ID)."),
+    ] = None,
+    app: Annotated[str | None, typer.Option("--app", help="wechat-app block name.")] = None,
+    timezone: Annotated[
+        str | None, typer.Option("--timezone", help="IANA time zone; default Asia/Shanghai.")
+    ] = None,
+    digest_file: Annotated[
+        Path | None, typer.Option("--digest-file", help="A file holding your digest SQL.")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    retry_failed: Annotated[bool, typer.Option("--retry-failed")] = False,
+    params_file: Annotated[
+        Path | None,
+        typer.Option("--params-file", help="A JSON file of DigestParams; flags override it."),
+    ] = None,
+) -> None:
+    """Run the daily-digest flow in this process and print the day's campaign report."""
+    from cli.campaign import report_text
+    from flows.digest import daily_digest
+    from tasks.params import DigestParams
+
+    given: dict[str, Any] = json.loads(params_file.read_text()) if params_file else {}
+    flags = {
+        "day": day.date().isoformat() if day else None,
+        "name": name,
+        "app": app,
+        "timezone": timezone,
+        "digest_sql": digest_file.read_text() if digest_file else None,
+        "dry_run": dry_run or None,
+        "retry_failed": retry_failed or None,
+    }
+    given.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        params = DigestParams.model_validate(given)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
+    state = daily_digest(params, return_state=True)
+    if not state.is_completed():
+        typer.secho(f"The digest run ended {state.name}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+    result = state.result()
+    if result.dry_run:
+        counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
+        typer.echo(f"Dry run of {result.campaign_id}: {counts or 'no recipients'}.")
+        return
+    typer.echo(report_text(result.campaign_id))
+
+
+def register(app: typer.Typer) -> None:
+    """Add `wxpush digest …` to the app."""
+    app.add_typer(digest_app, name="digest")
