@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint ui bench-simulator clean
+.PHONY: demo test serve lint ui bench-simulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+## serve: Prefect server + UI (127.0.0.1:4200), simulator, deployments and a worker; Ctrl-C stops all
+serve: $(STAMP)
+	$(VENV)/bin/wxpush serve $(SERVE_ARGS)
 
 ## ui: the Prefect UI on the demo's history (.wxpush/prefect), at http://127.0.0.1:4200
 ui: $(STAMP)

@@ -116,6 +116,144 @@ def report(campaign: str = typer.Argument(..., help="Campaign id or name.")) -> 
     typer.echo(report_text(campaign))
 
 
+# -- operator actions: list, resume, retry the retryable failures, cancel ----------------------
+
+
+def _record(campaign: str) -> Any:
+    from db.campaigns import find_campaign
+    from tasks.database import engine
+
+    with engine().connect() as conn:
+        record = find_campaign(conn, campaign)
+    if record is None:
+        raise typer.BadParameter(f"no campaign with id or name {campaign!r}")
+    return record
+
+
+def resume_parameters(record: Any, *, retry_failed: bool) -> dict[str, Any]:
+    """The campaign's stored parameters, pointed at its id: what the UI form needs to
+    continue it (recipients already reached are never sent again)."""
+    params = dict(record.parameters)
+    params.update(campaign_id=record.id, retry_failed=retry_failed, dry_run=False)
+    return params
+
+
+def _ui_url(path: str) -> str:
+    from prefect.settings import PREFECT_UI_URL
+
+    base = PREFECT_UI_URL.value() or ""
+    return f"{base}{path}" if base else path
+
+
+def _continue(campaign: str, *, retry_failed: bool, here: bool, wait: bool) -> None:
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    from cli.deploy import PUSH_CAMPAIGN
+    from tasks.params import CampaignParams
+
+    record = _record(campaign)
+    params = CampaignParams.model_validate(resume_parameters(record, retry_failed=retry_failed))
+    what = "Re-sending the retryable failures of" if retry_failed else "Resuming"
+    typer.echo(f"{what} campaign {record.id} ({record.name!r}, {record.status}).")
+    if here:
+        from flows.campaign import push_campaign
+
+        state = push_campaign(params, return_state=True)
+        if not state.is_completed():
+            typer.secho(f"The run ended {state.name}: {state.message}", fg="red", err=True)
+            raise typer.Exit(1)
+        typer.echo(report_text(record.id))
+        return
+    try:
+        run = run_deployment(
+            name=PUSH_CAMPAIGN,
+            parameters={"params": params.model_dump(mode="json", exclude_defaults=True)},
+            timeout=None if wait else 0,
+        )
+    except ObjectNotFound:
+        typer.secho(
+            f"No {PUSH_CAMPAIGN} deployment on this Prefect server: start `wxpush serve` (or "
+            "`wxpush deploy` and a worker), or add --here to run it in this terminal.",
+            fg="red",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    typer.echo(f"Flow run {run.name}: {_ui_url(f'/runs/flow-run/{run.id}')}")
+    if wait:
+        state = run.state
+        typer.echo(f"It ended {state.name if state else 'unknown'}.")
+        typer.echo(report_text(record.id))
+        if state is None or not state.is_completed():
+            raise typer.Exit(1)
+
+
+@campaign_app.command("resume")
+def resume(
+    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
+    here: Annotated[
+        bool, typer.Option("--here", help="Run it in this terminal, not on the worker.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the run and print the report.")
+    ] = False,
+) -> None:
+    """Continue a paused, cancelled or failed campaign: everyone it has not reached yet."""
+    _continue(campaign, retry_failed=False, here=here, wait=wait)
+
+
+@campaign_app.command("retry-failed")
+def retry_failed_command(
+    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
+    here: Annotated[
+        bool, typer.Option("--here", help="Run it in this terminal, not on the worker.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="Wait for the run and print the report.")
+    ] = False,
+) -> None:
+    """Re-send the campaign's failures that had a passing cause (WeChat busy, quota), and
+    anyone it has not reached yet; permanent failures (blocked, not a follower) stay."""
+    _continue(campaign, retry_failed=True, here=here, wait=wait)
+
+
+@campaign_app.command("cancel")
+def cancel(
+    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
+    wait: Annotated[
+        bool, typer.Option("--wait/--no-wait", help="Wait until the run has stopped.")
+    ] = True,
+) -> None:
+    """Cancel the campaign's running flow run (the same as Cancel in the UI); the ledger keeps
+    every answer received, and `wxpush campaign resume` finishes the rest later."""
+    from tasks.flow_runs import cancel_flow_run
+
+    record = _record(campaign)
+    if not record.flow_run_id:
+        raise typer.BadParameter(f"campaign {record.id} has no flow run to cancel")
+    outcome = cancel_flow_run(record.flow_run_id, wait_seconds=120 if wait else 0)
+    typer.echo(f"Flow run {record.flow_run_id}: {outcome}.")
+    typer.echo(f"Campaign {record.id} is now {_record(record.id).status}.")
+
+
+@campaign_app.command("list")
+def list_campaigns(
+    limit: Annotated[int, typer.Option("--limit", min=1)] = 20,
+) -> None:
+    """The latest campaigns with their status and figures (newest first)."""
+    from db.campaigns import latest_campaigns
+    from tasks.database import engine
+
+    with engine().connect() as conn:
+        records = latest_campaigns(conn, limit)
+    typer.echo(f"{'id':<38} {'status':<24} {'sent':>7} {'failed':>7} {'pending':>7}  name")
+    for r in records:
+        typer.echo(
+            f"{r.id:<38} {r.status:<24} {r.sent_count:>7} {r.failed_count:>7} "
+            f"{r.pending_count:>7}  {r.name}"
+        )
+
+
 def register(app: typer.Typer) -> None:
     """Add `wxpush campaign …` and `wxpush report` to the app."""
     app.add_typer(campaign_app, name="campaign")

@@ -19,9 +19,15 @@ from typing import Any
 import httpx
 import typer
 
-from cli.services import STATE_DIR, Service, pick_port, python_module, running
-
-PREFECT_HOME = STATE_DIR / "prefect"
+from cli.services import (
+    PREFECT_HOME,
+    STATE_DIR,
+    Service,
+    pick_port,
+    prefect_server,
+    python_module,
+    simulator,
+)
 
 
 def _say(text: str) -> None:
@@ -36,21 +42,6 @@ def _run_flow(flow_fn: Any, *args: Any, **kwargs: Any) -> Any:
     return outcome
 
 
-def _servers(sim_port: int, ui_port: int) -> tuple[list[str], list[str], dict[str, str]]:
-    simulator = python_module(
-        "cli.main", "simulator", "--host", "127.0.0.1", "--port", str(sim_port)
-    )
-    server = python_module(
-        "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(ui_port)
-    )
-    server_env = {
-        "PREFECT_HOME": str(PREFECT_HOME.resolve()),
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "PREFECT_UI_API_URL": f"http://127.0.0.1:{ui_port}/api",
-    }
-    return simulator, server, server_env
-
-
 #: The faults the demo's simulator injects, so the retries have something to do.
 DEMO_FAULTS = {"seed": 2026, "minus_one_rate": 0.05, "http_5xx_rate": 0.02, "drop_rate": 0.005}
 DEMO_RECIPIENTS = 1000
@@ -59,8 +50,6 @@ DEMO_RECIPIENTS = 1000
 def run_demo(*, keep_running: bool = False) -> None:
     """Everything `make demo` does; raises on any failure so `make` exits non-zero."""
     # Imported here: they pull in Prefect, which should read the settings we set below.
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
     from cli.setup import setup_app
     from flows.campaign import push_campaign
     from flows.token import refresh_access_token
@@ -68,33 +57,18 @@ def run_demo(*, keep_running: bool = False) -> None:
     from wechat.simulator import defaults
     from wechat.simulator.admin import SimulatorAdmin
 
-    PREFECT_HOME.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("WXPUSH_DATABASE_URL", f"sqlite:///{(STATE_DIR / 'wxpush.db').resolve()}")
     sim_port, ui_port = pick_port(8900), pick_port(4200)
-    simulator_argv, server_argv, server_env = _servers(sim_port, ui_port)
     sim_url = f"http://127.0.0.1:{sim_port}"
     ui_url = f"http://127.0.0.1:{ui_port}"
-    api_url = f"{ui_url}/api"
     started = time.monotonic()
 
     _say(f"1/6 Starting the WeChat API simulator on {sim_url} (with a few faults switched on)")
-    with running(
-        "simulator", simulator_argv, url=sim_url, health_url=f"{sim_url}/_sim/health"
-    ) as simulator:
+    with simulator(sim_port) as sim:
         with SimulatorAdmin(sim_url) as admin:
             admin.set_faults(**DEMO_FAULTS)
         _say(f"2/6 Starting a Prefect server on {ui_url} (PREFECT_HOME={PREFECT_HOME})")
-        with (
-            running(
-                "prefect-server",
-                server_argv,
-                url=ui_url,
-                health_url=f"{api_url}/health",
-                env=server_env,
-                startup_timeout=120,
-            ) as server,
-            temporary_settings(updates={PREFECT_API_URL: api_url}),
-        ):
+        with prefect_server(ui_port) as server:
             _say("3/6 wxpush setup: block types, the wechat-app block, the token lock")
             setup_app(
                 app="default",
@@ -103,7 +77,7 @@ def run_demo(*, keep_running: bool = False) -> None:
                 api_base_url=sim_url,
             )
             _say(f"4/6 Seeding {DEMO_RECIPIENTS:,} recipients in SQL and in the simulator")
-            _seed(sim_url)
+            seed_recipients(sim_url, DEMO_RECIPIENTS)
             _say("5/6 Refreshing the access token (flow refresh_access_token)")
             refresh_state = _run_flow(refresh_access_token, app="default")
             if not refresh_state.is_completed():
@@ -118,16 +92,15 @@ def run_demo(*, keep_running: bool = False) -> None:
                 ),
             )
             _flush_prefect_workers()
-            _report(campaign_state, simulator, server, started)
+            _report(campaign_state, sim, server, started)
             if keep_running:
                 _wait_for_ctrl_c(ui_url)
 
 
-def _seed(sim_url: str) -> None:
+def seed_recipients(sim_url: str, count: int) -> None:
+    """`wxpush seed`: sample recipients in SQL, registered as followers in the simulator."""
     done = subprocess.run(
-        python_module(
-            "cli.main", "seed", "--recipients", str(DEMO_RECIPIENTS), "--simulator-url", sim_url
-        ),
+        python_module("cli.main", "seed", "--recipients", str(count), "--simulator-url", sim_url),
         capture_output=True,
         text=True,
     )

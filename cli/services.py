@@ -1,7 +1,8 @@
-"""Start and stop the local processes `wxpush demo` (and later `serve`) need.
+"""Start and stop the local processes `wxpush demo` and `wxpush serve` need.
 
 Each service runs in its own process group with its output in a log file, is waited for
-on a health URL, and is stopped with its whole group on exit, so nothing is left behind.
+on a health URL, and is stopped with its whole group and every descendant on exit (a
+Prefect worker starts flow runs in sessions of their own), so nothing is left behind.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 
-STATE_DIR = Path(".wxpush")
+#: Where the local services keep their state and logs (`WXPUSH_STATE_DIR`, default `.wxpush`).
+STATE_DIR = Path(os.environ.get("WXPUSH_STATE_DIR") or ".wxpush")
 
 
 class ServiceError(RuntimeError):
@@ -56,17 +59,32 @@ class Service:
     url: str
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM the whole process group, SIGKILL it if it lingers."""
-        if self.process.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.process.pid, signal.SIGTERM)
+        """SIGTERM the process group and every descendant, SIGKILL what lingers."""
+        family = _descendants(self.process.pid)
+        if self.process.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.process.pid, signal.SIGTERM)
+        for child in family:
+            with contextlib.suppress(psutil.Error):
+                child.terminate()
         try:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
+        _, alive = psutil.wait_procs(family, timeout=timeout)
+        for child in alive:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+        psutil.wait_procs(alive, timeout=5)
+
+
+def _descendants(pid: int) -> list[psutil.Process]:
+    try:
+        return psutil.Process(pid).children(recursive=True)
+    except psutil.Error:
+        return []
 
 
 def _wait_healthy(service: Service, health_url: str, timeout: float) -> None:
@@ -118,3 +136,44 @@ def running(
 def python_module(module: str, *args: str) -> list[str]:
     """argv that runs `python -m module args` with this interpreter."""
     return [sys.executable, "-m", module, *args]
+
+
+#: The Prefect server's home (its SQLite database: the run history the UI shows).
+PREFECT_HOME = STATE_DIR / "prefect"
+
+
+@contextlib.contextmanager
+def simulator(port: int) -> Iterator[Service]:
+    """The local WeChat API simulator on 127.0.0.1:`port`."""
+    url = f"http://127.0.0.1:{port}"
+    argv = python_module("cli.main", "simulator", "--host", "127.0.0.1", "--port", str(port))
+    with running("simulator", argv, url=url, health_url=f"{url}/_sim/health") as service:
+        yield service
+
+
+@contextlib.contextmanager
+def prefect_server(port: int) -> Iterator[Service]:
+    """`prefect server start` on 127.0.0.1:`port` with its history under PREFECT_HOME (not
+    ephemeral mode, which loses run history), and this process's client pointed at it."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    PREFECT_HOME.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    argv = python_module("prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
+    env = {
+        "PREFECT_HOME": str(PREFECT_HOME.resolve()),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_UI_API_URL": f"{url}/api",
+    }
+    with (
+        running(
+            "prefect-server",
+            argv,
+            url=url,
+            health_url=f"{url}/api/health",
+            env=env,
+            startup_timeout=120,
+        ) as service,
+        temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}),
+    ):
+        yield service

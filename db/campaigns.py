@@ -21,6 +21,7 @@ from sqlalchemy import Connection, Row, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from db.ledger import status_counts
 from db.models import campaigns
 from db.outcomes import CampaignStatus
 from db.types import utcnow
@@ -316,3 +317,28 @@ def set_status(
             assert record is not None
             return record
     raise IllegalTransition(f"campaign {campaign_id} kept changing status; try again")
+
+
+def latest_campaigns(executor: Executor, limit: int = 20) -> list[CampaignRecord]:
+    """The newest campaigns first (what `wxpush campaign list` shows)."""
+    query = select(campaigns).order_by(campaigns.c.created_at.desc(), campaigns.c.id).limit(limit)
+    return [CampaignRecord.from_row(row) for row in executor.execute(query)]
+
+
+def end_if_running(
+    executor: Executor, flow_run_id: str, status: CampaignStatus, reason: str
+) -> CampaignRecord | None:
+    """Record how a run ended when its flow body could not (cancelled, crashed, killed):
+    the campaign of `flow_run_id`, if still `running`, moves to `status` with the ledger's
+    counts. Returns the updated record, or None when there was nothing to do."""
+    record = find_by_flow_run(executor, flow_run_id)
+    if record is None or record.status != CampaignStatus.RUNNING:
+        return None
+    counts = status_counts(executor, record.id)
+    return set_status(
+        executor,
+        record.id,
+        status,
+        reason,
+        counts={k: v for k, v in counts.items() if k in COUNT_KEYS},
+    )

@@ -18,8 +18,9 @@ from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.context import get_run_context
 from prefect.futures import PrefectFuture
+from prefect.runtime import deployment as current_deployment
+from prefect.runtime import flow_run as current_flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -39,8 +40,10 @@ from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
 from tasks.blocks import WeChatApp
 from tasks.database import engine
+from tasks.flow_runs import CANCELLED_REASON
 from tasks.message import MessageSpec, client_msg_id_for, render
 from tasks.params import CampaignParams
+from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report
 from tasks.sender import RetryPolicy, StopSignal, stop_signal
 from tasks.token import get_access_token, load_app, verify_token
@@ -75,15 +78,15 @@ class CampaignResult(BaseModel):
 
 
 def _flow_run_id() -> str | None:
-    try:
-        return str(get_run_context().flow_run.id)  # type: ignore[union-attr]
-    except Exception:
-        return None
+    # prefect.runtime works inside tasks too (a task's run context has no flow run).
+    return current_flow_run.id
 
 
 @task(name="start-campaign", cache_policy=NO_CACHE)
 def start_campaign(params: CampaignParams) -> str:
     """Create the campaign row, or resume the one named by `campaign_id`."""
+    # The errcode meanings the analyst views join to follow this version's table.
+    sync_errcodes_table(engine())
     with engine().begin() as conn:
         record = campaign_rows.create_or_resume(
             conn,
@@ -95,8 +98,9 @@ def start_campaign(params: CampaignParams) -> str:
             parameters=params.model_dump(mode="json"),
             audience_sql=params.audience_sql or DEFAULT_AUDIENCE_SQL,
             flow_run_id=_flow_run_id(),
-            deployment=None,
-            started_by="push_campaign",
+            deployment=current_deployment.name,
+            deployment_id=current_deployment.id,
+            started_by="deployment" if current_deployment.id else "push_campaign",
         )
     return record.id
 
@@ -321,17 +325,7 @@ def _end_abnormally(status: CampaignStatus, reason: str) -> Callable[..., None]:
 
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
         with engine().begin() as conn:
-            record = campaign_rows.find_by_flow_run(conn, str(flow_run.id))
-            if record is None or record.status != CampaignStatus.RUNNING:
-                return
-            counts = status_counts(conn, record.id)
-            campaign_rows.set_status(
-                conn,
-                record.id,
-                status,
-                reason,
-                counts={k: v for k, v in counts.items() if k in campaign_rows.COUNT_KEYS},
-            )
+            campaign_rows.end_if_running(conn, str(flow_run.id), status, reason)
 
     return hook
 
@@ -341,11 +335,7 @@ def _end_abnormally(status: CampaignStatus, reason: str) -> Callable[..., None]:
     flow_run_name="campaign-{params.name}",
     task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_BATCHES),
     log_prints=False,
-    on_cancellation=[
-        _end_abnormally(
-            CampaignStatus.CANCELLED, "the run was cancelled; run it again with its ID to finish"
-        )
-    ],
+    on_cancellation=[_end_abnormally(CampaignStatus.CANCELLED, CANCELLED_REASON)],
     on_crashed=[
         _end_abnormally(
             CampaignStatus.FAILED, "the run crashed; run it again with its ID to finish"

@@ -13,12 +13,16 @@ from db.campaigns import (
     CampaignNotFound,
     IllegalTransition,
     create_or_resume,
+    end_if_running,
     find_by_name,
     find_campaign,
     get_campaign,
+    latest_campaigns,
     set_status,
 )
+from db.ledger import record_outcomes
 from db.outcomes import CampaignStatus as S
+from db.outcomes import DeliveryOutcome, DeliveryStatus
 
 
 def _start(connection: Any, campaign_id: str | None = None, **changes: Any) -> Any:
@@ -118,3 +122,34 @@ def test_find_by_id_or_name_with_a_session(db_engine: Engine) -> None:
         by_name = find_campaign(session, "weekly")
         assert by_name is not None and by_name.name == "weekly"
         assert find_campaign(session, "missing") is None
+
+
+def test_end_if_running_closes_only_a_running_campaign_of_that_run(db_engine: Engine) -> None:
+    with db_engine.begin() as connection:
+        record = _start(connection, "c-end", flow_run_id="run-9")
+        record_outcomes(
+            connection,
+            "c-end",
+            [
+                DeliveryOutcome("o1", DeliveryStatus.SENT, msgid=1),
+                DeliveryOutcome("o2", DeliveryStatus.PENDING, attempts=1),
+            ],
+        )
+        assert end_if_running(connection, "other-run", S.CANCELLED, "x") is None
+        ended = end_if_running(connection, "run-9", S.CANCELLED, "stopped from the UI")
+        assert end_if_running(connection, "run-9", S.FAILED, "late crash hook") is None
+    assert record.status == S.RUNNING
+    assert ended is not None and ended.status == S.CANCELLED
+    assert ended.status_reason == "stopped from the UI"
+    assert (ended.sent_count, ended.pending_count) == (1, 1)
+    with db_engine.connect() as connection:
+        stored = get_campaign(connection, "c-end")
+    assert stored is not None and stored.status == S.CANCELLED and stored.finished_at is not None
+
+
+def test_latest_campaigns_are_newest_first(db_engine: Engine) -> None:
+    with db_engine.begin() as connection:
+        for name in ("first", "second", "third"):
+            _start(connection, name=name)
+        names = [r.name for r in latest_campaigns(connection, 2)]
+    assert names == ["third", "second"]

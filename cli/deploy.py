@@ -1,0 +1,148 @@
+"""`wxpush deploy` and `wxpush worker`: put the flows on a Prefect server, and run them.
+
+`deploy` creates the `wxpush` process work pool (if missing) and deploys every entry of
+the project's `prefect.yaml`; `worker` starts a Prefect worker on that pool with the
+environment the deployments expect (`WXPUSH_HOME`, the database URL). `wxpush serve` uses
+both; on production machines run them by hand (docs/operations.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+
+import flows
+from cli.services import python_module
+
+WORK_POOL = "wxpush"
+#: The deployments of prefect.yaml by the name the API knows them: "<flow>/<deployment>".
+PUSH_CAMPAIGN = "push-campaign/push-campaign"
+REFRESH_TOKEN = "refresh-access-token/refresh-access-token"
+DAILY_DIGEST = "daily-digest/daily-digest"
+DEPLOYMENTS = (PUSH_CAMPAIGN, REFRESH_TOKEN, DAILY_DIGEST)
+
+
+class DeployError(RuntimeError):
+    """Deploying failed; the message carries what Prefect said."""
+
+
+def project_file() -> Path:
+    """The `prefect.yaml` beside the `flows` package (a checkout or an editable install)."""
+    path = Path(flows.__file__).resolve().parent.parent / "prefect.yaml"
+    if not path.is_file():
+        raise DeployError(
+            f"{path} is missing: `wxpush deploy` needs the project's prefect.yaml "
+            "(run it from a checkout of wxpush, or pass --prefect-file)."
+        )
+    return path
+
+
+async def aensure_work_pool(name: str = WORK_POOL) -> Literal["created", "unchanged"]:
+    """Create the `process` work pool unless it exists (its type is not changed if it does)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    async with get_client() as client:
+        try:
+            await client.read_work_pool(name)
+            return "unchanged"
+        except ObjectNotFound:
+            pass
+        await client.create_work_pool(
+            WorkPoolCreate(
+                name=name,
+                type="process",
+                description="wxpush: campaigns, token refresh and digests (wxpush deploy)",
+                base_job_template=ProcessWorker.get_default_base_job_template(),
+            )
+        )
+        return "created"
+
+
+def deploy_all(prefect_file: Path | None = None, *, env: dict[str, str] | None = None) -> str:
+    """Create the work pool and deploy every entry of prefect.yaml; returns Prefect's output."""
+    path = prefect_file or project_file()
+    asyncio.run(aensure_work_pool())
+    api = {"PREFECT_API_URL": api_url()}
+    done = subprocess.run(
+        python_module("prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(path)),
+        cwd=path.parent,
+        env={**os.environ, **api, **(env or {}), "PREFECT_CLI_COLORS": "false", "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    if done.returncode != 0:
+        raise DeployError(f"prefect deploy failed:\n{done.stdout}{done.stderr}")
+    return done.stdout
+
+
+def worker_argv(pool: str = WORK_POOL, *, healthcheck: bool = False) -> list[str]:
+    """`prefect worker start` on `pool`, with this interpreter (so flow runs import wxpush)."""
+    argv = python_module("prefect", "worker", "start", "--pool", pool)
+    return [*argv, "--with-healthcheck"] if healthcheck else argv
+
+
+def api_url() -> str:
+    """The Prefect API this process talks to (subprocesses get it explicitly: a
+    `temporary_settings` block does not reach their environment)."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if not url:
+        raise DeployError("PREFECT_API_URL is not set: which Prefect server should this use?")
+    return url
+
+
+def worker_env(home: Path, database_url: str) -> dict[str, str]:
+    """What a worker's flow runs need: the Prefect API, where wxpush lives (prefect.yaml's
+    pull step reads WXPUSH_HOME at run time) and which database to use."""
+    return {
+        "PREFECT_API_URL": api_url(),
+        "WXPUSH_HOME": str(home.resolve()),
+        "WXPUSH_DATABASE_URL": database_url,
+    }
+
+
+def register(app: typer.Typer) -> None:
+    """Add `wxpush deploy` and `wxpush worker` to the app."""
+
+    @app.command("deploy")
+    def deploy(
+        prefect_file: Annotated[
+            Path | None, typer.Option("--prefect-file", help="Default: the project's.")
+        ] = None,
+    ) -> None:
+        """Create the `wxpush` work pool and deploy push-campaign, refresh-access-token and
+        daily-digest to the Prefect server of PREFECT_API_URL."""
+        try:
+            typer.echo(deploy_all(prefect_file).rstrip())
+        except DeployError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(1) from None
+
+    @app.command("worker")
+    def worker(
+        pool: Annotated[str, typer.Option("--pool")] = WORK_POOL,
+        home: Annotated[
+            Path,
+            typer.Option(
+                "--home",
+                envvar="WXPUSH_HOME",
+                help="Folder the flow runs work in (default database: its wxpush.db).",
+            ),
+        ] = Path("."),
+    ) -> None:
+        """Start a Prefect worker that runs wxpush's deployments on this machine."""
+        from db.engine import database_url
+
+        os.chdir(home)
+        env = {**os.environ, **worker_env(Path.cwd(), database_url())}
+        os.execve(worker_argv(pool)[0], worker_argv(pool), env)

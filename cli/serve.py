@@ -1,0 +1,214 @@
+"""`wxpush serve` (what `make serve` runs): everything an operator needs, on one machine.
+
+Starts a Prefect server (UI on 127.0.0.1:4200, history under .wxpush/prefect), the WeChat
+API simulator, sets the app up, seeds sample recipients, deploys prefect.yaml to the
+`wxpush` work pool, starts a worker, refreshes the token through its deployment (which
+proves the worker runs flows), prints where to click, and on Ctrl-C stops everything it
+started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from cli.deploy import (
+    PUSH_CAMPAIGN,
+    REFRESH_TOKEN,
+    WORK_POOL,
+    deploy_all,
+    worker_argv,
+    worker_env,
+)
+from cli.services import STATE_DIR, Service, pick_port, prefect_server, running, simulator
+
+DEFAULT_RECIPIENTS = 1000
+
+
+def _say(text: str) -> None:
+    typer.secho(text, fg=typer.colors.CYAN, bold=True)
+
+
+@contextlib.contextmanager
+def _worker(database_url: str) -> Iterator[Service]:
+    port = pick_port(8901)
+    url = f"http://127.0.0.1:{port}"
+    env = {
+        **worker_env(STATE_DIR, database_url),
+        "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
+        "PREFECT_WORKER_WEBSERVER_PORT": str(port),
+    }
+    with running(
+        "prefect-worker",
+        worker_argv(WORK_POOL, healthcheck=True),
+        url=url,
+        health_url=f"{url}/health",
+        env=env,
+        startup_timeout=90,
+    ) as worker:
+        yield worker
+
+
+def _stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager, `kill`) both unwind, so everything is stopped
+    (SIGINT is re-armed: a shell starting us in the background may have ignored it)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, handler)
+
+
+def _deployment_ids() -> dict[str, str]:
+    from prefect.client.orchestration import get_client
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    async def read() -> dict[str, str]:
+        async with get_client() as client:
+            return {
+                name: str((await client.read_deployment_by_name(name)).id)
+                for name in (PUSH_CAMPAIGN, REFRESH_TOKEN)
+            }
+
+    return run_coro_as_sync(read()) or {}
+
+
+def _first_refresh() -> None:
+    """Run refresh-access-token through its deployment: the token is fresh before the
+    first campaign, and a worker that cannot run flows shows up now, not at 09:00."""
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name=REFRESH_TOKEN, timeout=180)
+    if run.state is None or not run.state.is_completed():
+        state = run.state.name if run.state else "unknown"
+        raise typer.Exit(
+            f"The first refresh-access-token run ended {state}; see .wxpush/logs/prefect-worker.log"
+        )
+
+
+def run_serve(
+    *,
+    ui_port: int,
+    simulator_port: int,
+    with_simulator: bool,
+    recipients: int,
+    ready_file: Path | None = None,
+) -> None:
+    """Everything `make serve` does, until Ctrl-C."""
+    from cli.demo import seed_recipients
+    from cli.setup import setup_app
+    from db.engine import database_url, display_url
+    from db.migrate import upgrade
+    from wechat.simulator import defaults
+
+    _stop_on_signals()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("WXPUSH_DATABASE_URL", f"sqlite:///{(STATE_DIR / 'wxpush.db').resolve()}")
+    db_url = database_url()
+    ui_port = pick_port(ui_port)
+    ui_url = f"http://127.0.0.1:{ui_port}"
+    steps = 6 if with_simulator else 5
+    step = iter(range(1, steps + 1))
+    with contextlib.ExitStack() as stack:
+        try:
+            _say(f"{next(step)}/{steps} Database {display_url(db_url)}")
+            typer.echo(f"  {upgrade(db_url).describe()}")
+            sim_url = None
+            if with_simulator:
+                sim_port = pick_port(simulator_port)
+                _say(f"{next(step)}/{steps} WeChat API simulator on http://127.0.0.1:{sim_port}")
+                sim_url = stack.enter_context(simulator(sim_port)).url
+            _say(f"{next(step)}/{steps} Prefect server and UI on {ui_url}")
+            stack.enter_context(prefect_server(ui_port))
+            _say(f"{next(step)}/{steps} wxpush setup, sample recipients, deployments")
+            if sim_url is not None:
+                setup_app(
+                    app="default",
+                    app_id=defaults.DEMO_APP_ID,
+                    app_secret=defaults.DEMO_APP_SECRET,
+                    api_base_url=sim_url,
+                )
+                if recipients:
+                    seed_recipients(sim_url, recipients)
+            else:
+                setup_app(app="default")
+            deploy_all()
+            typer.echo(
+                "  deployed: push-campaign, refresh-access-token (every 10 minutes), "
+                "daily-digest (09:00 Asia/Shanghai)"
+            )
+            _say(f"{next(step)}/{steps} A worker on the `{WORK_POOL}` work pool")
+            stack.enter_context(_worker(db_url))
+            _say(f"{next(step)}/{steps} First token refresh, through the worker")
+            _first_refresh()
+            ids = _deployment_ids()
+            _banner(ui_url, sim_url, db_url, ids)
+            if ready_file is not None:
+                ready_file.write_text(
+                    json.dumps({"ui": ui_url, "simulator": sim_url, "database": db_url})
+                )
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            typer.echo("\nStopping everything wxpush serve started…")
+    typer.echo("Stopped.")
+
+
+def _banner(ui_url: str, sim_url: str | None, db_url: str, ids: dict[str, str]) -> None:
+    from db.engine import display_url
+
+    campaign = f"{ui_url}/deployments/deployment/{ids.get(PUSH_CAMPAIGN, '')}"
+    typer.secho("\nwxpush is up.", fg=typer.colors.GREEN, bold=True)
+    lines = [
+        f"  Prefect UI           {ui_url}",
+        f"  Run a campaign       {campaign}  → Run ▸ Custom run, fill the form",
+        f"  Runs and reports     {ui_url}/runs  (each campaign run has a report artifact)",
+        f"  Database             {display_url(db_url)}  (views: campaign_stats, "
+        "delivery_failures; docs/analytics.md)",
+        f"  Logs                 {STATE_DIR / 'logs'}/",
+    ]
+    if sim_url:
+        lines.insert(3, f"  WeChat simulator     {sim_url}/_sim/messages  (what was 'sent')")
+    typer.echo("\n".join(lines))
+    typer.echo("\nCtrl-C stops everything.")
+
+
+def register(app: typer.Typer) -> None:
+    """Add `wxpush serve` to the app."""
+
+    @app.command("serve")
+    def serve(
+        ui_port: Annotated[int, typer.Option("--ui-port", help="Prefect UI/API port.")] = 4200,
+        simulator_port: Annotated[int, typer.Option("--simulator-port")] = 8900,
+        no_simulator: Annotated[
+            bool,
+            typer.Option(
+                "--no-simulator",
+                help="Use the wechat-app block as it is (e.g. the real WeChat API, set with "
+                "`wxpush setup`) instead of starting the simulator.",
+            ),
+        ] = False,
+        recipients: Annotated[
+            int, typer.Option("--recipients", min=0, help="Sample recipients to seed.")
+        ] = DEFAULT_RECIPIENTS,
+        ready_file: Annotated[
+            Path | None, typer.Option("--ready-file", hidden=True, help="Written when up.")
+        ] = None,
+    ) -> None:
+        """Prefect server + UI, simulator, deployments and a worker, until Ctrl-C."""
+        run_serve(
+            ui_port=ui_port,
+            simulator_port=simulator_port,
+            with_simulator=not no_simulator,
+            recipients=recipients,
+            ready_file=ready_file,
+        )

@@ -1,0 +1,352 @@
+"""`make serve` end to end: deployments on a real Prefect server, a real worker process, the
+simulator; the operator's actions (run from the API, cancel, resume); Ctrl-C leaves nothing.
+
+One `make serve` for the module (it takes ~40 s to come up); the tests run in file order
+and the last one presses Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+from prefect.client.orchestration import PrefectClient, get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+from prefect.exceptions import PrefectHTTPStatusError
+from sqlalchemy import Engine, create_engine, text
+
+from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN
+from cli.services import pick_port
+from tasks.message import client_msg_id_for
+from wechat.simulator import defaults
+from wechat.simulator.admin import SimulatorAdmin
+
+pytestmark = [pytest.mark.timeout(300)]
+REPO = Path(__file__).resolve().parents[1]
+RECIPIENTS = 300
+
+
+@dataclass
+class Served:
+    """A running `make serve` and how to reach its parts."""
+
+    process: subprocess.Popen[bytes]
+    folder: Path
+    ui: str
+    simulator: str
+    database: str
+    output: Path
+
+    @property
+    def api(self) -> str:
+        return f"{self.ui}/api"
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "PREFECT_API_URL": self.api,
+            "WXPUSH_DATABASE_URL": self.database,
+            "PREFECT_HOME": str(self.folder / "client-home"),
+        }
+
+    def engine(self) -> Engine:
+        return create_engine(self.database)
+
+    def wxpush(self, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "cli.main", *args],
+            cwd=REPO,
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def call(self, work: Any) -> Any:
+        """Run `work(client)` against this server's API."""
+
+        async def go() -> Any:
+            async with get_client(httpx_settings={"base_url": self.api}) as client:
+                return await work(client)
+
+        from prefect.settings import PREFECT_API_URL, temporary_settings
+
+        with temporary_settings(updates={PREFECT_API_URL: self.api}):
+            return asyncio.run(go())
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    folder = tmp_path_factory.mktemp("serve")
+    ready = folder / "ready.json"
+    output = folder / "serve.out"
+    env = {
+        **os.environ,
+        "WXPUSH_STATE_DIR": str(folder / ".wxpush"),
+        "PREFECT_HOME": str(folder / "client-home"),
+    }
+    for name in ("PREFECT_API_URL", "WXPUSH_DATABASE_URL"):
+        env.pop(name, None)
+    args = (
+        f"--ui-port {pick_port(4200)} --simulator-port {pick_port(8900)} "
+        f"--recipients {RECIPIENTS} --ready-file {ready}"
+    )
+    with output.open("wb") as out:
+        process = subprocess.Popen(
+            ["make", "--no-print-directory", "-C", str(REPO), "serve", f"SERVE_ARGS={args}"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # its own group, like a terminal's foreground job
+        )
+    deadline = time.monotonic() + 240
+    while not ready.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            os.killpg(process.pid, signal.SIGTERM)
+            pytest.fail("make serve did not come up:\n" + output.read_text()[-5000:])
+        time.sleep(0.5)
+    urls = json.loads(ready.read_text())
+    served = Served(process, folder, urls["ui"], urls["simulator"], urls["database"], output)
+    with SimulatorAdmin(served.simulator) as admin:
+        admin.set_config(dedupe_window_seconds=0)  # a double send would show up twice
+    yield served
+    if process.poll() is None:  # a failed test before the Ctrl-C one
+        os.killpg(process.pid, signal.SIGINT)
+        process.wait(timeout=60)
+
+
+def _message(**overrides: Any) -> dict[str, Any]:
+    return {
+        "name": "from the api",
+        "template_id": defaults.DEMO_TEMPLATE_ID,
+        "data": {**dict(defaults.DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"},
+        **overrides,
+    }
+
+
+def _run_and_wait(served: Served, params: dict[str, Any], timeout: float = 180) -> Any:
+    async def work(client: PrefectClient) -> Any:
+        deployment = await client.read_deployment_by_name(PUSH_CAMPAIGN)
+        run = await client.create_flow_run_from_deployment(
+            deployment.id, parameters={"params": params}
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(run.id)
+            if run.state is not None and run.state.is_final():
+                return run
+            await asyncio.sleep(1)
+        raise AssertionError(f"flow run still {run.state} after {timeout} s")
+
+    return served.call(work)
+
+
+def _campaign_of_run(served: Served, flow_run_id: Any) -> dict[str, Any]:
+    with served.engine().connect() as conn:
+        row = (
+            conn.execute(
+                text("SELECT * FROM campaigns WHERE flow_run_id = :r"), {"r": str(flow_run_id)}
+            )
+            .mappings()
+            .one()
+        )
+    return dict(row)
+
+
+def _ledger(served: Served, campaign_id: str) -> dict[str, dict[str, Any]]:
+    with served.engine().connect() as conn:
+        rows = conn.execute(
+            text("SELECT * FROM deliveries WHERE campaign_id = :c"), {"c": campaign_id}
+        ).mappings()
+        return {row["openid"]: dict(row) for row in rows}
+
+
+def _accepted(served: Served, campaign_id: str) -> Counter[str]:
+    """How often the simulator accepted this campaign's message, per openid."""
+    with SimulatorAdmin(served.simulator) as admin:
+        return Counter(
+            m.openid
+            for m in admin.iter_messages()
+            if m.client_msg_id == client_msg_id_for(campaign_id, m.openid)
+        )
+
+
+def _assert_exactly_once(served: Served, campaign_id: str) -> dict[str, dict[str, Any]]:
+    rows = _ledger(served, campaign_id)
+    sent = {openid for openid, row in rows.items() if row["status"] == "sent"}
+    accepted = _accepted(served, campaign_id)
+    assert set(accepted) == sent, "the simulator got exactly the rows the ledger says sent"
+    assert max(accepted.values()) == 1, "nobody got the message twice"
+    assert len(rows) == RECIPIENTS, "every recipient has one ledger row"
+    return rows
+
+
+# -- the deployments --------------------------------------------------------------------------
+
+
+def test_deployments_carry_their_schedules_and_limits(served: Served) -> None:
+    async def work(client: PrefectClient) -> dict[str, Any]:
+        return {
+            name: await client.read_deployment_by_name(name)
+            for name in (PUSH_CAMPAIGN, REFRESH_TOKEN, DAILY_DIGEST)
+        }
+
+    found = served.call(work)
+    refresh = found[REFRESH_TOKEN].schedules
+    assert len(refresh) == 1 and refresh[0].active
+    assert refresh[0].schedule.interval.total_seconds() == 600
+    digest = found[DAILY_DIGEST].schedules
+    assert len(digest) == 1 and digest[0].active
+    assert digest[0].schedule.cron == "0 9 * * *"
+    assert digest[0].schedule.timezone == "Asia/Shanghai"
+    campaign = found[PUSH_CAMPAIGN]
+    assert campaign.schedules == []
+    assert campaign.global_concurrency_limit is not None
+    assert campaign.global_concurrency_limit.limit == 1
+    assert campaign.concurrency_options.collision_strategy == "ENQUEUE"
+    for deployment in found.values():
+        assert deployment.work_pool_name == "wxpush"
+        assert deployment.enforce_parameter_schema
+        assert "secret" not in json.dumps(deployment.parameters).lower()
+
+
+def test_the_campaign_form_has_titles_descriptions_and_bounds(served: Served) -> None:
+    async def work(client: PrefectClient) -> Any:
+        return (await client.read_deployment_by_name(PUSH_CAMPAIGN)).parameter_openapi_schema
+
+    schema = served.call(work)
+    fields = schema["definitions"]["CampaignParams"]["properties"]
+    for name in ("name", "template_id", "batch_size", "window_hours", "concurrency"):
+        assert fields[name]["title"], name
+        assert fields[name]["description"], name
+    assert fields["batch_size"]["minimum"] == 1
+    assert fields["batch_size"]["maximum"] == 5000
+    assert fields["window_hours"]["minimum"] == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "complaint"),
+    [
+        ({"batch_size": 0}, "batch_size"),
+        ({"template_id": ""}, "template_id"),
+        ({"window_hours": -1}, "window_hours"),
+    ],
+)
+def test_invalid_parameters_are_refused_before_a_run_exists(
+    served: Served, change: dict[str, Any], complaint: str
+) -> None:
+    async def work(client: PrefectClient) -> tuple[int, str]:
+        deployment = await client.read_deployment_by_name(PUSH_CAMPAIGN)
+        only_this = DeploymentFilter(id=DeploymentFilterId(any_=[deployment.id]))
+        before = await client.count_flow_runs(deployment_filter=only_this)
+        with pytest.raises(PrefectHTTPStatusError) as refused:
+            await client.create_flow_run_from_deployment(
+                deployment.id, parameters={"params": _message(**change)}
+            )
+        after = await client.count_flow_runs(deployment_filter=only_this)
+        return after - before, refused.value.response.text
+
+    created, answer = served.call(work)
+    assert created == 0
+    assert complaint in answer
+
+
+# -- operating campaigns -----------------------------------------------------------------------
+
+
+def test_a_campaign_triggered_through_the_api_completes_on_the_worker(served: Served) -> None:
+    run = _run_and_wait(served, _message(name="through the worker"))
+    assert run.state.is_completed(), run.state.message
+    campaign = _campaign_of_run(served, run.id)
+    assert campaign["status"] in ("completed", "completed_with_failures")
+    assert campaign["deployment_name"] == "push-campaign"
+    assert campaign["started_by"] == "deployment"
+    rows = _assert_exactly_once(served, campaign["id"])
+    assert sum(row["status"] == "sent" for row in rows.values()) > RECIPIENTS // 2
+
+
+def test_cancel_mid_campaign_then_resume_sends_everyone_exactly_once(served: Served) -> None:
+    async def start(client: PrefectClient) -> Any:
+        deployment = await client.read_deployment_by_name(PUSH_CAMPAIGN)
+        return await client.create_flow_run_from_deployment(
+            deployment.id,
+            parameters={"params": _message(name="cancel me", rate_per_second=8, batch_size=20)},
+        )
+
+    run = served.call(start)
+    deadline = time.monotonic() + 120
+    campaign_id = None
+    while time.monotonic() < deadline:
+        with served.engine().connect() as conn:
+            found = conn.execute(
+                text(
+                    "SELECT c.id, count(d.id) FROM campaigns c "
+                    "LEFT JOIN deliveries d ON d.campaign_id = c.id AND d.status = 'sent' "
+                    "WHERE c.flow_run_id = :r GROUP BY c.id"
+                ),
+                {"r": str(run.id)},
+            ).first()
+        if found is not None and found[1] >= 20:
+            campaign_id = found[0]
+            break
+        time.sleep(0.5)
+    assert campaign_id is not None, "the campaign started sending"
+
+    cancelled = served.wxpush("campaign", "cancel", campaign_id)
+    assert cancelled.returncode == 0, cancelled.stdout + cancelled.stderr
+    assert "Cancelled" in cancelled.stdout
+    campaign = _campaign_of_run(served, run.id)
+    assert campaign["status"] == "cancelled"
+    rows = _ledger(served, campaign_id)
+    eligible = len(rows)  # a lower bound while cut short; the resume below finishes the rest
+    assert sum(row["status"] == "sent" for row in rows.values()) < RECIPIENTS // 2, (
+        "it was really cut short"
+    )
+    for row in rows.values():
+        if row["status"] == "pending":
+            assert row["attempts"] >= 1 and row["last_attempt_at"] is not None, row
+
+    resumed = served.wxpush("campaign", "resume", campaign_id, "--wait", timeout=240)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    with served.engine().connect() as conn:
+        status, runs = conn.execute(
+            text("SELECT status, run_count FROM campaigns WHERE id = :c"), {"c": campaign_id}
+        ).one()
+    assert status in ("completed", "completed_with_failures")
+    assert runs == 2
+    rows = _assert_exactly_once(served, campaign_id)
+    assert len(rows) >= eligible
+    assert not any(row["status"] == "pending" for row in rows.values())
+
+
+def test_campaign_list_shows_the_campaigns(served: Served) -> None:
+    listed = served.wxpush("campaign", "list")
+    assert listed.returncode == 0, listed.stderr
+    assert "cancel me" in listed.stdout and "through the worker" in listed.stdout
+
+
+# -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_ctrl_c_stops_everything_make_serve_started(served: Served) -> None:
+    family = psutil.Process(served.process.pid).children(recursive=True)
+    names = " ".join(" ".join(p.cmdline()) for p in family)
+    for part in ("prefect server start", "prefect worker start", "cli.main simulator"):
+        assert part in names, f"{part!r} should be running under make serve"
+    os.killpg(served.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
+    served.process.wait(timeout=90)
+    _, alive = psutil.wait_procs(family, timeout=30)
+    assert alive == [], [p.cmdline() for p in alive if p.is_running()]
+    assert "Stopped." in served.output.read_text()
