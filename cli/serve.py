@@ -39,7 +39,7 @@ def _say(text: str) -> None:
 
 @contextlib.contextmanager
 def _worker(database_url: str) -> Iterator[Service]:
-    port = pick_port(8901)
+    port = pick_port(0)  # only serve itself polls the worker's health
     url = f"http://127.0.0.1:{port}"
     env = {
         **worker_env(STATE_DIR, database_url),

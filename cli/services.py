@@ -41,8 +41,8 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """`preferred` if free, else a free port the OS picks."""
-    if port_is_free(preferred, host):
+    """`preferred` if free, else (or when it is 0) a free port the OS picks."""
+    if preferred and port_is_free(preferred, host):
         return preferred
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))

@@ -8,6 +8,7 @@ and the last one presses Ctrl-C.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -100,7 +101,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     for name in ("PREFECT_API_URL", "WXPUSH_DATABASE_URL"):
         env.pop(name, None)
     args = (
-        f"--ui-port {pick_port(4200)} --simulator-port {pick_port(8900)} "
+        # Ports the OS picks: a developer's own `make serve` may hold 4200 and 8900.
+        f"--ui-port {pick_port(0)} --simulator-port {pick_port(0)} "
         f"--recipients {RECIPIENTS} --ready-file {ready}"
     )
     with output.open("wb") as out:
@@ -114,7 +116,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     deadline = time.monotonic() + 240
     while not ready.exists():
         if process.poll() is not None or time.monotonic() > deadline:
-            os.killpg(process.pid, signal.SIGTERM)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGTERM)
             pytest.fail("make serve did not come up:\n" + output.read_text()[-5000:])
         time.sleep(0.5)
     urls = json.loads(ready.read_text())
