@@ -1,6 +1,24 @@
-"""The WeChat protocol layer: client, errcode classes, field rules, models (no Prefect, no SQL)."""
+"""The WeChat protocol layer: client, errcodes, field rules, models, callbacks (no Prefect/SQL)."""
 
 from wechat.client import DEFAULT_BASE_URL, WeChatClient
+from wechat.crypto import (
+    AppIdMismatch,
+    CallbackError,
+    CallbackFieldError,
+    CallbackXMLError,
+    DecryptError,
+    EncodingAESKeyError,
+    MessageCrypto,
+    SignatureError,
+    XMLForbiddenError,
+    XMLShapeError,
+    XMLSyntaxError,
+    XMLTooLargeError,
+    signature,
+    signatures_match,
+    signed_query,
+    verify_signature,
+)
 from wechat.errors import (
     ConfigError,
     ErrorClass,
@@ -13,6 +31,16 @@ from wechat.errors import (
     WeChatError,
     classify,
     lookup,
+)
+from wechat.events import (
+    CallbackKind,
+    CallbackMessage,
+    ReceiptStatus,
+    encrypted_field,
+    normalise_receipt_status,
+    parse_message,
+    parse_xml,
+    to_xml,
 )
 from wechat.fields import FieldProblem, TemplateDataError, check_field, validate_template_data
 from wechat.models import (
@@ -28,16 +56,27 @@ from wechat.models import (
 __all__ = [
     "DEFAULT_BASE_URL",
     "AccessToken",
+    "AppIdMismatch",
+    "CallbackError",
+    "CallbackFieldError",
+    "CallbackKind",
+    "CallbackMessage",
+    "CallbackXMLError",
     "ConfigError",
     "CustomMessage",
+    "DecryptError",
+    "EncodingAESKeyError",
     "ErrorClass",
     "FieldProblem",
+    "MessageCrypto",
     "MiniProgram",
     "QuotaError",
+    "ReceiptStatus",
     "RecipientError",
     "RequestError",
     "RetryableError",
     "SendResult",
+    "SignatureError",
     "SubscribeMessage",
     "TemplateDataError",
     "TemplateMessage",
@@ -46,8 +85,21 @@ __all__ = [
     "TransportError",
     "WeChatClient",
     "WeChatError",
+    "XMLForbiddenError",
+    "XMLShapeError",
+    "XMLSyntaxError",
+    "XMLTooLargeError",
     "check_field",
     "classify",
+    "encrypted_field",
     "lookup",
+    "normalise_receipt_status",
+    "parse_message",
+    "parse_xml",
+    "signature",
+    "signatures_match",
+    "signed_query",
+    "to_xml",
     "validate_template_data",
+    "verify_signature",
 ]
