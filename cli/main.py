@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import campaign, db, demo, deploy, digest, seed, serve, setup, simulator
+from cli import campaign, db, demo, deploy, digest, receiver, seed, serve, setup, simulator
 
 app = typer.Typer(
     name="wxpush",
@@ -13,7 +13,7 @@ app = typer.Typer(
     add_completion=False,
 )
 
-for module in (simulator, setup, db, seed, campaign, digest, demo, deploy, serve):
+for module in (simulator, setup, db, seed, campaign, digest, demo, deploy, serve, receiver):
     module.register(app)
 
 

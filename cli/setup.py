@@ -194,6 +194,7 @@ async def asetup_app(
     token_mode: TokenMode | None = None,
     callback_token: str | SecretStr | None = None,
     encoding_aes_key: str | SecretStr | None = None,
+    previous_encoding_aes_key: str | SecretStr | None = None,
 ) -> SetupReport:
     """Register block types, create/update `wechat-app/<app>`, create its limits.
 
@@ -213,6 +214,7 @@ async def asetup_app(
         "token_mode": token_mode,
         "callback_token": callback_token,
         "encoding_aes_key": encoding_aes_key,
+        "previous_encoding_aes_key": previous_encoding_aes_key,
     }
     try:
         async with get_client() as client:
@@ -273,6 +275,14 @@ def setup(
         str | None,
         _env("--encoding-aes-key", "WXPUSH_CALLBACK_AES_KEY", "EncodingAESKey (for the receiver)."),
     ] = None,
+    previous_encoding_aes_key: Annotated[
+        str | None,
+        _env(
+            "--previous-encoding-aes-key",
+            "WXPUSH_CALLBACK_PREVIOUS_AES_KEY",
+            "The EncodingAESKey before a rotation (still accepted by the receiver).",
+        ),
+    ] = None,
 ) -> None:
     """Register wxpush's block types, create or update the app's block, create its limits."""
     try:
@@ -285,6 +295,7 @@ def setup(
             token_mode=token_mode,
             callback_token=callback_token,
             encoding_aes_key=encoding_aes_key,
+            previous_encoding_aes_key=previous_encoding_aes_key,
         )
     except SetupError as exc:
         typer.echo(f"wxpush setup: {exc}", err=True)

@@ -1,5 +1,6 @@
-"""The tables: `recipients`, `interactions`, `campaigns`, `deliveries`, and the `errcodes`
-reference table the analyst views join (filled by `db.errcodes.sync_errcodes`).
+"""The tables: `recipients`, `interactions`, `campaigns`, `deliveries`, the `errcodes`
+reference table the analyst views join (filled by `db.errcodes.sync_errcodes`), and
+`callback_events`, every WeChat push the receiver stored (written by `db.callbacks`).
 
 Declared once here; the Alembic migrations create exactly this (a test compares them on
 SQLite and PostgreSQL). Timestamps are `UTCDateTime` (aware UTC on both databases), JSON is
@@ -40,6 +41,11 @@ NAMING_CONVENTION = {
 
 # `errcodes.account_kind`: the account kinds whose errcode tables differ (wechat/errors.py).
 ACCOUNT_KINDS = ("official_account", "wecom")
+
+# `callback_events.kind` and the receipt statuses `db.callbacks` writes (the values the
+# `campaign_stats` view counts as delivered / blocked / system_failed).
+CALLBACK_KINDS = ("receipt", "interaction", "subscribe", "unsubscribe", "other")
+RECEIPT_STATUSES = ("delivered", "user_block", "system_failed")
 
 OPENID = String(64)  # WeChat openids are 28 characters; WeCom user ids up to 64
 APP_ID = String(64)
@@ -182,8 +188,37 @@ class Errcode(Base):
     meaning: Mapped[str] = mapped_column(Text)
 
 
+class CallbackEvent(Base):
+    """One WeChat push, stored once: (app_id, dedupe_key) is unique, so WeChat's retries of
+    the same push are recognised and applied only the first time (db/callbacks.py)."""
+
+    __tablename__ = "callback_events"
+    __table_args__ = (
+        UniqueConstraint("app_id", "dedupe_key"),
+        CheckConstraint(_in_list("kind", CALLBACK_KINDS), name="kind"),
+        Index(None, "msgid"),  # receipts matched to deliveries later (match_pending_receipts)
+        # A follower's history; "is there a newer (un)subscribe than this one?"
+        Index(None, "app_id", "openid", "occurred_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)
+    app_id: Mapped[str] = mapped_column(APP_ID)
+    dedupe_key: Mapped[str] = mapped_column(String(200))
+    openid: Mapped[str] = mapped_column(OPENID)
+    kind: Mapped[str] = mapped_column(String(16))
+    msg_type: Mapped[str] = mapped_column(String(32))
+    event: Mapped[str | None] = mapped_column(String(64))
+    interaction_kind: Mapped[str | None] = mapped_column(String(32))
+    msgid: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit, < 2^63
+    receipt_status: Mapped[str | None] = mapped_column(String(32))
+    matched: Mapped[bool] = mapped_column(Boolean, default=False)
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 recipients = Recipient.__table__
 interactions = Interaction.__table__
 campaigns = Campaign.__table__
 deliveries = Delivery.__table__
 errcodes = Errcode.__table__
+callback_events = CallbackEvent.__table__

@@ -16,6 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
 from pydantic import BaseModel, Field
 
+from db.callbacks import match_pending_receipts
 from db.ledger import final_openids, record_outcomes
 from db.outcomes import DeliveryOutcome
 from tasks.database import engine
@@ -71,6 +72,9 @@ def _write_ledger(campaign_id: str, outcomes: Sequence[DeliveryOutcome]) -> None
         try:
             with engine().begin() as conn:
                 record_outcomes(conn, campaign_id, outcomes)
+                # WeChat's receipt can beat this write (the batch is recorded after its
+                # last answer); the receiver kept those, unmatched, for this moment.
+                match_pending_receipts(conn, [o.msgid for o in outcomes if o.msgid])
             return
         except Exception:
             if attempt == LEDGER_ATTEMPTS:

@@ -99,6 +99,14 @@ class WeChatApp(Block):
             "callbacks. Only needed by the callback receiver."
         ),
     )
+    previous_encoding_aes_key: SecretStr | None = Field(
+        default=None,
+        title="Previous EncodingAESKey",
+        description=(
+            "After changing the EncodingAESKey in WeChat's console, put the old one here for "
+            "a while: callbacks still encrypted with it are accepted."
+        ),
+    )
 
     @field_validator("api_base_url")
     @classmethod

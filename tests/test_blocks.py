@@ -23,6 +23,7 @@ def make_app(**overrides: object) -> WeChatApp:
         "app_secret": SECRET,
         "callback_token": CALLBACK,
         "encoding_aes_key": AES,
+        "previous_encoding_aes_key": "B" * 43,
     }
     values.update(overrides)
     return WeChatApp(**values)  # type: ignore[arg-type]
@@ -38,6 +39,7 @@ def test_every_secret_field_is_masked_in_the_schema() -> None:
         "app_secret",
         "callback_token",
         "encoding_aes_key",
+        "previous_encoding_aes_key",
     ]
     assert WeChatAccessToken.model_json_schema()["secret_fields"] == ["access_token"]
 

@@ -1,0 +1,84 @@
+"""`wxpush receiver`: the callback web app under uvicorn.
+
+Configuration comes from the environment (`WXPUSH_APP_ID`, `WXPUSH_CALLBACK_TOKEN`,
+`WXPUSH_CALLBACK_AES_KEY`, `WXPUSH_CALLBACK_PREVIOUS_AES_KEY`) when the token is set
+there, else from the `wechat-app` block (`wxpush setup --callback-token …`).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Annotated
+
+import typer
+
+from receiver.config import ReceiverConfig
+
+
+def load_config(app: str, **overrides: object) -> ReceiverConfig:
+    """The receiver's config: the environment if it names a token, else the block."""
+    if os.environ.get("WXPUSH_CALLBACK_TOKEN"):
+        return ReceiverConfig.from_env(**overrides)
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from tasks.token import load_app
+
+    block = run_coro_as_sync(load_app(app))  # AppNotConfigured says how to create it
+    if block is None or block.callback_token is None:
+        raise ValueError(
+            f"the wechat-app block {app!r} has no callback token: run "
+            f"`wxpush setup --app {app} --callback-token …` or set WXPUSH_CALLBACK_TOKEN"
+        )
+    return ReceiverConfig(
+        app_id=block.app_id,
+        token=block.callback_token,
+        encoding_aes_key=block.encoding_aes_key,
+        previous_encoding_aes_key=block.previous_encoding_aes_key,
+        **{k: v for k, v in overrides.items() if v is not None},  # type: ignore[arg-type]
+    )
+
+
+def register(app: typer.Typer) -> None:
+    """Add `wxpush receiver` to the app."""
+
+    @app.command("receiver")
+    def receiver(
+        host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port")] = 8902,
+        app_name: Annotated[
+            str, typer.Option("--app", help="wechat-app block to read when the env has none.")
+        ] = "default",
+        timestamp_window: Annotated[
+            int | None,
+            typer.Option("--timestamp-window", help="Seconds a push's timestamp may be off."),
+        ] = None,
+        max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes")] = None,
+    ) -> None:
+        """Serve WeChat's callback URL: verify, decrypt, record receipts and interactions."""
+        import uvicorn
+
+        from receiver.app import create_app
+        from tasks.database import engine
+        from wechat.errors import ConfigError
+
+        try:
+            config = load_config(
+                app_name,
+                timestamp_window_seconds=timestamp_window,
+                max_body_bytes=max_body_bytes,
+            )
+        except (ValueError, ConfigError) as exc:
+            typer.secho(f"wxpush receiver: {exc}", fg="red", err=True)
+            raise typer.Exit(1) from None
+        typer.echo(
+            f"Receiving callbacks for {config.app_id} on http://{host}:{port}/wechat/callback "
+            f"({'safe mode and plaintext' if config.encoding_aes_key else 'plaintext only'})"
+        )
+        uvicorn.run(
+            create_app(config, engine()),
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=30,
+        )

@@ -1,0 +1,490 @@
+"""WeChat callbacks into the database: the receiver parses pushes into `CallbackRecord`s and
+hands a batch to `apply_callbacks`, which writes it in the caller's transaction.
+
+What a batch does, in this order:
+
+1. Every push is stored once in `callback_events`, unique on (app_id, dedupe_key). WeChat
+   retries a push it got no answer for (up to 3 times); a retry, in the same batch or a later
+   one, is counted as a duplicate and changes nothing else. Only new rows go on to 2-4.
+2. Receipts (TEMPLATESENDJOBFINISH) set `deliveries.receipt_status` / `receipt_at` by msgid
+   alone: `campaigns.app` is a block name, not the AppID, so the campaign cannot narrow it;
+   WeChat's msgids are unique per account in practice. A receipt whose msgid has no delivery
+   row (yet) is stored with `matched = false`; `match_pending_receipts` applies it later.
+   Precedence: the receipt with the latest `occurred_at` wins, a tie keeps what is stored,
+   so neither a retry nor an out-of-order older receipt moves a delivery back.
+3. Interactions (`interaction_kind` set): an `interactions` row each, and
+   `recipients.last_interaction_at` moves forward only (max of stored and new).
+4. subscribe / unsubscribe set `recipients.subscribed`, unless a newer (un)subscribe of the
+   same follower is already stored (pushes can arrive out of order across batches). Within
+   a batch the records apply in `occurred_at` order (ties: input order).
+
+A follower unknown to `recipients` who interacts or subscribes gets a row (subscribed); one
+who unsubscribes gets a row marked unsubscribed, so a later campaign skips them as
+`unsubscribed`. Receipts and `other` pushes never create recipients.
+
+Written like db/ledger.py: driver-level statements, SQLite executemany (in-process) or one
+multi-row statement, PostgreSQL one statement per step with a binary array per column
+(`unnest`), so a batch costs a handful of statements whatever its size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, exists, select, update
+from sqlalchemy.orm import Session
+
+from db.models import CALLBACK_KINDS, RECEIPT_STATUSES, callback_events, deliveries
+from db.types import utcnow
+
+Executor = Connection | Session
+
+RECEIPT = "receipt"
+INTERACTION = "interaction"
+SUBSCRIBE = "subscribe"
+UNSUBSCRIBE = "unsubscribe"
+OTHER = "other"
+
+_MAX_BIGINT = 2**63 - 1
+_CHUNK = 500  # rows per multi-row SQLite statement (13 columns: 6,500 variables) / IN list
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackRecord:
+    """One parsed push, as the receiver hands it over (db/ cannot import wechat/).
+
+    `dedupe_key` is the same for WeChat's retries of a push: `msg:<MsgId>` for user messages,
+    `event:<openid>:<CreateTime>:<event>` for events. `occurred_at` is CreateTime, aware.
+    `interaction_kind` None means the push does not open the 48-hour window (receipts never
+    do: the user did nothing). `msgid` and `receipt_status` are set for receipts.
+    """
+
+    app_id: str
+    dedupe_key: str
+    openid: str
+    kind: str  # 'receipt' | 'interaction' | 'subscribe' | 'unsubscribe' | 'other'
+    occurred_at: datetime
+    msg_type: str
+    event: str | None = None
+    interaction_kind: str | None = None  # 'message', 'click_menu', 'scancode', 'subscribe', …
+    msgid: int | None = None  # TEMPLATESENDJOBFINISH MsgID, 64-bit
+    receipt_status: str | None = None  # 'delivered' | 'user_block' | 'system_failed'
+
+
+@dataclass(frozen=True, slots=True)
+class CallbackCounts:
+    """What one batch did. `new + duplicates` = records given; the rest count new ones only.
+
+    `receipts_matched`: new receipts whose msgid has a delivery row (applied, unless that row
+    already holds a newer receipt); `receipts_unmatched`: stored with matched = false.
+    `subscribed` / `unsubscribed`: new subscribe / unsubscribe pushes.
+    """
+
+    new: int = 0
+    duplicates: int = 0
+    receipts_matched: int = 0
+    receipts_unmatched: int = 0
+    interactions: int = 0
+    subscribed: int = 0
+    unsubscribed: int = 0
+
+
+@dataclass(slots=True)
+class _Follower:
+    """What a batch does to one (app_id, openid): the latest interaction, the final
+    subscription state and when it was set."""
+
+    last_interaction_at: datetime | None = None
+    subscribed: bool | None = None
+    subscription_at: datetime | None = None
+    interactions: list[tuple[str, datetime]] = field(default_factory=list)
+
+
+# -- SQL ----------------------------------------------------------------------------------------
+
+_EVENT_COLUMNS: tuple[tuple[str, str], ...] = (  # (column, PostgreSQL array element type)
+    ("app_id", "text"),
+    ("dedupe_key", "text"),
+    ("openid", "text"),
+    ("kind", "text"),
+    ("msg_type", "text"),
+    ("event", "text"),
+    ("interaction_kind", "text"),
+    ("msgid", "bigint"),
+    ("receipt_status", "text"),
+    ("matched", "boolean"),
+    ("occurred_at", "timestamptz"),
+    ("received_at", "timestamptz"),
+)
+_EVENT_NAMES = ", ".join(name for name, _ in _EVENT_COLUMNS)
+_EVENT_CONFLICT = "ON CONFLICT (app_id, dedupe_key) DO NOTHING RETURNING app_id, dedupe_key"
+
+
+@cache
+def _sqlite_insert_events(rows: int) -> str:
+    """One multi-row INSERT … RETURNING (SQLite's executemany returns no rows); cached per
+    row count so full batches reuse one text (and sqlite3's statement cache)."""
+    row = "(" + ", ".join("?" for _ in _EVENT_COLUMNS) + ")"
+    return (
+        f"INSERT INTO callback_events ({_EVENT_NAMES}) VALUES "
+        + ", ".join(row for _ in range(rows))
+        + f" {_EVENT_CONFLICT}"
+    )
+
+
+_PG_INSERT_EVENTS = (
+    f"INSERT INTO callback_events ({_EVENT_NAMES}) SELECT * FROM unnest("
+    + ", ".join(f"%b::{kind}[]" for _, kind in _EVENT_COLUMNS)
+    + f") {_EVENT_CONFLICT}"
+)
+
+# Receipts: the latest occurred_at wins; a tie keeps the stored one.
+_UPDATE_RECEIPTS = {
+    "sqlite": """UPDATE deliveries SET receipt_status = ?1, receipt_at = ?2, updated_at = ?3
+WHERE msgid = ?4 AND (receipt_at IS NULL OR receipt_at < ?2)""",
+    "postgresql": """UPDATE deliveries AS d
+SET receipt_status = s.status, receipt_at = s.at, updated_at = %b
+FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[]) AS s(msgid, status, at)
+WHERE d.msgid = s.msgid AND (d.receipt_at IS NULL OR d.receipt_at < s.at)""",
+}
+
+_INSERT_INTERACTIONS = {
+    "sqlite": "INSERT INTO interactions (app_id, openid, kind, occurred_at) VALUES (?, ?, ?, ?)",
+    "postgresql": "INSERT INTO interactions (app_id, openid, kind, occurred_at) "
+    "SELECT * FROM unnest(%b::text[], %b::text[], %b::text[], %b::timestamptz[])",
+}
+
+# Creates unknown followers; moves last_interaction_at forward only.
+_RECIPIENT_CONFLICT = """ON CONFLICT (app_id, openid) DO UPDATE SET
+  last_interaction_at = excluded.last_interaction_at,
+  updated_at = excluded.updated_at
+WHERE excluded.last_interaction_at IS NOT NULL
+  AND (recipients.last_interaction_at IS NULL
+       OR recipients.last_interaction_at < excluded.last_interaction_at)"""
+_UPSERT_RECIPIENTS = {
+    "sqlite": "INSERT INTO recipients "
+    "(app_id, openid, subscribed, last_interaction_at, attributes, created_at, updated_at) "
+    "VALUES (?1, ?2, ?3, ?4, '{}', ?5, ?5) " + _RECIPIENT_CONFLICT,
+    "postgresql": "INSERT INTO recipients "
+    "(app_id, openid, subscribed, last_interaction_at, attributes, created_at, updated_at) "
+    "SELECT s.app_id, s.openid, s.subscribed, s.last_at, '{}'::jsonb, s.now, s.now "
+    "FROM unnest(%b::text[], %b::text[], %b::boolean[], %b::timestamptz[], %b::timestamptz[]) "
+    "AS s(app_id, openid, subscribed, last_at, now) " + _RECIPIENT_CONFLICT,
+}
+
+# The batch's final (un)subscribe, unless a newer one of that follower is already stored.
+_NEWER_SUBSCRIPTION = """NOT EXISTS (
+  SELECT 1 FROM callback_events e
+  WHERE e.app_id = recipients.app_id AND e.openid = recipients.openid
+    AND e.kind IN ('subscribe', 'unsubscribe') AND e.occurred_at > {at})"""
+_UPDATE_SUBSCRIPTIONS = {
+    "sqlite": "UPDATE recipients SET subscribed = ?1, updated_at = ?2 "
+    "WHERE app_id = ?3 AND openid = ?4 AND subscribed <> ?1 AND "
+    + _NEWER_SUBSCRIPTION.format(at="?5"),
+    "postgresql": "UPDATE recipients SET subscribed = s.subscribed, updated_at = %b "
+    "FROM unnest(%b::text[], %b::text[], %b::boolean[], %b::timestamptz[]) "
+    "AS s(app_id, openid, subscribed, at) "
+    "WHERE recipients.app_id = s.app_id AND recipients.openid = s.openid "
+    "AND recipients.subscribed <> s.subscribed AND " + _NEWER_SUBSCRIPTION.format(at="s.at"),
+}
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _connection(executor: Executor) -> Connection:
+    return executor.connection() if isinstance(executor, Session) else executor
+
+
+def _stamp(value: datetime | None, sqlite: bool) -> Any:
+    """As db.types.UTCDateTime would store it (the statements here bypass type processing).
+    On SQLite, `isoformat` writes `sqlite_text`'s exact text at a quarter of strftime's cost
+    (a test compares them)."""
+    if value is None:
+        return None
+    if not sqlite:
+        return value
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+
+
+def _execute(connection: Connection, sql: str, rows: list[tuple[Any, ...]], *head: Any) -> None:
+    """`sql` for every row: executemany on SQLite, one call with column arrays (after the
+    scalar `head` parameters) on PostgreSQL."""
+    if not rows:
+        return
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql(sql, rows)
+    else:
+        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        connection.exec_driver_sql(sql, (*head, *columns))
+
+
+def _check(index: int, record: CallbackRecord) -> None:
+    """Refuse what would store nonsense (a receiver bug, not WeChat data): the batch fails
+    before anything is written. A ValueError here is deterministic; retrying won't help."""
+    where = f"callback record {index} ({record.dedupe_key!r})"
+    if record.kind not in CALLBACK_KINDS:
+        raise ValueError(f"{where}: kind {record.kind!r} is not one of {CALLBACK_KINDS}")
+    if record.occurred_at.tzinfo is None:
+        raise ValueError(f"{where}: occurred_at is naive; pass an aware UTC datetime")
+    if record.receipt_status is not None and record.receipt_status not in RECEIPT_STATUSES:
+        raise ValueError(
+            f"{where}: receipt_status {record.receipt_status!r} is not one of {RECEIPT_STATUSES}"
+        )
+    if record.msgid is not None and not -_MAX_BIGINT <= record.msgid <= _MAX_BIGINT:
+        raise ValueError(f"{where}: msgid {record.msgid} does not fit a 64-bit integer")
+    if record.kind == RECEIPT and record.interaction_kind is not None:
+        raise ValueError(f"{where}: a receipt is not a user interaction")
+
+
+def _is_receipt(record: CallbackRecord) -> bool:
+    """A receipt that can be applied (a malformed one is only stored, unmatched)."""
+    return record.kind == RECEIPT and record.msgid is not None and record.receipt_status is not None
+
+
+def _known_msgids(connection: Connection, msgids: set[int]) -> set[int]:
+    """Which msgids have a delivery row (the `ix_deliveries_msgid` index answers it)."""
+    if not msgids:
+        return set()
+    if connection.dialect.name == "postgresql":
+        found = connection.exec_driver_sql(
+            "SELECT DISTINCT msgid FROM deliveries WHERE msgid = ANY(%b::bigint[])",
+            (list(msgids),),
+        )
+        return {int(m) for (m,) in found}
+    wanted = list(msgids)
+    known: set[int] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        marks = ", ".join("?" for _ in chunk)
+        found = connection.exec_driver_sql(
+            f"SELECT DISTINCT msgid FROM deliveries WHERE msgid IN ({marks})", tuple(chunk)
+        )
+        known.update(int(m) for (m,) in found)
+    return known
+
+
+def _insert_events(
+    connection: Connection,
+    records: list[CallbackRecord],
+    known: set[int],
+    now: datetime,
+) -> set[tuple[str, str]]:
+    """Store the records, skipping keys already stored; returns the keys that were new.
+    The answer comes from the INSERT itself (RETURNING), so two receivers storing the same
+    retry at once cannot both take it for new."""
+    sqlite = connection.dialect.name == "sqlite"
+    received = _stamp(now, sqlite)
+    rows = [
+        (
+            r.app_id,
+            r.dedupe_key,
+            r.openid,
+            r.kind,
+            r.msg_type,
+            r.event,
+            r.interaction_kind,
+            r.msgid,
+            r.receipt_status,
+            _is_receipt(r) and r.msgid in known,
+            _stamp(r.occurred_at, sqlite),
+            received,
+        )
+        for r in records
+    ]
+    new: set[tuple[str, str]] = set()
+    if sqlite:
+        for start in range(0, len(rows), _CHUNK):
+            chunk = rows[start : start + _CHUNK]
+            flat = tuple(value for row in chunk for value in row)
+            result = connection.exec_driver_sql(_sqlite_insert_events(len(chunk)), flat)
+            new.update((app_id, key) for app_id, key in result)
+    else:
+        columns = tuple(list(column) for column in zip(*rows, strict=True))
+        result = connection.exec_driver_sql(_PG_INSERT_EVENTS, columns)
+        new.update((app_id, key) for app_id, key in result)
+    return new
+
+
+def _apply_receipts(
+    connection: Connection, receipts: Iterable[tuple[int, str, datetime]], now: datetime
+) -> None:
+    """Set the receipt columns of the deliveries with these msgids; per msgid the receipt
+    with the latest time goes in (one UPDATE may touch a row only once on PostgreSQL)."""
+    latest: dict[int, tuple[int, str, datetime]] = {}
+    for msgid, status, at in receipts:
+        stored = latest.get(msgid)
+        if stored is None or at > stored[2]:
+            latest[msgid] = (msgid, status, at)
+    dialect = connection.dialect.name
+    sqlite = dialect == "sqlite"
+    if sqlite:
+        stamp = _stamp(now, True)
+        rows = [(status, _stamp(at, True), stamp, msgid) for msgid, status, at in latest.values()]
+    else:
+        rows = list(latest.values())
+    _execute(connection, _UPDATE_RECEIPTS[dialect], rows, now)
+
+
+def _apply_followers(
+    connection: Connection, followers: dict[tuple[str, str], _Follower], now: datetime
+) -> None:
+    """interactions rows, then recipients: create unknown ones, move last_interaction_at
+    forward, set the final subscription state."""
+    if not followers:
+        return
+    dialect = connection.dialect.name
+    sqlite = dialect == "sqlite"
+    stamp = _stamp(now, sqlite)
+    events = [
+        (app_id, openid, kind, _stamp(at, sqlite))
+        for (app_id, openid), f in followers.items()
+        for kind, at in f.interactions
+    ]
+    _execute(connection, _INSERT_INTERACTIONS[dialect], events)
+    upserts = [
+        (
+            app_id,
+            openid,
+            True if f.subscribed is None else f.subscribed,
+            _stamp(f.last_interaction_at, sqlite),
+            stamp,
+        )
+        for (app_id, openid), f in followers.items()
+    ]
+    _execute(connection, _UPSERT_RECIPIENTS[dialect], upserts)
+    changes = [
+        (app_id, openid, f.subscribed, _stamp(f.subscription_at, sqlite))
+        for (app_id, openid), f in followers.items()
+        if f.subscribed is not None
+    ]
+    if sqlite:
+        rows = [
+            (subscribed, stamp, app_id, openid, at) for app_id, openid, subscribed, at in changes
+        ]
+        _execute(connection, _UPDATE_SUBSCRIPTIONS[dialect], rows)
+    else:
+        _execute(connection, _UPDATE_SUBSCRIPTIONS[dialect], changes, now)
+
+
+# -- the API ------------------------------------------------------------------------------------
+
+
+def apply_callbacks(executor: Executor, records: Sequence[CallbackRecord]) -> CallbackCounts:
+    """Store a batch of pushes and apply the new ones (see the module doc), in the caller's
+    transaction (`with engine.begin() as conn: apply_callbacks(conn, batch)`).
+
+    Raises ValueError, before writing anything, for a record that breaks the vocabulary
+    (kind, receipt_status), a naive `occurred_at`, or a msgid beyond 64 bits.
+    """
+    if not records:
+        return CallbackCounts()
+    for index, record in enumerate(records):
+        _check(index, record)
+    unique: dict[tuple[str, str], CallbackRecord] = {}
+    for record in records:
+        unique.setdefault((record.app_id, record.dedupe_key), record)
+    connection = _connection(executor)
+    now = utcnow()
+    candidates = list(unique.values())
+    known = _known_msgids(
+        connection, {r.msgid for r in candidates if _is_receipt(r) and r.msgid is not None}
+    )
+    inserted = _insert_events(connection, candidates, known, now)
+    new = sorted(
+        (r for r in candidates if (r.app_id, r.dedupe_key) in inserted),
+        key=lambda r: r.occurred_at,
+    )
+
+    matched: list[tuple[int, str, datetime]] = []
+    unmatched = 0
+    followers: dict[tuple[str, str], _Follower] = {}
+    interactions = subscribed = unsubscribed = 0
+    for r in new:
+        if r.kind == RECEIPT:
+            if r.msgid is not None and r.receipt_status is not None and r.msgid in known:
+                matched.append((r.msgid, r.receipt_status, r.occurred_at))
+            else:
+                unmatched += 1
+        if r.interaction_kind is None and r.kind not in (SUBSCRIBE, UNSUBSCRIBE):
+            continue
+        follower = followers.setdefault((r.app_id, r.openid), _Follower())
+        if r.interaction_kind is not None:
+            interactions += 1
+            follower.interactions.append((r.interaction_kind, r.occurred_at))
+            follower.last_interaction_at = r.occurred_at  # `new` is in time order
+        if r.kind in (SUBSCRIBE, UNSUBSCRIBE):
+            follower.subscribed = r.kind == SUBSCRIBE
+            follower.subscription_at = r.occurred_at
+            subscribed += r.kind == SUBSCRIBE
+            unsubscribed += r.kind == UNSUBSCRIBE
+
+    if matched:
+        _apply_receipts(connection, matched, now)
+    _apply_followers(connection, followers, now)
+    return CallbackCounts(
+        new=len(new),
+        duplicates=len(records) - len(new),
+        receipts_matched=len(matched),
+        receipts_unmatched=unmatched,
+        interactions=interactions,
+        subscribed=subscribed,
+        unsubscribed=unsubscribed,
+    )
+
+
+def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = None) -> int:
+    """Apply stored receipts that found no delivery row when they arrived, now that one
+    carries their msgid; returns how many receipts were matched.
+
+    A receipt can beat the ledger: the send path writes a batch's msgids after the whole
+    batch was answered, and WeChat's receipt may come first. Pass the msgids a ledger write
+    just stored (an index lookup each), or nothing to sweep every unmatched receipt.
+    """
+    connection = _connection(executor)
+    e = callback_events
+    query = select(e.c.id, e.c.msgid, e.c.receipt_status, e.c.occurred_at).where(
+        e.c.kind == RECEIPT,
+        e.c.matched.is_(False),
+        e.c.receipt_status.is_not(None),
+        exists().where(deliveries.c.msgid == e.c.msgid),
+    )
+    if msgids is None:
+        found = list(connection.execute(query))
+    else:
+        wanted = list(dict.fromkeys(msgids))
+        narrowed = query.where(e.c.msgid.in_(bindparam("msgids", expanding=True)))
+        found = []
+        for start in range(0, len(wanted), _CHUNK):
+            found.extend(connection.execute(narrowed, {"msgids": wanted[start : start + _CHUNK]}))
+    if not found:
+        return 0
+    now = utcnow()
+    _apply_receipts(connection, ((m, s, at) for _, m, s, at in found), now)
+    mark = update(e).where(e.c.id.in_(bindparam("ids", expanding=True))).values(matched=True)
+    ids = [row.id for row in found]
+    for start in range(0, len(ids), _CHUNK):
+        connection.execute(mark, {"ids": ids[start : start + _CHUNK]})
+    return len(found)
+
+
+def unmatched_receipts(executor: Executor, msgids: Iterable[int]) -> set[int]:
+    """Which of these msgids have a stored receipt still waiting for its delivery row (the
+    receiver keeps retrying those for a while, see `match_pending_receipts`)."""
+    connection = _connection(executor)
+    e = callback_events
+    query = select(e.c.msgid).where(
+        e.c.kind == RECEIPT,
+        e.c.matched.is_(False),
+        e.c.msgid.in_(bindparam("msgids", expanding=True)),
+    )
+    wanted = list(dict.fromkeys(msgids))
+    found: set[int] = set()
+    for start in range(0, len(wanted), _CHUNK):
+        chunk = wanted[start : start + _CHUNK]
+        found.update(connection.execute(query, {"msgids": chunk}).scalars())
+    return found

@@ -1,0 +1,54 @@
+"""What the callback receiver needs to know: the account, its callback secrets, its limits.
+
+Built from environment variables (`WXPUSH_APP_ID`, `WXPUSH_CALLBACK_TOKEN`,
+`WXPUSH_CALLBACK_AES_KEY`, `WXPUSH_CALLBACK_PREVIOUS_AES_KEY`) or, by `wxpush receiver`,
+from the `wechat-app` block. Secrets stay `SecretStr`: they never reach a log or a repr.
+"""
+
+from __future__ import annotations
+
+import os
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+
+class ReceiverConfig(BaseModel):
+    """One receiver serves one WeChat account (one AppID, one callback Token)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    app_id: str = Field(min_length=1, description="The account's AppID (checked after decrypting).")
+    token: SecretStr = Field(description="The callback Token set in WeChat's admin console.")
+    encoding_aes_key: SecretStr | None = Field(
+        None, description="EncodingAESKey (43 characters); required for safe mode."
+    )
+    previous_encoding_aes_key: SecretStr | None = Field(
+        None, description="The key before a rotation: tried when the current one fails."
+    )
+    timestamp_window_seconds: int = Field(
+        300, ge=1, description="Refuse pushes whose timestamp is further than this from now."
+    )
+    max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies get HTTP 413.")
+    batch_size: int = Field(500, ge=1, description="Callbacks written per transaction.")
+    flush_interval_seconds: float = Field(
+        0.2, gt=0, description="Longest wait before a partial batch is written."
+    )
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> ReceiverConfig:
+        """The config from WXPUSH_* variables; raises ValueError naming what is missing."""
+        values: dict[str, object] = {
+            "app_id": os.environ.get("WXPUSH_APP_ID", ""),
+            "token": os.environ.get("WXPUSH_CALLBACK_TOKEN", ""),
+            "encoding_aes_key": os.environ.get("WXPUSH_CALLBACK_AES_KEY") or None,
+            "previous_encoding_aes_key": os.environ.get("WXPUSH_CALLBACK_PREVIOUS_AES_KEY") or None,
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        names = {"app_id": "WXPUSH_APP_ID", "token": "WXPUSH_CALLBACK_TOKEN"}
+        missing = [env for name, env in names.items() if not values[name]]
+        if missing:
+            raise ValueError(
+                f"the receiver needs {' and '.join(missing)}: set them in the environment, "
+                "or in the wechat-app block (`wxpush setup --callback-token …`)"
+            )
+        return cls.model_validate(values)
