@@ -15,8 +15,14 @@ from typing import Any, Final, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
-from wechat.simulator.config import AccountConfig, FaultConfig
-from wechat.simulator.defaults import APP_SECRET_ENV, DEMO_APP_ID, DEMO_APP_SECRET
+from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
+from wechat.simulator.defaults import (
+    APP_SECRET_ENV,
+    CALLBACK_TOKEN_ENV,
+    DEMO_APP_ID,
+    DEMO_APP_SECRET,
+    ENCODING_AES_KEY_ENV,
+)
 from wechat.simulator.server import DEFAULT_HOST, DEFAULT_PORT, ServerSettings, serve
 
 # Flags with a name other than --field-name (kept short, as the project's docs use them).
@@ -84,7 +90,25 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
     )
     _add_model_flags(parser, AccountConfig, "account")
     _add_model_flags(parser, FaultConfig, "faults")
+    group = parser.add_argument_group("callbacks (more settings: POST /_sim/callbacks/config)")
+    group.add_argument(
+        "--callback-url",
+        default=None,
+        help=f"Push receipts and follower actions here; the token comes from "
+        f"${CALLBACK_TOKEN_ENV}, the EncodingAESKey (safe mode) from ${ENCODING_AES_KEY_ENV}.",
+    )
     return parser
+
+
+def _callbacks(url: str | None) -> CallbackConfig:
+    """The callback config of the command line; secrets only from the environment."""
+    if url is None:
+        return CallbackConfig()
+    return CallbackConfig(
+        callback_url=url,
+        callback_token=os.environ.get(CALLBACK_TOKEN_ENV) or None,
+        encoding_aes_key=os.environ.get(ENCODING_AES_KEY_ENV) or None,
+    )
 
 
 def settings_from_args(
@@ -101,6 +125,7 @@ def settings_from_args(
         account=AccountConfig(**{**_account_defaults(), **given(AccountConfig)}),
         faults=FaultConfig(**given(FaultConfig)),
         seed_demo=args["seed_demo"],
+        callbacks=_callbacks(args["callback_url"]),
     )
 
 

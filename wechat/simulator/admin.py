@@ -3,6 +3,7 @@ tests, the demo and benchmarks. Raises `httpx.HTTPStatusError` on a 4xx/5xx answ
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import Any, Literal, Self
@@ -12,6 +13,8 @@ from pydantic import TypeAdapter
 
 from wechat.simulator.config import AccountConfig, FaultConfig
 from wechat.simulator.models import (
+    CallbackConfigView,
+    CallbackCounters,
     ClockInfo,
     Counters,
     FollowerIn,
@@ -19,11 +22,13 @@ from wechat.simulator.models import (
     FollowerUpsertResult,
     Health,
     MessagePage,
+    PushRecord,
     SentMessage,
     TemplateSpec,
 )
 
 _TEMPLATES = TypeAdapter(list[TemplateSpec])
+_PUSHES = TypeAdapter(list[PushRecord])
 FollowerLike = FollowerIn | Mapping[str, Any]
 
 
@@ -170,3 +175,80 @@ class SimulatorAdmin:
             if len(page.items) < page_size:
                 return
             since = page.next_since
+
+    # ---- callbacks -----------------------------------------------------------------------
+
+    def callback_config(self) -> CallbackConfigView:
+        """The callback settings; the token and the EncodingAESKey come back masked."""
+        return CallbackConfigView.model_validate(self._call("GET", "/callbacks/config"))
+
+    def set_callbacks(self, **changes: Any) -> CallbackConfigView:
+        """Change the given callback settings only, and re-seed the receipt RNG: e.g.
+        `set_callbacks(callback_url=..., callback_token=..., encoding_aes_key=...,
+        receipt_mix={"success": 0.9, "failed:user block": 0.1}, seed=7)`. `callback_url=None`
+        switches pushes off; `encoding_aes_key=None` is plaintext mode."""
+        return CallbackConfigView.model_validate(
+            self._call("POST", "/callbacks/config", json=changes)
+        )
+
+    def callbacks(self) -> CallbackCounters:
+        """Receipts scheduled/delivered/failed by Status, attempts, retries, pending …"""
+        return CallbackCounters.model_validate(self._call("GET", "/callbacks"))
+
+    def callback_pushes(
+        self,
+        *,
+        kind: Literal["receipt", "message", "click", "subscribe", "unsubscribe", "view"]
+        | None = None,
+        since: int | None = None,
+        limit: int = 100_000,
+    ) -> list[PushRecord]:
+        """The pushes since the last reset (after seq `since`), oldest first."""
+        params: dict[str, Any] = {"limit": limit}
+        if kind is not None:
+            params["kind"] = kind
+        if since is not None:
+            params["since"] = since
+        return _PUSHES.validate_python(
+            self._call("GET", "/callbacks/pushes", params=params)["items"]
+        )
+
+    def wait_callbacks_idle(self, timeout: float = 10.0, *, poll: float = 0.02) -> CallbackCounters:
+        """Wait until nothing is queued, awaiting a retry or in flight; the final counters.
+        Raises TimeoutError (with the counters) if pushes are still pending after `timeout`."""
+        deadline = time.monotonic() + timeout
+        while True:
+            counters = self.callbacks()
+            if counters.pending == 0:
+                return counters
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"{counters.pending} callback pushes still pending: {counters}")
+            time.sleep(poll)
+
+    def _act(self, openid: str, action: str, **body: Any) -> PushRecord:
+        return PushRecord.model_validate(
+            self._call("POST", f"/followers/{openid}/{action}", json=body)
+        )
+
+    def follower_sends_message(self, openid: str, text: str = "hi") -> PushRecord:
+        """A text message (MsgType text, 64-bit MsgId); opens the 48 h window. Returns the push
+        once the receiver answered (or every attempt failed): fields, http_statuses, outcome.
+        404: unknown follower; 409: not following."""
+        return self._act(openid, "message", text=text)
+
+    def follower_clicks_menu(self, openid: str, key: str = "MENU_KEY") -> PushRecord:
+        """A menu click (event CLICK, EventKey = key); opens the window like a message."""
+        return self._act(openid, "click", key=key)
+
+    def follower_views_url(self, openid: str, url: str = "https://example.com/") -> PushRecord:
+        """A menu link opened (event VIEW, EventKey = url): NOT an interaction, no window."""
+        return self._act(openid, "view", url=url)
+
+    def follower_subscribes(self, openid: str, scene: str | None = None) -> PushRecord:
+        """Follow (event subscribe; with `scene`, EventKey qrscene_<scene> + Ticket): creates or
+        re-subscribes the follower, whose sends then succeed again; counts as an interaction."""
+        return self._act(openid, "subscribe", scene=scene)
+
+    def follower_unsubscribes(self, openid: str) -> PushRecord:
+        """Unfollow (event unsubscribe): later sends to them answer 43004."""
+        return self._act(openid, "unsubscribe")

@@ -13,6 +13,7 @@ from aiohttp import web
 
 from wechat.simulator import replies
 from wechat.simulator.faults import Fault
+from wechat.simulator.pusher import CallbackPusher
 from wechat.simulator.replies import Reply
 from wechat.simulator.sim_api import Handler, SimApi
 from wechat.simulator.state import SimulatorState, parse_body
@@ -129,8 +130,12 @@ def _reason(status: int) -> str:
 
 
 def build_app(state: SimulatorState) -> web.Application:
-    """The whole simulator: the real API paths plus the admin API under /_sim/."""
+    """The whole simulator: the real API paths, the admin API under /_sim/, and the callback
+    pusher (started and stopped with the app)."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
+    pusher = CallbackPusher(state.callbacks, lambda: state.config.app_id)
+    app.on_startup.append(pusher.start)
+    app.on_cleanup.append(pusher.stop)
     app.add_routes(CgiBin(state).routes())
-    app.add_routes(SimApi(state).routes())
+    app.add_routes(SimApi(state, pusher).routes())
     return app

@@ -1,11 +1,15 @@
-"""Settings of the simulated account and of the fault injector (the /_sim/config and /_sim/faults
-models); every number the real platform imposes is a knob here, because the real values change."""
+"""Settings of the simulated account, of the fault injector and of the callback pushes (the
+/_sim/config, /_sim/faults and /_sim/callbacks/config models); every number the real platform
+imposes is a knob here, because the real values change."""
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+
+from wechat.crypto import MessageCrypto
+from wechat.simulator.defaults import DEMO_ORIGINAL_ID
 
 Rate = Annotated[float, Field(ge=0.0, le=1.0)]
 
@@ -86,3 +90,84 @@ class FaultConfig(BaseModel):
     def injects(self) -> bool:
         """True when any random fault can happen (the hot path skips the RNG otherwise)."""
         return (self.minus_one_rate + self.http_5xx_rate + self.slow_rate + self.drop_rate) > 0
+
+
+class CallbackConfig(BaseModel):
+    """Where and how the simulator pushes callbacks (receipts, follower actions) as WeChat does.
+
+    The token and the EncodingAESKey are `SecretStr`: every JSON dump (the admin API's GET
+    answers included) shows them masked, so they never leave the process by accident.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    callback_url: str | None = Field(
+        None, description="The account's server URL (POSTed to); None = no callbacks."
+    )
+    callback_token: SecretStr | None = Field(
+        None, description="Token of the server URL config: signs every push (SHA-1)."
+    )
+    encoding_aes_key: SecretStr | None = Field(
+        None, description="43-char EncodingAESKey: set = safe mode (AES envelope); None = plain."
+    )
+    original_id: str = Field(
+        DEMO_ORIGINAL_ID, min_length=1, description="The account's gh_ id (ToUserName)."
+    )
+    receipt_mix: dict[str, float] = Field(
+        default_factory=lambda: {"success": 1.0},
+        description="TEMPLATESENDJOBFINISH Status string → share; the shares add up to 1.",
+    )
+    receipt_delay_seconds: float = Field(
+        0.05, ge=0, le=3600, description="From an accepted template send to its receipt, s."
+    )
+    seed: int = Field(0, description="Seed of the receipt RNG; re-applied on every POST.")
+    max_concurrency: int = Field(32, ge=1, le=1024, description="Pushes in flight at most.")
+    timeout_seconds: float = Field(
+        5.0, gt=0, le=60, description="An attempt not answered 200 within this has failed, s."
+    )
+    max_attempts: int = Field(3, ge=1, le=10, description="Attempts per push, the first included.")
+    retry_delay_seconds: float = Field(
+        0.1, ge=0, le=600, description="Pause between a failed attempt and the next one, s."
+    )
+    clock: Literal["real", "simulator"] = Field(
+        "real",
+        description="Clock of the pushes' timestamp and CreateTime: real time (what a receiver "
+        "checks freshness against), or the simulator's movable clock.",
+    )
+
+    @field_validator("callback_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("callback_url must be an http:// or https:// URL")
+        return value
+
+    @field_validator("receipt_mix")
+    @classmethod
+    def _shares(cls, value: dict[str, float]) -> dict[str, float]:
+        if not value:
+            raise ValueError("receipt_mix needs at least one Status")
+        if any(not status or share < 0 for status, share in value.items()):
+            raise ValueError("receipt_mix needs non-empty Status strings and shares >= 0")
+        total = sum(value.values())
+        if abs(total - 1.0) > 1e-6:
+            raise ValueError(f"receipt_mix shares add up to {total:.6f}, not 1")
+        return value
+
+    @model_validator(mode="after")
+    def _usable(self) -> CallbackConfig:
+        token = self.callback_token.get_secret_value() if self.callback_token else ""
+        if self.callback_url is not None and not token:
+            raise ValueError("callback_url needs a callback_token (WeChat always signs pushes)")
+        if self.encoding_aes_key is not None:
+            # Raises EncodingAESKeyError (a ValueError) naming the problem, never the key.
+            MessageCrypto(token or "-", self.encoding_aes_key.get_secret_value(), "")
+        return self
+
+    @property
+    def enabled(self) -> bool:
+        return self.callback_url is not None
+
+    @property
+    def safe_mode(self) -> bool:
+        return self.encoding_aes_key is not None

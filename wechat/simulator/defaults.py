@@ -21,6 +21,11 @@ DEMO_TEMPLATE_VALUES: Final = (
 )
 
 DEMO_OPENID: Final = "oia2TjuEGTNoeX76QEjQNrcURxG8"
+# The account's original id: ToUserName of every callback push.
+DEMO_ORIGINAL_ID: Final = "gh_7f083739789a"
+# Read by `python -m wechat.simulator` for the callback secrets (kept out of argv).
+CALLBACK_TOKEN_ENV: Final = "WXPUSH_SIMULATOR_CALLBACK_TOKEN"
+ENCODING_AES_KEY_ENV: Final = "WXPUSH_SIMULATOR_ENCODING_AES_KEY"
 
 
 def demo_template_data() -> dict[str, dict[str, str]]:

@@ -125,3 +125,79 @@ class Health(_Strict):
     followers: int
     templates: int
     messages: int
+
+
+class CallbackConfigView(_Strict):
+    """GET /_sim/callbacks/config: the callback settings with the secrets masked
+    (`"**********"` when set, null when not); `safe_mode` says whether pushes are encrypted."""
+
+    callback_url: str | None
+    callback_token: str | None
+    encoding_aes_key: str | None
+    original_id: str
+    receipt_mix: dict[str, float]
+    receipt_delay_seconds: float
+    seed: int
+    max_concurrency: int
+    timeout_seconds: float
+    max_attempts: int
+    retry_delay_seconds: float
+    clock: Literal["real", "simulator"]
+    enabled: bool
+    safe_mode: bool
+
+
+class CallbackCounters(_Strict):
+    """GET /_sim/callbacks: what the simulator pushed since the last reset, and what is left."""
+
+    enabled: bool
+    mode: Literal["plain", "safe"] | None
+    pending: int = Field(description="Queued (incl. awaiting a retry) plus in flight.")
+    queued: int
+    in_flight: int
+    receipts_scheduled: dict[str, int] = Field(description="Receipts drawn, by Status.")
+    receipts_delivered: dict[str, int] = Field(description="Receipts answered 200, by Status.")
+    receipts_failed: dict[str, int] = Field(description="Receipts given up on, by Status.")
+    events_delivered: dict[str, int] = Field(description="Follower actions answered 200.")
+    events_failed: dict[str, int]
+    pushes: int
+    attempts: int
+    attempts_failed: int
+    retries: int
+    gave_up: int
+    dropped: int = Field(description="Never sent: callbacks were off when they came due.")
+    last_error: str | None
+
+
+class PushRecord(_Strict):
+    """One push and its delivery. `fields` are the XML fields as pushed (null for a receipt
+    not attempted yet); `http_statuses` has one entry per attempt (null: no answer)."""
+
+    seq: int
+    kind: Literal["receipt", "message", "click", "subscribe", "unsubscribe", "view"]
+    openid: str
+    msgid: int | None
+    status: str | None
+    fields: dict[str, int | str] | None
+    attempts: int
+    http_statuses: list[int | None]
+    outcome: Literal["pending", "delivered", "failed", "dropped"]
+    error: str | None
+
+    @property
+    def http_status(self) -> int | None:
+        """The receiver's answer to the last attempt."""
+        return self.http_statuses[-1] if self.http_statuses else None
+
+    @property
+    def delivered(self) -> bool:
+        return self.outcome == "delivered"
+
+
+class FollowerAction(_Strict):
+    """Body of POST /_sim/followers/{openid}/{action}; each action reads its own field."""
+
+    text: str = "hi"
+    key: str = "MENU_KEY"
+    url: str = "https://example.com/"
+    scene: str | None = None

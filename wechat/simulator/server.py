@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from wechat.simulator.app import build_app
-from wechat.simulator.config import AccountConfig, FaultConfig
+from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
 from wechat.simulator.defaults import DEMO_APP_ID, DEMO_APP_SECRET
 from wechat.simulator.state import SimulatorState
 
@@ -33,10 +33,18 @@ class ServerSettings(BaseModel):
     )
     faults: FaultConfig = Field(default_factory=FaultConfig)
     seed_demo: bool = Field(True, description="Register the demo template and follower.")
+    callbacks: CallbackConfig = Field(
+        default_factory=CallbackConfig, description="Callback pushes (off by default)."
+    )
 
 
 def new_state(settings: ServerSettings) -> SimulatorState:
-    return SimulatorState(settings.account, settings.faults, seed_demo=settings.seed_demo)
+    return SimulatorState(
+        settings.account,
+        settings.faults,
+        seed_demo=settings.seed_demo,
+        callbacks=settings.callbacks,
+    )
 
 
 async def start(settings: ServerSettings) -> tuple[web.AppRunner, SimulatorState]:

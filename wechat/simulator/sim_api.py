@@ -1,6 +1,7 @@
 """The admin API under /_sim/: seed followers and templates, read accepted messages and
-counters, set faults and config, move the clock, rotate tokens, reset. JSON in, JSON out;
-invalid input is answered HTTP 400 with pydantic's error list."""
+counters, set faults and config, move the clock, rotate tokens, reset; configure callbacks,
+read what was pushed, and make a follower act. JSON in, JSON out; invalid input is answered
+HTTP 400 with pydantic's error list."""
 
 from __future__ import annotations
 
@@ -12,14 +13,31 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from wechat.simulator.callbacks import PushKind
 from wechat.simulator.clock import iso
-from wechat.simulator.config import AccountConfig, FaultConfig
+from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
 from wechat.simulator.counters import KINDS
-from wechat.simulator.models import ClockAdvance, FollowerIn, ResetRequest, TemplateSpec
+from wechat.simulator.models import (
+    ClockAdvance,
+    FollowerAction,
+    FollowerIn,
+    ResetRequest,
+    TemplateSpec,
+)
+from wechat.simulator.pusher import CallbackPusher
 from wechat.simulator.registry import Follower, Template
-from wechat.simulator.state import SimulatorState
+from wechat.simulator.state import FollowerNotFollowing, SimulatorState
 
 MAX_PAGE: Final = 100_000
+SECRET_MASK: Final = "**********"  # how pydantic dumps a set SecretStr to JSON
+PUSH_KINDS: Final = ("receipt", "message", "click", "subscribe", "unsubscribe", "view")
+ACTIONS: Final[dict[str, PushKind]] = {
+    "message": "message",
+    "click": "click",
+    "subscribe": "subscribe",
+    "unsubscribe": "unsubscribe",
+    "view": "view",
+}
 _FOLLOWERS_IN: Final = TypeAdapter(FollowerIn | list[FollowerIn])
 _TEMPLATES_IN: Final = TypeAdapter(TemplateSpec | list[TemplateSpec])
 
@@ -94,6 +112,15 @@ def template_json(template: Template) -> dict[str, Any]:
     }
 
 
+def callback_config_json(config: CallbackConfig) -> dict[str, Any]:
+    """The callback config with its secrets masked (pydantic's JSON dump of SecretStr)."""
+    return {
+        **config.model_dump(mode="json"),
+        "enabled": config.enabled,
+        "safe_mode": config.safe_mode,
+    }
+
+
 def _merged(model: type[M], current: M, patch: bytes) -> M:
     """`current` with the fields of the JSON object `patch` changed, fully re-validated."""
     changes = orjson.loads(patch)
@@ -105,8 +132,9 @@ def _merged(model: type[M], current: M, patch: bytes) -> M:
 class SimApi:
     """Handlers of /_sim/…, bound to one state."""
 
-    def __init__(self, state: SimulatorState) -> None:
+    def __init__(self, state: SimulatorState, pusher: CallbackPusher | None = None) -> None:
         self.state = state
+        self.pusher = pusher
 
     def routes(self) -> list[web.RouteDef]:
         g = _guard
@@ -128,6 +156,11 @@ class SimApi:
             web.post("/_sim/tokens/rotate", g(self.rotate_tokens)),
             web.get("/_sim/counters", g(self.counters)),
             web.post("/_sim/reset", g(self.reset)),
+            web.get("/_sim/callbacks", g(self.callbacks)),
+            web.get("/_sim/callbacks/config", g(self.callback_config)),
+            web.post("/_sim/callbacks/config", g(self.set_callback_config)),
+            web.get("/_sim/callbacks/pushes", g(self.callback_pushes)),
+            web.post("/_sim/followers/{openid}/{action}", g(self.follower_action)),
         ]
 
     async def health(self, request: web.Request) -> web.StreamResponse:
@@ -267,3 +300,66 @@ class SimApi:
         options = ResetRequest.model_validate_json(await _body(request))
         self.state.reset(everything=options.everything)
         return _json({"reset": True, "everything": options.everything})
+
+    # ---- callbacks -------------------------------------------------------------------------
+
+    async def callbacks(self, request: web.Request) -> web.StreamResponse:
+        return _json(self.state.callbacks.snapshot())
+
+    async def callback_config(self, request: web.Request) -> web.StreamResponse:
+        return _json(callback_config_json(self.state.callbacks.config))
+
+    async def set_callback_config(self, request: web.Request) -> web.StreamResponse:
+        """Merge the fields given, re-seed the receipt RNG. A secret posted back as the mask
+        (a GET answer sent back whole) keeps its current value."""
+        changes = orjson.loads(await _body(request))
+        if not isinstance(changes, dict):
+            raise BadRequest({"error": "expected a JSON object"})
+        changes = {
+            name: value
+            for name, value in changes.items()
+            if not (name in {"callback_token", "encoding_aes_key"} and value == SECRET_MASK)
+        }
+        changes.pop("enabled", None)
+        changes.pop("safe_mode", None)
+        outbox = self.state.callbacks
+        config = CallbackConfig.model_validate({**outbox.config.model_dump(), **changes})
+        outbox.configure(config)
+        return _json(callback_config_json(config))
+
+    async def callback_pushes(self, request: web.Request) -> web.StreamResponse:
+        kind = request.query.get("kind")
+        if kind is not None and kind not in PUSH_KINDS:
+            raise BadRequest({"error": f"kind must be one of {', '.join(PUSH_KINDS)}"})
+        since = _int_param(request, "since", None)
+        limit = min(_int_param(request, "limit", 1000, low=1) or 1000, MAX_PAGE)
+        page = self.state.callbacks.query(since=since, kind=kind, limit=limit)
+        return _json(
+            {
+                "next_since": page[-1].seq if page else since,
+                "items": [push.to_json() for push in page],
+            }
+        )
+
+    async def follower_action(self, request: web.Request) -> web.StreamResponse:
+        """A follower messages, clicks, (un)subscribes or views; pushed now, answered with the
+        push and its outcome (the admin request waits for the receiver, retries included)."""
+        kind = ACTIONS.get(request.match_info["action"])
+        if kind is None:
+            return _json({"error": f"action must be one of {', '.join(ACTIONS)}"}, status=404)
+        params = FollowerAction.model_validate_json(await _body(request))
+        openid = request.match_info["openid"]
+        try:
+            push = self.state.follower_acts(
+                kind, openid, text=params.text, key=params.key, url=params.url, scene=params.scene
+            )
+        except LookupError:
+            return _json({"error": "no such follower"}, status=404)
+        except FollowerNotFollowing:
+            return _json({"error": "the follower does not follow the account"}, status=409)
+        outbox = self.state.callbacks
+        if self.pusher is not None and outbox.enabled:
+            await self.pusher.push_now(push)
+        else:
+            outbox.drop(push)
+        return _json(push.to_json())

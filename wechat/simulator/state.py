@@ -13,8 +13,9 @@ import orjson
 
 from wechat.fields import check_field
 from wechat.simulator import replies as r
+from wechat.simulator.callbacks import CallbackOutbox, Fields, Push, PushKind
 from wechat.simulator.clock import DailyCounter, SimClock
-from wechat.simulator.config import AccountConfig, FaultConfig
+from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
 from wechat.simulator.counters import Counters
 from wechat.simulator.defaults import (
     DEMO_OPENID,
@@ -54,6 +55,7 @@ class SimulatorState:
         faults: FaultConfig | None = None,
         *,
         seed_demo: bool = True,
+        callbacks: CallbackConfig | None = None,
     ) -> None:
         self.startup_config = config
         self.startup_faults = faults or FaultConfig()
@@ -68,6 +70,7 @@ class SimulatorState:
         self.faults = FaultInjector(self.startup_faults)
         self.rate = RateLimiter()
         self.quota = DailyCounter()
+        self.callbacks = CallbackOutbox(callbacks or CallbackConfig(), self.clock)
         self.generation = 0  # bumped by reset(), so requests in flight can tell
         if seed_demo:
             self._seed_demo()
@@ -75,8 +78,9 @@ class SimulatorState:
     # ---- administration ------------------------------------------------------------------
 
     def reset(self, *, everything: bool = False) -> None:
-        """Forget messages, counters, tokens, quota use, faults (off) and the clock offset.
-        `everything` also restores the start-up config, faults, followers and templates."""
+        """Forget messages, counters, tokens, quota use, faults (off), the clock offset and the
+        callback queue. `everything` also restores the start-up config, faults, callback
+        config, followers and templates."""
         self.generation += 1
         self.clock.reset()
         self.tokens.reset()
@@ -85,6 +89,7 @@ class SimulatorState:
         self.counters.reset()
         self.rate.reset()
         self.quota.reset()
+        self.callbacks.reset(everything=everything)
         if everything:
             self.config = self.startup_config
             self.faults.configure(self.startup_faults)
@@ -237,6 +242,8 @@ class SimulatorState:
         self.quota.add(day)
         if client_msg_id:
             self.dedupe.remember(message)
+        if self.callbacks.enabled:  # queued: the answer below never waits for the receiver
+            self.callbacks.receipt(follower.openid, message.msgid)
         return {"errcode": 0, "errmsg": "ok", "msgid": message.msgid}
 
     def _custom_send(self, now: float, payload: dict[str, Any], body: bytes) -> Reply:
@@ -309,6 +316,61 @@ class SimulatorState:
     ) -> Message:
         self.counters.accepted[kind] += 1
         return self.log.append(kind, follower.openid, template, client_msg_id, now, body)
+
+    # ---- follower actions (admin): what a user does in WeChat, pushed to the server URL --------
+
+    def follower_acts(
+        self,
+        kind: PushKind,
+        openid: str,
+        *,
+        text: str = "",
+        key: str = "",
+        url: str = "",
+        scene: str | None = None,
+    ) -> Push:
+        """Apply a follower's action to the account and build its push (not sent yet).
+
+        A message or a menu click opens the customer-service window (last interaction = now,
+        simulator clock); subscribe creates or re-subscribes the follower (also an
+        interaction); unsubscribe makes later sends answer 43004; VIEW changes nothing.
+        Raises LookupError for an unknown follower (except on subscribe) and
+        FollowerNotFollowing when someone who does not follow sends, clicks or views.
+        """
+        now = self.clock.now()
+        follower = self.registry.followers.get(openid)
+        if kind == "subscribe":
+            if follower is None:
+                self.registry.upsert_follower(openid, {}, now)
+            else:
+                follower.subscribed = True
+                follower.last_interaction_at = now
+            body: Fields = {"MsgType": "event", "Event": "subscribe"}
+            if scene:
+                body |= {"EventKey": f"qrscene_{scene}", "Ticket": f"sim-ticket-{scene}"}
+            return self.callbacks.action(kind, openid, body)
+        if follower is None:
+            raise LookupError(openid)
+        if kind == "unsubscribe":
+            follower.subscribed = False
+            return self.callbacks.action(kind, openid, {"MsgType": "event", "Event": "unsubscribe"})
+        if not follower.subscribed:
+            raise FollowerNotFollowing(openid)
+        if kind == "message":
+            follower.last_interaction_at = now
+            body = {"MsgType": "text", "Content": text, "MsgId": self.callbacks.new_user_msgid()}
+        elif kind == "click":
+            follower.last_interaction_at = now
+            body = {"MsgType": "event", "Event": "CLICK", "EventKey": key}
+        elif kind == "view":
+            body = {"MsgType": "event", "Event": "VIEW", "EventKey": url}
+        else:
+            raise ValueError(f"not a follower action: {kind}")
+        return self.callbacks.action(kind, openid, body)
+
+
+class FollowerNotFollowing(Exception):
+    """Only followers can message the account or use its menu."""
 
 
 class _Refused(Exception):
