@@ -1,7 +1,8 @@
 """`wxpush serve` (what `make serve` runs): everything an operator needs, on one machine.
 
 Starts a Prefect server (UI on 127.0.0.1:4200, history under .wxpush/prefect), the WeChat
-API simulator, sets the app up, seeds sample recipients, deploys prefect.yaml to the
+API simulator, sets the app up, seeds sample recipients, starts the callback receiver (the
+simulator pushes delivery receipts and follower actions to it), deploys prefect.yaml to the
 `wxpush` work pool, starts a worker, refreshes the token through its deployment (which
 proves the worker runs flows), prints where to click, and on Ctrl-C stops everything it
 started.
@@ -28,7 +29,15 @@ from cli.deploy import (
     worker_argv,
     worker_env,
 )
-from cli.services import STATE_DIR, Service, pick_port, prefect_server, running, simulator
+from cli.services import (
+    STATE_DIR,
+    Service,
+    pick_port,
+    prefect_server,
+    python_module,
+    running,
+    simulator,
+)
 
 DEFAULT_RECIPIENTS = 1000
 
@@ -55,6 +64,23 @@ def _worker(database_url: str) -> Iterator[Service]:
         startup_timeout=90,
     ) as worker:
         yield worker
+
+
+#: What share of the simulator's receipts say delivered / blocked / failed in serve.
+RECEIPT_MIX = {"success": 0.95, "failed:user block": 0.03, "failed: system failed": 0.02}
+
+
+@contextlib.contextmanager
+def _receiver(database_url: str) -> Iterator[Service]:
+    """`wxpush receiver` for the `default` app (its callback secrets come from the block)."""
+    from cli.deploy import api_url
+
+    port = pick_port(8902)
+    url = f"http://127.0.0.1:{port}"
+    env = {"WXPUSH_DATABASE_URL": database_url, "PREFECT_API_URL": api_url()}
+    argv = python_module("cli.main", "receiver", "--port", str(port), "--app", "default")
+    with running("receiver", argv, url=url, health_url=f"{url}/health", env=env) as service:
+        yield service
 
 
 def _stop_on_signals() -> None:
@@ -116,7 +142,7 @@ def run_serve(
     db_url = database_url()
     ui_port = pick_port(ui_port)
     ui_url = f"http://127.0.0.1:{ui_port}"
-    steps = 6 if with_simulator else 5
+    steps = 7 if with_simulator else 5
     step = iter(range(1, steps + 1))
     with contextlib.ExitStack() as stack:
         try:
@@ -130,15 +156,21 @@ def run_serve(
             _say(f"{next(step)}/{steps} Prefect server and UI on {ui_url}")
             stack.enter_context(prefect_server(ui_port))
             _say(f"{next(step)}/{steps} wxpush setup, sample recipients, deployments")
+            receiver_url = None
             if sim_url is not None:
                 setup_app(
                     app="default",
                     app_id=defaults.DEMO_APP_ID,
                     app_secret=defaults.DEMO_APP_SECRET,
                     api_base_url=sim_url,
+                    callback_token=defaults.DEMO_CALLBACK_TOKEN,
+                    encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
                 )
                 if recipients:
                     seed_recipients(sim_url, recipients)
+                _say(f"{next(step)}/{steps} Callback receiver, and the simulator pushing to it")
+                receiver_url = stack.enter_context(_receiver(db_url)).url
+                _point_simulator_at(sim_url, receiver_url)
             else:
                 setup_app(app="default")
             deploy_all()
@@ -151,10 +183,17 @@ def run_serve(
             _say(f"{next(step)}/{steps} First token refresh, through the worker")
             _first_refresh()
             ids = _deployment_ids()
-            _banner(ui_url, sim_url, db_url, ids)
+            _banner(ui_url, sim_url, receiver_url, db_url, ids)
             if ready_file is not None:
                 ready_file.write_text(
-                    json.dumps({"ui": ui_url, "simulator": sim_url, "database": db_url})
+                    json.dumps(
+                        {
+                            "ui": ui_url,
+                            "simulator": sim_url,
+                            "receiver": receiver_url,
+                            "database": db_url,
+                        }
+                    )
                 )
             while True:
                 time.sleep(3600)
@@ -163,7 +202,28 @@ def run_serve(
     typer.echo("Stopped.")
 
 
-def _banner(ui_url: str, sim_url: str | None, db_url: str, ids: dict[str, str]) -> None:
+def _point_simulator_at(sim_url: str, receiver_url: str) -> None:
+    """Receipts (safe mode, like a production account) and follower actions go to the
+    receiver, signed with the demo account's callback secrets."""
+    from wechat.simulator import defaults
+    from wechat.simulator.admin import SimulatorAdmin
+
+    with SimulatorAdmin(sim_url) as admin:
+        admin.set_callbacks(
+            callback_url=f"{receiver_url}/wechat/callback",
+            callback_token=defaults.DEMO_CALLBACK_TOKEN,
+            encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
+            receipt_mix=RECEIPT_MIX,
+        )
+
+
+def _banner(
+    ui_url: str,
+    sim_url: str | None,
+    receiver_url: str | None,
+    db_url: str,
+    ids: dict[str, str],
+) -> None:
     from db.engine import display_url
 
     campaign = f"{ui_url}/deployments/deployment/{ids.get(PUSH_CAMPAIGN, '')}"
@@ -178,6 +238,12 @@ def _banner(ui_url: str, sim_url: str | None, db_url: str, ids: dict[str, str]) 
     ]
     if sim_url:
         lines.insert(3, f"  WeChat simulator     {sim_url}/_sim/messages  (what was 'sent')")
+    if receiver_url:
+        lines.insert(
+            4,
+            f"  Callback receiver    {receiver_url}/wechat/callback  (receipts and follower "
+            "actions from the simulator; `wxpush report ID` shows the receipts)",
+        )
     typer.echo("\n".join(lines))
     typer.echo("\nCtrl-C stops everything.")
 

@@ -277,7 +277,17 @@ def test_a_campaign_triggered_through_the_api_completes_on_the_worker(served: Se
     assert campaign["deployment_name"] == "push-campaign"
     assert campaign["started_by"] == "deployment"
     rows = _assert_exactly_once(served, campaign["id"])
-    assert sum(row["status"] == "sent" for row in rows.values()) > RECIPIENTS // 2
+    sent = sum(row["status"] == "sent" for row in rows.values())
+    assert sent > RECIPIENTS // 2
+    # The simulator pushes a receipt per send to the receiver that serve started.
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        receipts = [row["receipt_status"] for row in _ledger(served, campaign["id"]).values()]
+        if sum(status is not None for status in receipts) == sent:
+            break
+        time.sleep(0.5)
+    assert sum(status is not None for status in receipts) == sent
+    assert receipts.count("delivered") > sent // 2
 
 
 def test_cancel_mid_campaign_then_resume_sends_everyone_exactly_once(served: Served) -> None:
@@ -346,7 +356,12 @@ def test_campaign_list_shows_the_campaigns(served: Served) -> None:
 def test_ctrl_c_stops_everything_make_serve_started(served: Served) -> None:
     family = psutil.Process(served.process.pid).children(recursive=True)
     names = " ".join(" ".join(p.cmdline()) for p in family)
-    for part in ("prefect server start", "prefect worker start", "cli.main simulator"):
+    for part in (
+        "prefect server start",
+        "prefect worker start",
+        "cli.main simulator",
+        "cli.main receiver",
+    ):
         assert part in names, f"{part!r} should be running under make serve"
     os.killpg(served.process.pid, signal.SIGINT)  # what Ctrl-C in the terminal does
     served.process.wait(timeout=90)

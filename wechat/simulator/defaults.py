@@ -23,6 +23,10 @@ DEMO_TEMPLATE_VALUES: Final = (
 DEMO_OPENID: Final = "oia2TjuEGTNoeX76QEjQNrcURxG8"
 # The account's original id: ToUserName of every callback push.
 DEMO_ORIGINAL_ID: Final = "gh_7f083739789a"
+# The demo account's server configuration (服务器配置): what `wxpush serve` gives both the
+# simulator (to sign and encrypt its pushes) and the receiver (to check them).
+DEMO_CALLBACK_TOKEN: Final = "wxpushDemoCallbackToken2026"
+DEMO_ENCODING_AES_KEY: Final = "kWxPushDemoEncodingAESKey0123456789abcdefgh"
 # Read by `python -m wechat.simulator` for the callback secrets (kept out of argv).
 CALLBACK_TOKEN_ENV: Final = "WXPUSH_SIMULATOR_CALLBACK_TOKEN"
 ENCODING_AES_KEY_ENV: Final = "WXPUSH_SIMULATOR_ENCODING_AES_KEY"
