@@ -35,7 +35,7 @@ from db.audience import (
     preview_audience,
     stream_audience,
 )
-from db.ledger import record_outcomes, status_counts
+from db.ledger import receipt_counts, record_outcomes, status_counts
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
 from tasks.blocks import WeChatApp
@@ -375,12 +375,15 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
         log.error("Campaign %r stopped before sending: %s", params.name, exc)
         raise
     seconds = time.monotonic() - started
+    receipts: dict[str, int] | None = None  # a dry run sends nothing, so gets no receipts
     if params.dry_run:
         counts = dict(tally.counts)
         status, reason = CampaignStatus.COMPLETED, "dry run: nothing was sent"
     else:
         with engine().connect() as conn:
             counts = status_counts(conn, campaign_id)
+            # Read with the counts, so the receipt figures add up to the sent count shown.
+            receipts = receipt_counts(conn, campaign_id)
         status, reason = decide_status(counts, stop)
         audience = sum(counts.values())
         stored = {
@@ -416,6 +419,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
             sent_this_run=sent_now,
             http_attempts=tally.http_attempts,
             dry_run=params.dry_run,
+            receipts=receipts,
         )
     )
     log.info(

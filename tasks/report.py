@@ -17,11 +17,21 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel
 
-from db.ledger import failed_rows_sql
+from db.ledger import AWAITING_RECEIPT, failed_rows_sql
 from wechat.errors import lookup
 
 if TYPE_CHECKING:
     from uuid import UUID
+
+
+# The receipt figures in the operator's words, in the order the report lists them
+# (keys of db.ledger.receipt_counts).
+RECEIPT_LABELS: dict[str, str] = {
+    "delivered": "delivered",
+    "user_block": "blocked by the user",
+    "system_failed": "failed in WeChat",
+    AWAITING_RECEIPT: "not yet received",
+}
 
 
 def artifact_key(campaign_id: str, suffix: str) -> str:
@@ -82,6 +92,9 @@ class CampaignReport(BaseModel):
     http_attempts: int = 0
     failed_sql: str
     dry_run: bool
+    # db.ledger.receipt_counts at the time of the report; None when the caller has none
+    # (a dry run sends nothing, so nothing can come back).
+    receipts: dict[str, int] | None = None
 
     @classmethod
     def build(
@@ -97,8 +110,13 @@ class CampaignReport(BaseModel):
         sent_this_run: int = 0,
         http_attempts: int = 0,
         dry_run: bool = False,
+        receipts: Mapping[str, int] | None = None,
     ) -> CampaignReport:
-        """The report, with each errcode's class and meaning from the one errcode table."""
+        """The report, with each errcode's class and meaning from the one errcode table.
+
+        `receipts` is `db.ledger.receipt_counts` read by the caller (the report never reads
+        the database itself, so the flow and `wxpush report` show the same thing).
+        """
         rows = []
         for code, count in sorted(errcodes.items(), key=lambda kv: -kv[1])[:10]:
             row = lookup(int(code))
@@ -123,13 +141,19 @@ class CampaignReport(BaseModel):
             http_attempts=http_attempts,
             failed_sql=failed_rows_sql(campaign_id),
             dry_run=dry_run,
+            receipts=dict(receipts) if receipts is not None else None,
         )
 
     @classmethod
     def from_record(
-        cls, record: Any, counts: Mapping[str, int], errcodes: Mapping[str, int]
+        cls,
+        record: Any,
+        counts: Mapping[str, int],
+        errcodes: Mapping[str, int],
+        receipts: Mapping[str, int] | None = None,
     ) -> CampaignReport:
-        """From a stored campaign row and the ledger (what `wxpush report` shows)."""
+        """From a stored campaign row and the ledger (what `wxpush report` shows): the place
+        to read receipts that arrived after the run, so pass the current receipt counts."""
         seconds = 0.0
         if record.started_at and record.finished_at:
             seconds = (record.finished_at - record.started_at).total_seconds()
@@ -142,7 +166,62 @@ class CampaignReport(BaseModel):
             errcodes=errcodes,
             seconds=seconds,
             sent_this_run=counts.get("sent", 0),
+            receipts=receipts,
         )
+
+    @property
+    def has_receipt_section(self) -> bool:
+        """Only a campaign with sent rows can get receipts; without any the section would be
+        a table of zeros that says nothing."""
+        return sum((self.receipts or {}).values()) > 0
+
+    @property
+    def receipts_received(self) -> int:
+        """Sent rows WeChat has reported on so far (any receipt status)."""
+        found = self.receipts or {}
+        return sum(n for key, n in found.items() if key != AWAITING_RECEIPT)
+
+    @property
+    def delivery_rate(self) -> float | None:
+        """delivered ÷ receipts received (as `campaign_stats.delivery_rate`); None before the
+        first receipt, since a rate over nothing would read as 0 % delivered."""
+        received = self.receipts_received
+        if not received:
+            return None
+        return (self.receipts or {}).get("delivered", 0) / received
+
+    def receipt_rows(self) -> list[dict[str, Any]]:
+        """The receipt figures as table rows, in the operator's words (markdown and artifact)."""
+        found = self.receipts or {}
+        return [
+            {"receipt": label, "messages": found.get(key, 0)}
+            for key, label in RECEIPT_LABELS.items()
+        ]
+
+    def _receipt_lines(self) -> list[str]:
+        rate = self.delivery_rate
+        if rate is None:
+            rate_line = "**Delivery rate:** not known yet: no receipt has arrived so far."
+        else:
+            delivered = (self.receipts or {}).get("delivered", 0)
+            rate_line = (
+                f"**Delivery rate:** {rate:.1%} ({delivered} delivered "
+                f"of the {self.receipts_received} receipts received so far)"
+            )
+        return [
+            "",
+            "## Delivery receipts",
+            "",
+            "WeChat reports whether each sent message reached the user by callback, some time "
+            "after the send (template messages only), so these figures grow after the run; "
+            f"`wxpush report {self.campaign_id}` shows the current ones.",
+            "",
+            "| receipt | messages |",
+            "|---|---|",
+            *(f"| {row['receipt']} | {row['messages']} |" for row in self.receipt_rows()),
+            "",
+            rate_line,
+        ]
 
     def markdown(self) -> str:
         """The report as markdown (also what `wxpush report` prints)."""
@@ -165,6 +244,8 @@ class CampaignReport(BaseModel):
             "|---|---|",
             *(f"| {k} | {v} |" for k, v in sorted(self.counts.items()) if v),
         ]
+        if self.has_receipt_section:
+            lines += self._receipt_lines()
         if self.errcodes:
             lines += [
                 "",
@@ -183,7 +264,8 @@ class CampaignReport(BaseModel):
 
 
 def publish_report(report: CampaignReport) -> None:
-    """The markdown report and the per-status table, keyed per campaign (versioned)."""
+    """The markdown report, the per-status table and (once something was sent) the receipt
+    table, keyed per campaign (versioned)."""
     create_markdown_artifact(
         report.markdown(),
         key=artifact_key(report.campaign_id, "report"),
@@ -194,3 +276,14 @@ def publish_report(report: CampaignReport) -> None:
         key=artifact_key(report.campaign_id, "counts"),
         description=f"Campaign {report.name}: recipients per status",
     )
+    if report.has_receipt_section:
+        rate = report.delivery_rate
+        so_far = f"delivery rate {rate:.1%}" if rate is not None else "no receipt yet"
+        create_table_artifact(
+            report.receipt_rows(),
+            key=artifact_key(report.campaign_id, "receipts"),
+            description=(
+                f"Campaign {report.name}: delivery receipts at the end of the run ({so_far}); "
+                f"they keep arriving: `wxpush report {report.campaign_id}` shows the current ones"
+            ),
+        )
