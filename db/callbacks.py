@@ -470,21 +470,3 @@ def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = No
     for start in range(0, len(ids), _CHUNK):
         connection.execute(mark, {"ids": ids[start : start + _CHUNK]})
     return len(found)
-
-
-def unmatched_receipts(executor: Executor, msgids: Iterable[int]) -> set[int]:
-    """Which of these msgids have a stored receipt still waiting for its delivery row (the
-    receiver keeps retrying those for a while, see `match_pending_receipts`)."""
-    connection = _connection(executor)
-    e = callback_events
-    query = select(e.c.msgid).where(
-        e.c.kind == RECEIPT,
-        e.c.matched.is_(False),
-        e.c.msgid.in_(bindparam("msgids", expanding=True)),
-    )
-    wanted = list(dict.fromkeys(msgids))
-    found: set[int] = set()
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        found.update(connection.execute(query, {"msgids": chunk}).scalars())
-    return found

@@ -7,8 +7,10 @@ writes every queued one. A database that is down is retried with backoff, the ba
 
 A receipt can arrive before the campaign has written its msgid (a batch is recorded after
 its last answer). The send path matches stored receipts when it writes; for the race where
-both commit at once, the writer re-tries, once a second for two minutes, the receipts it
-stored unmatched (receipts for msgids no campaign of ours sent stay unmatched).
+both transactions commit at the same moment (neither sees the other), the writer checks
+each receipt it stored unmatched once more, a few seconds later, when the campaign's
+transaction has surely committed. Receipts for msgids no campaign of ours sent stay
+unmatched, at the cost of one index lookup each.
 """
 
 from __future__ import annotations
@@ -27,13 +29,12 @@ from db.callbacks import (
     CallbackRecord,
     apply_callbacks,
     match_pending_receipts,
-    unmatched_receipts,
 )
 
 log = logging.getLogger("wxpush.receiver")
 
 RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
-RECENT_RECEIPT_SECONDS = 120.0
+RECHECK_AFTER_SECONDS = 3.0
 SWEEP_EVERY_SECONDS = 1.0
 
 
@@ -176,22 +177,24 @@ class BatchWriter:
             self._count([record], counts)
 
     async def _sweep(self) -> None:
+        """Re-check, once, the unmatched receipts stored more than a few seconds ago."""
         self._last_sweep = time.monotonic()
-        horizon = self._last_sweep - RECENT_RECEIPT_SECONDS
-        msgids = [m for m, since in self._unmatched.items() if since >= horizon]
+        due = self._last_sweep - RECHECK_AFTER_SECONDS
+        msgids = [m for m, since in self._unmatched.items() if since <= due]
+        if not msgids:
+            return
         try:
-            matched, still = await asyncio.to_thread(self._match, msgids)
-        except Exception as exc:  # the next sweep tries again
+            self.stats.late_matches += await asyncio.to_thread(self._match, msgids)
+        except Exception as exc:  # kept: the next sweep tries again
             log.warning("Matching late receipts failed: %s", type(exc).__name__)
             return
-        self.stats.late_matches += matched
-        self._unmatched = {m: self._unmatched[m] for m in msgids if m in still}
+        for msgid in msgids:
+            del self._unmatched[msgid]
 
     def _transaction(self, batch: Sequence[CallbackRecord]) -> CallbackCounts:
         with self.engine.begin() as connection:
             return self._apply(connection, batch)
 
-    def _match(self, msgids: list[int]) -> tuple[int, set[int]]:
+    def _match(self, msgids: list[int]) -> int:
         with self.engine.begin() as connection:
-            matched = match_pending_receipts(connection, msgids)
-            return matched, unmatched_receipts(connection, msgids)
+            return match_pending_receipts(connection, msgids)
