@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 campaign_app = typer.Typer(help="Run campaigns from a terminal (the same flow the UI runs).")
 
@@ -30,23 +30,32 @@ def run(
         list[str] | None,
         typer.Option("--data", help="Template field KEY=TEXT; {column} comes from the row."),
     ] = None,
-    app: Annotated[str, typer.Option("--app", help="wechat-app block name.")] = "default",
+    # Flags without a value default to None, so a --params-file value is not overridden
+    # by a flag the operator never gave; CampaignParams holds the real defaults.
+    app: Annotated[
+        str | None, typer.Option("--app", help="wechat-app block name [default: default].")
+    ] = None,
     kind: Annotated[
-        str, typer.Option("--kind", help="template | customer_service | subscribe")
-    ] = "template",
+        str | None,
+        typer.Option("--kind", help="template (default) | customer_service | subscribe"),
+    ] = None,
     text: Annotated[str | None, typer.Option("--text", help="customer_service text.")] = None,
     url: Annotated[str | None, typer.Option("--url")] = None,
     audience_sql: Annotated[str | None, typer.Option("--audience-sql")] = None,
     audience_file: Annotated[
         Path | None, typer.Option("--audience-file", help="Audience SQL file.")
     ] = None,
-    window_hours: Annotated[int, typer.Option("--window-hours")] = 48,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 500,
-    concurrency: Annotated[int, typer.Option("--concurrency")] = 16,
+    window_hours: Annotated[
+        int | None, typer.Option("--window-hours", help="[default: 48]")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 500]")] = None,
+    concurrency: Annotated[int | None, typer.Option("--concurrency", help="[default: 16]")] = None,
     rate: Annotated[
         float | None, typer.Option("--rate", help="Messages per second, campaign-wide.")
     ] = None,
-    max_error_ratio: Annotated[float, typer.Option("--max-error-ratio")] = 0.5,
+    max_error_ratio: Annotated[
+        float | None, typer.Option("--max-error-ratio", help="[default: 0.5]")
+    ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     campaign_id: Annotated[
         str | None, typer.Option("--campaign-id", help="Continue this campaign.")
@@ -61,7 +70,6 @@ def run(
     from flows.campaign import push_campaign
     from tasks.params import CampaignParams
 
-    given: dict[str, Any] = json.loads(params_file.read_text()) if params_file else {}
     if audience_file is not None:
         audience_sql = audience_file.read_text()
     flags = {
@@ -82,17 +90,27 @@ def run(
         "campaign_id": campaign_id,
         "retry_failed": retry_failed or None,
     }
-    given.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        params = CampaignParams.model_validate(given)
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    params = parameters_from(CampaignParams, params_file, flags)
     state = push_campaign(params, return_state=True)
     if not state.is_completed():
         typer.secho(f"The campaign run ended {state.name}: {state.message}", fg="red", err=True)
         raise typer.Exit(1)
     result = state.result()
     typer.echo(report_text(result.campaign_id))
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def parameters_from(model: type[M], params_file: Path | None, flags: dict[str, Any]) -> M:
+    """A flow's parameter model from a JSON file (optional) with the flags given on top;
+    a validation error becomes a usage error that says which field is wrong."""
+    given: dict[str, Any] = json.loads(params_file.read_text()) if params_file else {}
+    given.update({k: v for k, v in flags.items() if v is not None})
+    try:
+        return model.model_validate(given)
+    except ValidationError as exc:
+        raise typer.BadParameter(str(exc)) from None
 
 
 def report_text(campaign: str) -> str:
@@ -191,29 +209,22 @@ def _continue(campaign: str, *, retry_failed: bool, here: bool, wait: bool) -> N
             raise typer.Exit(1)
 
 
+CampaignArg = Annotated[str, typer.Argument(help="Campaign id or name.")]
+HereOption = Annotated[
+    bool, typer.Option("--here", help="Run it in this terminal, not on the worker.")
+]
+WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for the run and print the report.")]
+
+
 @campaign_app.command("resume")
-def resume(
-    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
-    here: Annotated[
-        bool, typer.Option("--here", help="Run it in this terminal, not on the worker.")
-    ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the run and print the report.")
-    ] = False,
-) -> None:
+def resume(campaign: CampaignArg, here: HereOption = False, wait: WaitOption = False) -> None:
     """Continue a paused, cancelled or failed campaign: everyone it has not reached yet."""
     _continue(campaign, retry_failed=False, here=here, wait=wait)
 
 
 @campaign_app.command("retry-failed")
 def retry_failed_command(
-    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
-    here: Annotated[
-        bool, typer.Option("--here", help="Run it in this terminal, not on the worker.")
-    ] = False,
-    wait: Annotated[
-        bool, typer.Option("--wait", help="Wait for the run and print the report.")
-    ] = False,
+    campaign: CampaignArg, here: HereOption = False, wait: WaitOption = False
 ) -> None:
     """Re-send the campaign's failures that had a passing cause (WeChat busy, quota), and
     anyone it has not reached yet; permanent failures (blocked, not a follower) stay."""
@@ -222,7 +233,7 @@ def retry_failed_command(
 
 @campaign_app.command("cancel")
 def cancel(
-    campaign: Annotated[str, typer.Argument(help="Campaign id or name.")],
+    campaign: CampaignArg,
     wait: Annotated[
         bool, typer.Option("--wait/--no-wait", help="Wait until the run has stopped.")
     ] = True,

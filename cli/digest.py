@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from pydantic import ValidationError
 
 digest_app = typer.Typer(help="Send daily digests from a terminal (the daily-digest flow).")
 
@@ -43,11 +41,10 @@ def run(
     ] = None,
 ) -> None:
     """Run the daily-digest flow in this process and print the day's campaign report."""
-    from cli.campaign import report_text
+    from cli.campaign import parameters_from, report_text
     from flows.digest import daily_digest
     from tasks.params import DigestParams
 
-    given: dict[str, Any] = json.loads(params_file.read_text()) if params_file else {}
     flags = {
         "day": day.date().isoformat() if day else None,
         "name": name,
@@ -57,11 +54,7 @@ def run(
         "dry_run": dry_run or None,
         "retry_failed": retry_failed or None,
     }
-    given.update({k: v for k, v in flags.items() if v is not None})
-    try:
-        params = DigestParams.model_validate(given)
-    except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from None
+    params = parameters_from(DigestParams, params_file, flags)
     state = daily_digest(params, return_state=True)
     if not state.is_completed():
         typer.secho(f"The digest run ended {state.name}: {state.message}", fg="red", err=True)

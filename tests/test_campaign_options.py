@@ -69,3 +69,21 @@ def test_report_command_prints_the_figures(audience: Any, db_engine: Engine, sim
     assert result.campaign_id in out.output
     missing = CliRunner().invoke(cli, ["report", "no-such-campaign"])
     assert missing.exit_code != 0 and "no campaign" in missing.output
+
+
+def test_the_cli_refuses_invalid_parameters_before_running(tmp_path: Any) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli
+
+    params_file = tmp_path / "p.json"
+    params_file.write_text('{"template_id": "T", "data": {"thing1": "x"}, "window_hours": -1}')
+    runner = CliRunner()
+    refused = runner.invoke(
+        cli, ["campaign", "run", "--name", "x", "--params-file", str(params_file)]
+    )
+    assert refused.exit_code == 2
+    assert "window_hours" in refused.output
+    digest = runner.invoke(cli, ["digest", "run", "--timezone", "Mars/Olympus"])
+    assert digest.exit_code == 2
+    assert "timezone" in digest.output
