@@ -4,6 +4,7 @@ WeChat's retries applied once, and no acknowledged callback lost at shutdown."""
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -206,9 +207,13 @@ def _bad_msg_signature() -> tuple[bytes, dict]:
 
 @pytest.mark.parametrize("case", _cases(), ids=lambda c: c[0])
 def test_refusals_answer_their_status_and_write_nothing(
-    config: ReceiverConfig, db_engine: Engine, case: tuple[str, Any, int]
+    config: ReceiverConfig,
+    db_engine: Engine,
+    case: tuple[str, Any, int],
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     _name, make, status = case
+    caplog.set_level(logging.DEBUG)
     with TestClient(create_app(config, db_engine)) as client:
         query, body = make()
         answer = client.post(CALLBACK_PATH, params=query, content=body)
@@ -216,6 +221,9 @@ def test_refusals_answer_their_status_and_write_nothing(
         assert TOKEN not in answer.text and AES_KEY not in answer.text
         assert client.get("/health").json()["backlog"] == 0
     assert _events(db_engine) == 0  # the app has shut down: anything queued was written
+    logged = caplog.text
+    assert "Refused a callback" in logged, "the refusal is logged"
+    assert TOKEN not in logged and AES_KEY not in logged and OTHER_KEY not in logged
 
 
 def test_a_replayed_nonce_is_refused_and_written_once(
