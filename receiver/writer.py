@@ -72,7 +72,9 @@ class BatchWriter:
         self.batch_size = batch_size
         self.flush_interval = flush_interval
         self._apply = apply
-        self._queue: asyncio.Queue[CallbackRecord] = asyncio.Queue()
+        # None is the wake-up call of close(): a writer waiting out a long flush interval
+        # must not make shutdown wait for it.
+        self._queue: asyncio.Queue[CallbackRecord | None] = asyncio.Queue()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._unmatched: dict[int, float] = {}  # msgid → when first stored unmatched
@@ -99,6 +101,7 @@ class BatchWriter:
     async def close(self) -> None:
         """Stop taking callbacks and write every queued one before returning."""
         self._closing = True
+        self._queue.put_nowait(None)
         if self._task is not None:
             await self._task
 
@@ -117,15 +120,17 @@ class BatchWriter:
         deadline = time.monotonic() + self.flush_interval
         while len(batch) < self.batch_size:
             if not self._queue.empty():
-                batch.append(self._queue.get_nowait())
+                item = self._queue.get_nowait()
+                if item is not None:
+                    batch.append(item)
                 continue
             left = deadline - time.monotonic()
-            if left <= 0 or (self._closing and batch):
+            if left <= 0 or self._closing:
                 break
-            if self._closing:
-                return batch
             with contextlib.suppress(TimeoutError):
-                batch.append(await asyncio.wait_for(self._queue.get(), timeout=left))
+                item = await asyncio.wait_for(self._queue.get(), timeout=left)
+                if item is not None:
+                    batch.append(item)
         return batch
 
     async def _write(self, batch: Sequence[CallbackRecord]) -> None:
