@@ -344,6 +344,34 @@ def test_cancel_mid_campaign_then_resume_sends_everyone_exactly_once(served: Ser
     assert not any(row["status"] == "pending" for row in rows.values())
 
 
+def test_the_daily_digest_deployment_runs_on_the_worker(served: Served) -> None:
+    async def work(client: PrefectClient) -> Any:
+        deployment = await client.read_deployment_by_name(DAILY_DIGEST)
+        run = await client.create_flow_run_from_deployment(deployment.id)  # the defaults
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            run = await client.read_flow_run(run.id)
+            if run.state is not None and run.state.is_final():
+                return run
+            await asyncio.sleep(1)
+        raise AssertionError(f"digest run still {run.state}")
+
+    run = served.call(work)
+    assert run.state.is_completed(), run.state.message
+    with served.engine().connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT c.id, count(*) FILTER (WHERE d.status = 'sent'), "
+                "count(*) FILTER (WHERE d.reason = 'nothing_to_send') "
+                "FROM campaigns c JOIN deliveries d ON d.campaign_id = c.id "
+                "WHERE c.id LIKE 'digest-daily-digest-%' GROUP BY c.id"
+            )
+        ).all()
+    assert len(found) == 1, found
+    _campaign_id, sent, quiet = found[0]
+    assert sent > 0 and quiet > 0, "some followers had events yesterday, others none"
+
+
 def test_campaign_list_shows_the_campaigns(served: Served) -> None:
     listed = served.wxpush("campaign", "list")
     assert listed.returncode == 0, listed.stderr
