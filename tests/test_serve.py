@@ -139,11 +139,18 @@ def _message(**overrides: Any) -> dict[str, Any]:
     }
 
 
-def _run_and_wait(served: Served, params: dict[str, Any], timeout: float = 180) -> Any:
+def _run_and_wait(
+    served: Served,
+    params: dict[str, Any] | None,
+    deployment_name: str = PUSH_CAMPAIGN,
+    timeout: float = 180,
+) -> Any:
+    """Trigger the deployment through the API (params None: its defaults), wait for the end."""
+
     async def work(client: PrefectClient) -> Any:
-        deployment = await client.read_deployment_by_name(PUSH_CAMPAIGN)
+        deployment = await client.read_deployment_by_name(deployment_name)
         run = await client.create_flow_run_from_deployment(
-            deployment.id, parameters={"params": params}
+            deployment.id, parameters=None if params is None else {"params": params}
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -345,18 +352,7 @@ def test_cancel_mid_campaign_then_resume_sends_everyone_exactly_once(served: Ser
 
 
 def test_the_daily_digest_deployment_runs_on_the_worker(served: Served) -> None:
-    async def work(client: PrefectClient) -> Any:
-        deployment = await client.read_deployment_by_name(DAILY_DIGEST)
-        run = await client.create_flow_run_from_deployment(deployment.id)  # the defaults
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            run = await client.read_flow_run(run.id)
-            if run.state is not None and run.state.is_final():
-                return run
-            await asyncio.sleep(1)
-        raise AssertionError(f"digest run still {run.state}")
-
-    run = served.call(work)
+    run = _run_and_wait(served, None, DAILY_DIGEST)  # what the schedule runs: the defaults
     assert run.state.is_completed(), run.state.message
     with served.engine().connect() as conn:
         found = conn.execute(
