@@ -144,5 +144,10 @@ def register(app: typer.Typer) -> None:
         from db.engine import database_url
 
         os.chdir(home)
-        env = {**os.environ, **worker_env(Path.cwd(), database_url())}
-        os.execve(worker_argv(pool)[0], worker_argv(pool), env)
+        try:
+            env = {**os.environ, **worker_env(Path.cwd(), database_url())}
+        except DeployError as exc:
+            typer.secho(str(exc), fg="red", err=True)
+            raise typer.Exit(1) from None
+        argv = worker_argv(pool)
+        os.execve(argv[0], argv, env)

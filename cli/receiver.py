@@ -24,7 +24,7 @@ def load_config(app: str, **overrides: object) -> ReceiverConfig:
     from tasks.token import load_app
 
     block = run_coro_as_sync(load_app(app))  # AppNotConfigured says how to create it
-    if block is None or block.callback_token is None:
+    if block.callback_token is None:
         raise ValueError(
             f"the wechat-app block {app!r} has no callback token: run "
             f"`wxpush setup --app {app} --callback-token …` or set WXPUSH_CALLBACK_TOKEN"

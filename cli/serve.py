@@ -94,18 +94,16 @@ def _stop_on_signals() -> None:
     signal.signal(signal.SIGTERM, handler)
 
 
-def _deployment_ids() -> dict[str, str]:
+def _campaign_deployment_id() -> str:
+    """The push-campaign deployment's id: the page the banner links to."""
     from prefect.client.orchestration import get_client
     from prefect.utilities.asyncutils import run_coro_as_sync
 
-    async def read() -> dict[str, str]:
+    async def read() -> str:
         async with get_client() as client:
-            return {
-                name: str((await client.read_deployment_by_name(name)).id)
-                for name in (PUSH_CAMPAIGN, REFRESH_TOKEN)
-            }
+            return str((await client.read_deployment_by_name(PUSH_CAMPAIGN)).id)
 
-    return run_coro_as_sync(read()) or {}
+    return run_coro_as_sync(read()) or ""
 
 
 def _first_refresh() -> None:
@@ -117,7 +115,8 @@ def _first_refresh() -> None:
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
         raise typer.Exit(
-            f"The first refresh-access-token run ended {state}; see .wxpush/logs/prefect-worker.log"
+            f"The first refresh-access-token run ended {state}; "
+            f"see {STATE_DIR / 'logs' / 'prefect-worker.log'}"
         )
 
 
@@ -182,8 +181,7 @@ def run_serve(
             stack.enter_context(_worker(db_url))
             _say(f"{next(step)}/{steps} First token refresh, through the worker")
             _first_refresh()
-            ids = _deployment_ids()
-            _banner(ui_url, sim_url, receiver_url, db_url, ids)
+            _banner(ui_url, sim_url, receiver_url, db_url, _campaign_deployment_id())
             if ready_file is not None:
                 ready_file.write_text(
                     json.dumps(
@@ -222,11 +220,11 @@ def _banner(
     sim_url: str | None,
     receiver_url: str | None,
     db_url: str,
-    ids: dict[str, str],
+    campaign_deployment_id: str,
 ) -> None:
     from db.engine import display_url
 
-    campaign = f"{ui_url}/deployments/deployment/{ids.get(PUSH_CAMPAIGN, '')}"
+    campaign = f"{ui_url}/deployments/deployment/{campaign_deployment_id}"
     typer.secho("\nwxpush is up.", fg=typer.colors.GREEN, bold=True)
     lines = [
         f"  Prefect UI           {ui_url}",

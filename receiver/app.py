@@ -23,7 +23,7 @@ from db.callbacks import CallbackRecord
 from receiver.config import ReceiverConfig
 from receiver.replay import NonceCache
 from receiver.writer import BatchWriter, WriterClosed
-from wechat.crypto import CallbackError, MessageCrypto, signature, signatures_match
+from wechat.crypto import CallbackError, MessageCrypto, SignatureError, verify_signature
 from wechat.events import CallbackMessage, encrypted_field, parse_message
 from wechat.events import parse_xml as parse_xml_fields
 
@@ -86,8 +86,10 @@ class CallbackHandler:
         nonce = query.get("nonce", "")
         if not given or not timestamp or not nonce:
             raise Refused(403, "missing signature, timestamp or nonce")
-        if not signatures_match(signature(self._token, timestamp, nonce), given):
-            raise Refused(403, "bad signature")
+        try:
+            verify_signature(self._token, given, timestamp, nonce)
+        except SignatureError:
+            raise Refused(403, "bad signature") from None
         try:
             skew = abs(self.clock() - int(timestamp))
         except ValueError:

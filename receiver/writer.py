@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from sqlalchemy import Engine
 
 from db.callbacks import (
+    RECEIPT,
     CallbackCounts,
     CallbackRecord,
     apply_callbacks,
@@ -167,7 +168,7 @@ class BatchWriter:
         if counts.receipts_unmatched:
             now = time.monotonic()
             for record in batch:
-                if record.kind == "receipt" and record.msgid is not None:
+                if record.kind == RECEIPT and record.msgid is not None:
                     self._unmatched.setdefault(record.msgid, now)
 
     async def _write_one_by_one(self, batch: Sequence[CallbackRecord]) -> None:
