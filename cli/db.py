@@ -1,6 +1,7 @@
 """`wxpush db upgrade` and `wxpush db current`: bring the database to the current schema (and
-the `errcodes` reference table up to date), or say where it stands. The database is
-`--database-url`, else `$WXPUSH_DATABASE_URL`, else `./wxpush.db`."""
+the `errcodes` reference table up to date), or say where it stands; `wxpush db audience-role`:
+the read-only PostgreSQL role audience SQL runs as. The database is `--database-url`, else
+`$WXPUSH_DATABASE_URL`, else `./wxpush.db`."""
 
 from __future__ import annotations
 
@@ -20,7 +21,9 @@ DatabaseUrl = Annotated[
 
 def register(app: typer.Typer) -> None:
     """Add the `db` command group to the `wxpush` app."""
-    group = typer.Typer(name="db", help="The wxpush database: migrations.", no_args_is_help=True)
+    group = typer.Typer(
+        name="db", help="The wxpush database: migrations, the audience role.", no_args_is_help=True
+    )
 
     @group.command("upgrade")
     def upgrade_command(database_url: DatabaseUrl = None) -> None:
@@ -58,4 +61,68 @@ def register(app: typer.Typer) -> None:
         typer.echo(f"{where}: {state}; the latest is {head}. Run `wxpush db upgrade`.")
         raise typer.Exit(1)
 
+    @group.command("audience-role")
+    def audience_role_command(
+        database_url: DatabaseUrl = None,
+        name: Annotated[
+            str, typer.Option("--name", help="The role to create or bring in line.")
+        ] = "wxpush_audience",
+        password: Annotated[
+            str | None,
+            typer.Option(
+                "--password",
+                help="Its password (default: a new random one).",
+                show_default=False,
+            ),
+        ] = None,
+    ) -> None:
+        """Create (or bring in line) the PostgreSQL login role audience and digest SQL run
+        as: it may only SELECT recipients and interactions. Prints the URL to put in
+        WXPUSH_AUDIENCE_DATABASE_URL. Safe to run again (it sets a new password)."""
+        from sqlalchemy.exc import DBAPIError
+        from sqlalchemy.pool import NullPool
+
+        from db.audience_role import AudienceRoleError, ensure_audience_role
+        from db.engine import AUDIENCE_ENV_VAR, make_engine
+
+        engine = make_engine(database_url, poolclass=NullPool)
+        try:
+            if engine.dialect.name != "postgresql":
+                typer.echo(_SQLITE_ROLES, err=True)
+                return
+            role = ensure_audience_role(engine, name, password)
+        except AudienceRoleError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        except DBAPIError as exc:
+            sqlstate = getattr(exc.orig, "sqlstate", None)
+            diag = getattr(exc.orig, "diag", None)
+            primary = getattr(diag, "message_primary", None) or "the database refused"
+            typer.echo(
+                f"error: cannot set up role {name}: {primary} (SQLSTATE {sqlstate}); run this "
+                "as the database owner with CREATEROLE, or apply the GRANTs in "
+                "docs/database.md by hand",
+                err=True,
+            )
+            raise typer.Exit(1) from None
+        finally:
+            engine.dispose()
+        action = "Created" if role.created else "Updated"
+        typer.echo(
+            f"{action} role {role.name}: LOGIN, read-only, SELECT on "
+            f"{', '.join(role.granted)} in schema {role.schema}, nothing else. "
+            f"Set {AUDIENCE_ENV_VAR} to:",
+            err=True,
+        )
+        typer.echo(role.url)
+
     app.add_typer(group)
+
+
+_SQLITE_ROLES = """\
+SQLite has no roles, so there is no role to create. What protects the audience SQL on SQLite:
+it runs on its own connection with PRAGMA query_only, under an authorizer that lets it read
+any table except wxpush's ledger tables (campaigns, deliveries, callback_events, errcodes,
+the analyst views) and refuses writes, ATTACH, PRAGMA and DDL, with a watchdog that
+interrupts it at its time limit. Anyone who can open the database file can do anything to
+it: protect wxpush.db with file permissions. See docs/database.md."""

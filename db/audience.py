@@ -45,9 +45,8 @@ from __future__ import annotations
 
 import json
 import re
-import time
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -56,8 +55,15 @@ from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.elements import TextClause
 
-from db.outcomes import DeliveryStatus, SkipReason
+from db.audience_role import (
+    sqlite_authorizer,
+    superuser_allowed,
+    superuser_behind,
+    superuser_refusal,
+)
+from db.outcomes import SkipReason
 from db.types import UTCDateTime
+from db.watchdog import Watchdog, canceller
 
 DEFAULT_AUDIENCE_SQL = """\
 SELECT openid, nickname, city, subscribed, blocked, last_interaction_at, attributes
@@ -72,7 +78,6 @@ _TRUE_TEXTS = ("1", "true", "t", "yes")
 RETRYABLE_ERROR_CLASSES = ("RETRY", "QUOTA")
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
-_SQLITE_PROGRESS_STEPS = 10_000  # VM instructions between timeout checks (~0.1 ms)
 
 
 class AudienceQueryError(ValueError):
@@ -225,51 +230,100 @@ def _snippet(text_: str, limit: int = 60) -> str:
 
 
 @contextmanager
-def read_only(connection: Connection, timeout_seconds: float) -> Iterator[Callable[[], None]]:
-    """Make `connection` read-only, with a statement timeout, for the rest of its transaction.
+def read_only(connection: Connection, timeout_seconds: float) -> Iterator[Watchdog]:
+    """Make `connection` read-only for the rest of its transaction and yield the watchdog
+    that bounds each statement or fetch run inside its `running()` block.
 
-    Yields `rearm()`, which restarts the SQLite timeout clock (call it before each fetch of a
-    stream; PostgreSQL times every FETCH on its own). The caller must end the transaction
-    (rollback) afterwards; SQLite's per-connection settings are restored here because the
-    connection goes back to the pool.
+    PostgreSQL: a read-only transaction with `statement_timeout` (a second line: the session
+    can change it), refused when the session's user is or can become a superuser, unless
+    `WXPUSH_ALLOW_SUPERUSER_AUDIENCE=1`. SQLite: `PRAGMA query_only` and the authorizer of
+    db/audience_role.py, both undone here in case the connection is pooled. The caller must
+    end the transaction (rollback) afterwards.
     """
     if timeout_seconds <= 0:
         raise ValueError("timeout_seconds must be positive")
     name = connection.dialect.name
+    if name not in ("postgresql", "sqlite"):  # pragma: no cover - make_engine refuses others
+        raise AudienceQueryError(f"read-only audiences are not implemented for {name}")
+    raw = connection.connection.driver_connection
     if name == "postgresql":
         # Must be the first statement of the transaction; both end with it.
         connection.exec_driver_sql("SET TRANSACTION READ ONLY")
         connection.exec_driver_sql(
             f"SET LOCAL statement_timeout = {max(1, int(timeout_seconds * 1000))}"
         )
-        yield lambda: None
+        superuser = superuser_behind(connection)
+        if superuser is not None and not superuser_allowed():
+            user = connection.execute(text("SELECT current_user")).scalar_one()
+            raise AudienceQueryError(superuser_refusal(superuser, str(user)))
+        watchdog = Watchdog(canceller(name, raw), timeout_seconds)
+        try:
+            yield watchdog
+        finally:
+            watchdog.close()
         return
-    if name != "sqlite":  # pragma: no cover - make_engine refuses other databases
-        raise AudienceQueryError(f"read-only audiences are not implemented for {name}")
-    raw = connection.connection.driver_connection
-    deadline = time.monotonic() + timeout_seconds
-
-    def rearm() -> None:
-        nonlocal deadline
-        deadline = time.monotonic() + timeout_seconds
-
-    def over_time() -> int:
-        return 1 if time.monotonic() > deadline else 0
-
+    watchdog = Watchdog(canceller(name, raw), timeout_seconds)
     raw.execute("PRAGMA query_only = ON")
-    raw.set_progress_handler(over_time, _SQLITE_PROGRESS_STEPS)
+    raw.set_authorizer(sqlite_authorizer)
     try:
-        yield rearm
+        yield watchdog
     finally:
-        raw.set_progress_handler(None, 0)
+        watchdog.close()
+        raw.set_authorizer(None)
         raw.execute("PRAGMA query_only = OFF")
 
 
-_BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)")
+#: Wording for SQLSTATEs an operator meets; others get PostgreSQL's condition name.
+_SQLSTATE_WORDS = {
+    "22P02": "invalid text for the type it is cast to",
+    "22003": "a number out of range",
+    "22012": "division by zero",
+    "22007": "an invalid date or time",
+    "22008": "a date or time out of range",
+    "22001": "a string too long for its type",
+    "22023": "an invalid parameter value",
+    "2201B": "an invalid regular expression",
+    "22021": "a character not valid in the encoding",
+    "53200": "the server ran out of memory",
+    "53100": "the server's disk is full",
+    "54000": "a program limit was exceeded",
+}
+_DETAIL_LIMIT = 200
 
 
-def _translate(exc: DBAPIError | StatementError, timeout_seconds: float) -> AudienceQueryError:
-    """The database's complaint, in an operator's words."""
+def _timeout_message(timeout_seconds: float) -> str:
+    return (
+        f"the audience SQL took longer than the {timeout_seconds:g} s timeout; make it faster "
+        "(an index, a narrower WHERE) or raise the timeout"
+    )
+
+
+def _condition(sqlstate: str) -> str:
+    """A value-free description of a SQLSTATE: ours, else PostgreSQL's condition name."""
+    if sqlstate in _SQLSTATE_WORDS:
+        return _SQLSTATE_WORDS[sqlstate]
+    try:
+        from psycopg import errors  # only reached with a PostgreSQL error in hand
+
+        name = errors.lookup(sqlstate).__name__
+    except (ImportError, KeyError):
+        return "a database error"
+    return re.sub(r"(?<!^)(?=[A-Z])", " ", name).lower()
+
+
+def _translate(
+    exc: DBAPIError | StatementError, timeout_seconds: float, timed_out: bool
+) -> AudienceQueryError:
+    """The database's complaint, in an operator's words, without the data it may quote.
+
+    Texts end up in `campaigns.status_reason`, logs and artifacts. PostgreSQL's messages for
+    data errors (class 22 and most others) can hold a value the query read (`invalid input
+    syntax for type integer: "root:x:0:0…"`), so those become SQLSTATE + a generic wording;
+    only messages about the SQL text itself (class 42: syntax, names, privileges; 25006) are
+    quoted. SQLite's messages name SQL, never data, and are quoted, cut short.
+    """
+    if timed_out:
+        return AudienceQueryError(_timeout_message(timeout_seconds))
     orig = getattr(exc, "orig", None)
     if not isinstance(exc, DBAPIError):
         detail = _BACKGROUND.sub("", str(orig or exc).split("\n")[0])
@@ -277,31 +331,61 @@ def _translate(exc: DBAPIError | StatementError, timeout_seconds: float) -> Audi
             return AudienceQueryError(f"the audience SQL needs a value: {detail}")
         return AudienceQueryError(f"the audience SQL could not be run: {detail}")
     sqlstate = getattr(orig, "sqlstate", None)
-    detail = str(orig).strip().split("\n")[0]
+    if sqlstate is not None:
+        return _translate_postgresql(orig, str(sqlstate), timeout_seconds)
+    detail = _snippet(str(orig).strip().split("\n")[0], _DETAIL_LIMIT)
+    code = getattr(orig, "sqlite_errorname", None) or "SQLite"
     lowered = detail.lower()
-    if (
-        sqlstate == "25006"
-        or "readonly database" in lowered
-        or "read-only transaction" in lowered
-        or "data-modifying statement" in lowered
-    ):
+    if "readonly database" in lowered:
         return AudienceQueryError(
             f"the audience SQL must only read (SELECT); it tried to write: {detail}"
         )
-    if sqlstate == "57014" or lowered == "interrupted":
+    if lowered == "interrupted":
+        return AudienceQueryError(_timeout_message(timeout_seconds))
+    if code == "SQLITE_AUTH":
         return AudienceQueryError(
-            f"the audience SQL took longer than the {timeout_seconds:g} s timeout; make it "
-            "faster (an index, a narrower WHERE) or raise the timeout"
+            f"the audience SQL may not do that: {detail} ({code}); on SQLite it may read any "
+            "table but wxpush's ledger tables, and nothing else (docs/database.md)"
         )
     return AudienceQueryError(f"the audience SQL is not valid: {detail}")
 
 
+def _translate_postgresql(orig: Any, sqlstate: str, timeout_seconds: float) -> AudienceQueryError:
+    diag = getattr(orig, "diag", None)
+    primary = getattr(diag, "message_primary", None) or str(orig).strip().split("\n")[0]
+    detail = _snippet(primary, _DETAIL_LIMIT)
+    if sqlstate == "57014":
+        return AudienceQueryError(_timeout_message(timeout_seconds))
+    if sqlstate == "25006":
+        return AudienceQueryError(
+            f"the audience SQL must only read (SELECT); it tried to write: {detail}"
+        )
+    if sqlstate == "42501":
+        return AudienceQueryError(
+            f"the audience SQL may not do that: {detail} (SQLSTATE 42501); its role reads "
+            "only the tables granted to it (docs/database.md)"
+        )
+    if sqlstate.startswith("42"):
+        return AudienceQueryError(f"the audience SQL is not valid: {detail} (SQLSTATE {sqlstate})")
+    return AudienceQueryError(
+        f"the audience SQL failed: {_condition(sqlstate)} (SQLSTATE {sqlstate})"
+    )
+
+
+_BACKGROUND = re.compile(r"\s*\(Background on this error at: [^)]*\)")
+
+
 @contextmanager
-def _audience_errors(timeout_seconds: float) -> Iterator[None]:
+def _guarded(limit: Watchdog, timeout_seconds: float) -> Iterator[None]:
+    """Run one statement (or fetch) under the watchdog; database errors become
+    AudienceQueryError, not chained (a traceback would print the database's own text)."""
     try:
-        yield
+        with limit.running():
+            yield
     except (DBAPIError, StatementError) as exc:
-        raise _translate(exc, timeout_seconds) from exc
+        raise _translate(exc, timeout_seconds, limit.fired) from None
+    if limit.fired:
+        raise AudienceQueryError(_timeout_message(timeout_seconds))
 
 
 def _wrapped(sql: str) -> str:
@@ -391,13 +475,15 @@ def preview_audience(
     statement = checked_sql(sql)
     with engine.connect() as connection:
         try:
-            with _audience_errors(timeout_seconds), read_only(connection, timeout_seconds):
-                result = connection.execute(
-                    text(_wrapped(statement) + " LIMIT :wx_limit"),
-                    {**params, "wx_limit": max(0, sample_size)},
-                )
-                columns = list(result.keys())
-                rows = [_plain_row(columns, row) for row in result]
+            with read_only(connection, timeout_seconds) as limit:
+                with _guarded(limit, timeout_seconds):
+                    result = connection.execute(
+                        text(_wrapped(statement) + " LIMIT :wx_limit"),
+                        {**params, "wx_limit": max(0, sample_size)},
+                    )
+                    columns = list(result.keys())
+                    fetched = result.all()
+                rows = [_plain_row(columns, row) for row in fetched]
         finally:
             connection.rollback()
     _require_columns(columns, window_hours)
@@ -416,12 +502,15 @@ def count_audience(
     statement = checked_sql(sql)
     with engine.connect() as connection:
         try:
-            with _audience_errors(timeout_seconds), read_only(connection, timeout_seconds):
-                return int(
-                    connection.execute(
-                        text(f"SELECT count(*) FROM (\n{statement}\n) AS _wx_c"), dict(params)
+            with read_only(connection, timeout_seconds) as limit:
+                with _guarded(limit, timeout_seconds):
+                    # Always a bind parameter: psycopg sends a statement without one through
+                    # the simple-query protocol, which would run a smuggled second command.
+                    count = connection.execute(
+                        text(f"SELECT count(*) FROM (\n{statement}\n) AS _wx_c LIMIT :wx_one"),
+                        {**params, "wx_one": 1},
                     ).scalar_one()
-                )
+                return int(count)
         finally:
             connection.rollback()
 
@@ -481,19 +570,16 @@ def _comparable_stamp(column: str, dialect: str) -> str:
 
 
 def _stream_statement(
-    sql: str, columns: list[str], dialect: str, *, window_hours: float, retry_failed: bool
+    sql: str, columns: list[str], dialect: str, *, window_hours: float
 ) -> TextClause:
-    pending = f"'{DeliveryStatus.PENDING}'"
-    again = ""
-    if retry_failed:
-        classes = ", ".join(f"'{c}'" for c in RETRYABLE_ERROR_CLASSES)
-        again = (
-            f" OR (_wx_d.status = '{DeliveryStatus.FAILED}' AND _wx_d.error_class IN ({classes}))"
-        )
     # One window, partitioned by openid and nothing else: when the query already yields
     # openids in order (an index), no sort is needed and the first batch comes at once; any
     # ORDER BY here (or a second window to remember "first") costs a full sort first (12 s at
-    # 1M rows on SQLite, measured), and a final ORDER BY costs SQLite another one.
+    # 1M rows on SQLite, measured), and a final ORDER BY costs SQLite another one. No join
+    # with the ledger: the audience role cannot read it, and a join planned on an empty
+    # ledger scanned the campaign's rows for every audience row (issue 15); the ledger is
+    # asked per batch instead, by (campaign_id, openid). `:wx_first` keeps a bind parameter in
+    # the statement (see count_audience).
     statement = f"""\
 SELECT _wx_w.*, {_skip_reason_sql(columns, dialect, window_hours)} AS _wx_skip_reason
 FROM (
@@ -502,14 +588,25 @@ FROM (
 {sql}
 ) AS _wx_q
 ) AS _wx_w
-LEFT JOIN deliveries AS _wx_d
-  ON _wx_d.campaign_id = :wx_campaign_id AND _wx_d.openid = _wx_w.openid
-WHERE _wx_w._wx_dup = 1 AND _wx_w.openid IS NOT NULL
-  AND (_wx_d.status IS NULL OR _wx_d.status = {pending}{again})"""
+WHERE _wx_w._wx_dup = :wx_first AND _wx_w.openid IS NOT NULL"""
     clause = text(statement)
     if window_hours > 0:
         clause = clause.bindparams(bindparam("wx_cutoff", type_=UTCDateTime()))
     return clause
+
+
+def _not_final(
+    ledger: Engine, campaign_id: str, batch: list[AudienceRow], retry_failed: bool
+) -> list[AudienceRow]:
+    """The rows of `batch` the ledger does not mark final for the campaign (read through the
+    ledger's engine: the audience connection may not read `deliveries`)."""
+    from db.ledger import final_openids  # db.ledger imports this module's constants
+
+    with ledger.connect() as connection:
+        done = final_openids(
+            connection, campaign_id, [row.openid for row in batch], retry_failed=retry_failed
+        )
+    return [row for row in batch if row.openid not in done] if done else batch
 
 
 def stream_audience(
@@ -517,6 +614,7 @@ def stream_audience(
     sql: str,
     params: Mapping[str, Any],
     *,
+    ledger: Engine,
     campaign_id: str,
     window_hours: float,
     now: datetime,
@@ -524,38 +622,40 @@ def stream_audience(
     retry_failed: bool = False,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
 ) -> Iterator[list[AudienceRow]]:
-    """Yield the campaign's remaining audience in batches of `batch_size`, each row annotated
-    with its skip reason (computed in SQL), never holding more than a batch in memory.
+    """Yield the campaign's remaining audience in batches of at most `batch_size`, each row
+    annotated with its skip reason (computed in SQL), never holding more than a batch in
+    memory.
 
-    Runs in one read-only transaction on its own connection (a server-side cursor on
-    PostgreSQL) until exhausted or closed; `timeout_seconds` bounds the query's start and each
-    batch's fetch. Close the generator (or exhaust it) to release the connection.
+    The SQL runs through `engine` (the audience connection) in one read-only transaction (a
+    server-side cursor on PostgreSQL) until exhausted or closed; `timeout_seconds` bounds the
+    query's start and each batch's fetch, enforced by a watchdog. Rows already final for
+    `campaign_id` are dropped per batch by asking `ledger` (the main engine); `pending` rows
+    always come back, and with `retry_failed` so do failures of a RETRY or QUOTA class. A
+    batch left empty is not yielded. Close the generator (or exhaust it) to release the
+    connection.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
     if now.tzinfo is None:
         raise ValueError("now must be an aware datetime")
     statement_sql = checked_sql(sql)
-    binds: dict[str, Any] = {**params, "wx_campaign_id": campaign_id}
+    binds: dict[str, Any] = {**params, "wx_first": 1}
     if window_hours > 0:
         binds["wx_cutoff"] = now - timedelta(hours=window_hours)
     with engine.connect() as connection:
         try:
-            with read_only(connection, timeout_seconds) as rearm:
+            with read_only(connection, timeout_seconds) as limit:
                 if connection.dialect.name == "postgresql":
                     # The stream is idle in its transaction while batches are sent; a server
                     # default that kills idle transactions would cut the campaign off.
                     connection.exec_driver_sql("SET LOCAL idle_in_transaction_session_timeout = 0")
-                with _audience_errors(timeout_seconds):
+                with _guarded(limit, timeout_seconds):
                     columns = _columns(connection, statement_sql, params)
-                    _require_columns(columns, window_hours)
-                    statement = _stream_statement(
-                        statement_sql,
-                        columns,
-                        connection.dialect.name,
-                        window_hours=window_hours,
-                        retry_failed=retry_failed,
-                    )
+                _require_columns(columns, window_hours)
+                statement = _stream_statement(
+                    statement_sql, columns, connection.dialect.name, window_hours=window_hours
+                )
+                with _guarded(limit, timeout_seconds):
                     result = connection.execution_options(
                         stream_results=True, yield_per=batch_size
                     ).execute(statement, binds)
@@ -564,14 +664,17 @@ def stream_audience(
                     skip_at = keys.index("_wx_skip_reason")
                     names = keys[: len(columns)]
                     while True:
-                        rearm()
-                        with _audience_errors(timeout_seconds):
+                        with _guarded(limit, timeout_seconds):
                             rows = result.fetchmany(batch_size)
                         if not rows:
                             return
-                        yield [_audience_row(names, row, skip_at) for row in rows]
+                        batch = [_audience_row(names, row, skip_at) for row in rows]
+                        batch = _not_final(ledger, campaign_id, batch, retry_failed)
+                        if batch:
+                            yield batch
                 finally:
-                    result.close()
+                    with suppress(DBAPIError):  # after a cancel the cursor is already gone
+                        result.close()
         finally:
             connection.rollback()
 

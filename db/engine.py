@@ -2,7 +2,9 @@
 
 One settings source (`WXPUSH_DATABASE_URL`) for the app, the CLI, Alembic and the tests.
 The default is a SQLite file next to the operator (DESIGN decision 10); PostgreSQL is the
-same code with a different URL.
+same code with a different URL. Audience and digest SQL run through their own connection,
+`WXPUSH_AUDIENCE_DATABASE_URL` (default: the ledger's URL), ideally a read-only role
+(docs/database.md, "Who the audience SQL runs as").
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
+from sqlalchemy.pool import NullPool
 
 ENV_VAR = "WXPUSH_DATABASE_URL"
+AUDIENCE_ENV_VAR = "WXPUSH_AUDIENCE_DATABASE_URL"
 DEFAULT_SQLITE_FILE = "wxpush.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -32,6 +36,21 @@ def database_url(url: str | None = None) -> str:
         if raw.startswith(prefix):
             return "postgresql+psycopg://" + raw[len(prefix) :]
     return raw
+
+
+def audience_database_url(url: str | None = None) -> str:
+    """The URL audience and digest SQL run through: `url`, else
+    `$WXPUSH_AUDIENCE_DATABASE_URL`, else the ledger's `database_url()` (zero configuration
+    on SQLite; on PostgreSQL a superuser there is refused, see db/audience_role.py)."""
+    raw = url or os.environ.get(AUDIENCE_ENV_VAR, "").strip()
+    return database_url(raw) if raw else database_url()
+
+
+def make_audience_engine(url: str | None = None) -> Engine:
+    """An engine for the audience SQL (default: `audience_database_url()`) that never pools:
+    each audience call gets a fresh session and closing it ends everything the SQL may have
+    left behind (advisory locks, session settings, a cancelled statement's state)."""
+    return make_engine(audience_database_url(url), poolclass=NullPool)
 
 
 def display_url(url: str | URL) -> str:

@@ -16,10 +16,12 @@ from sqlalchemy.exc import DBAPIError
 from db.audience import (
     DEFAULT_AUDIENCE_SQL,
     AudienceQueryError,
+    count_audience,
     preview_audience,
     read_only,
     stream_audience,
 )
+from db.audience_role import ALLOW_SUPERUSER_ENV
 from db.campaigns import create_or_resume
 from db.engine import make_engine
 from db.ledger import record_outcomes
@@ -46,15 +48,20 @@ def _add(engine: Engine, *rows: dict[str, Any]) -> None:
         connection.execute(recipients.insert(), [defaults | row for row in rows])
 
 
-def _stream(engine: Engine, sql: str = DEFAULT_AUDIENCE_SQL, **options: Any) -> list[list[Any]]:
+def _stream(
+    engines: tuple[Engine, Engine], sql: str = DEFAULT_AUDIENCE_SQL, **options: Any
+) -> list[list[Any]]:
+    """Stream through the audience engine, the ledger read through the main one."""
+    audience, ledger = engines
     settings: dict[str, Any] = {
+        "ledger": ledger,
         "campaign_id": "camp",
         "window_hours": 48,
         "now": NOW,
         "batch_size": 100,
     }
     params = options.pop("params", {"app_id": APP})
-    return list(stream_audience(engine, sql, params, **(settings | options)))
+    return list(stream_audience(audience, sql, params, **(settings | options)))
 
 
 def _flat(batches: list[list[Any]]) -> dict[str, Any]:
@@ -85,10 +92,14 @@ def _campaign(engine: Engine, campaign_id: str = "camp") -> None:
 # -- preview ------------------------------------------------------------------------------------
 
 
-def test_preview_gives_the_same_plain_values_on_both_databases(db_engine: Engine) -> None:
+def test_preview_gives_the_same_plain_values_on_both_databases(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
     seen = NOW - timedelta(hours=3, microseconds=7)
     _add(db_engine, {"openid": "o-1", "last_interaction_at": seen, "blocked": "refuse"})
-    preview = preview_audience(db_engine, DEFAULT_AUDIENCE_SQL, {"app_id": APP}, window_hours=48)
+    preview = preview_audience(
+        audience_engine, DEFAULT_AUDIENCE_SQL, {"app_id": APP}, window_hours=48
+    )
     assert preview.columns == [
         "openid",
         "nickname",
@@ -127,19 +138,23 @@ WRITES = [
 
 @pytest.mark.parametrize("sql", WRITES)
 def test_a_statement_that_writes_is_rejected_and_nothing_changes(
-    db_engine: Engine, sql: str
+    db_engine: Engine, audience_engine: Engine, sql: str
 ) -> None:
     _add(db_engine, {"openid": "o-1"}, {"openid": "o-2"})
     before = _state(db_engine)
     with pytest.raises(AudienceQueryError, match=r"must only read|must be one SELECT"):
-        preview_audience(db_engine, sql, {})
+        preview_audience(audience_engine, sql, {})
     with pytest.raises(AudienceQueryError, match=r"must only read|must be one SELECT"):
-        _stream(db_engine, sql, params={})
+        _stream((audience_engine, db_engine), sql, params={})
     assert _state(db_engine) == before == (2, ["上海", "上海"])
 
 
-def test_the_read_only_transaction_itself_refuses_writes(db_engine: Engine) -> None:
-    """Below the lexical check: the database refuses, whatever the text looked like."""
+def test_the_read_only_transaction_itself_refuses_writes(
+    db_engine: Engine, audience_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Below the lexical check: the database refuses, whatever the text looked like, even
+    for a session that may write (a superuser the operator allowed, the SQLite file)."""
+    monkeypatch.setenv(ALLOW_SUPERUSER_ENV, "1")
     _add(db_engine, {"openid": "o-1"})
     with db_engine.connect() as connection:
         with pytest.raises(DBAPIError), read_only(connection, 5):
@@ -154,8 +169,9 @@ def test_the_read_only_transaction_itself_refuses_writes(db_engine: Engine) -> N
                 )
             )
         sql = "SELECT openid FROM recipients WHERE wipe() = 1"  # a SELECT that writes
-        with pytest.raises(AudienceQueryError, match=r"must only read.*read-only transaction"):
-            preview_audience(db_engine, sql, {})
+        for engine in (db_engine, audience_engine):
+            with pytest.raises(AudienceQueryError, match=r"must only read.*read-only transaction"):
+                preview_audience(engine, sql, {})
     assert _state(db_engine)[0] == 1
 
 
@@ -163,13 +179,15 @@ def test_sqlite_connection_settings_are_restored_for_the_pool(db_url: str) -> No
     engine = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=5)
     try:
         if engine.dialect.name != "sqlite":
-            pytest.skip("PRAGMA query_only and the progress handler are SQLite's")
+            pytest.skip("PRAGMA query_only and the authorizer are SQLite's")
         with pytest.raises(AudienceQueryError):
             preview_audience(engine, "SELECT openid FROM no_such_table", {})
         preview_audience(engine, "SELECT 'x' AS openid", {})
         _add(engine, {"openid": "o-1"})  # the same (only) connection can write again
         with engine.connect() as connection:
             assert connection.exec_driver_sql("PRAGMA query_only").scalar() == 0
+            # ... and read the ledger tables the authorizer hid from the audience SQL
+            assert connection.exec_driver_sql("SELECT count(*) FROM campaigns").scalar() == 0
     finally:
         engine.dispose()
 
@@ -186,20 +204,23 @@ def test_sqlite_connection_settings_are_restored_for_the_pool(db_url: str) -> No
     ],
 )
 def test_bad_sql_gets_a_message_an_operator_understands(
-    db_engine: Engine, sql: str, message: str
+    audience_engine: Engine, sql: str, message: str
 ) -> None:
     with pytest.raises(AudienceQueryError, match=message):
-        preview_audience(db_engine, sql, {})
+        preview_audience(audience_engine, sql, {})
 
 
-def test_a_missing_window_column_is_an_error_not_a_silent_send(db_engine: Engine) -> None:
+def test_a_missing_window_column_is_an_error_not_a_silent_send(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
     _add(db_engine, {"openid": "o-1"})
     sql = "SELECT openid, nickname FROM recipients"
+    engines = (audience_engine, db_engine)
     with pytest.raises(AudienceQueryError, match="no `last_interaction_at` column"):
-        preview_audience(db_engine, sql, {}, window_hours=48)
+        preview_audience(audience_engine, sql, {}, window_hours=48)
     with pytest.raises(AudienceQueryError, match="no `last_interaction_at` column"):
-        _stream(db_engine, sql, params={})
-    rows = _flat(_stream(db_engine, sql, params={}, window_hours=0))
+        _stream(engines, sql, params={})
+    rows = _flat(_stream(engines, sql, params={}, window_hours=0))
     assert rows["o-1"].skip_reason is None and rows["o-1"].values == {
         "openid": "o-1",
         "nickname": "小王",
@@ -215,28 +236,38 @@ def _slow_sql(dialect: str) -> str:
     )
 
 
-def test_the_statement_timeout_stops_a_slow_query(db_engine: Engine) -> None:
+def test_the_statement_timeout_stops_a_slow_query(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
     sql = _slow_sql(db_engine.dialect.name)
     started = time.monotonic()
     with pytest.raises(AudienceQueryError, match="took longer than the 1 s timeout"):
-        preview_audience(db_engine, sql, {}, timeout_seconds=1)
+        preview_audience(audience_engine, sql, {}, timeout_seconds=1)
+    assert time.monotonic() - started < 5
+    started = time.monotonic()
+    with pytest.raises(AudienceQueryError, match="took longer than the 1 s timeout"):
+        count_audience(audience_engine, sql, {}, timeout_seconds=1)
     assert time.monotonic() - started < 5
     started = time.monotonic()
     with pytest.raises(AudienceQueryError, match=r"took longer than the 0\.5 s timeout"):
-        _stream(db_engine, sql, params={}, window_hours=0, timeout_seconds=0.5)
+        _stream((audience_engine, db_engine), sql, params={}, window_hours=0, timeout_seconds=0.5)
     assert time.monotonic() - started < 5
 
 
-def test_percent_signs_and_bind_parameters(db_engine: Engine) -> None:
+def test_percent_signs_and_bind_parameters(db_engine: Engine, audience_engine: Engine) -> None:
     _add(db_engine, {"openid": "o-1", "city": "北京"}, {"openid": "o-2", "city": "上海"})
     sql = "SELECT openid FROM recipients WHERE app_id = :app_id AND city LIKE '%京%'"
-    assert [r["openid"] for r in preview_audience(db_engine, sql, {"app_id": APP}).rows] == ["o-1"]
+    rows = preview_audience(audience_engine, sql, {"app_id": APP}).rows
+    assert [r["openid"] for r in rows] == ["o-1"]
 
 
 # -- stream -------------------------------------------------------------------------------------
 
 
-def test_batches_and_skip_reasons_at_the_window_boundary(db_engine: Engine) -> None:
+def test_batches_and_skip_reasons_at_the_window_boundary(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
+    engines = (audience_engine, db_engine)
     _add(
         db_engine,
         {"openid": "a-exactly-48h", "last_interaction_at": CUTOFF},
@@ -248,7 +279,7 @@ def test_batches_and_skip_reasons_at_the_window_boundary(db_engine: Engine) -> N
         {"openid": "g-recent"},
         {"openid": "h-other-app", "app_id": "another"},
     )
-    batches = _stream(db_engine, batch_size=3)
+    batches = _stream(engines, batch_size=3)
     assert [len(batch) for batch in batches] == [3, 3, 1]
     rows = [row for batch in batches for row in batch]
     assert len(rows) == len({row.openid for row in rows})
@@ -261,13 +292,15 @@ def test_batches_and_skip_reasons_at_the_window_boundary(db_engine: Engine) -> N
         "f-unsubscribed-old": SkipReason.UNSUBSCRIBED,
         "g-recent": None,
     }
-    no_window = _flat(_stream(db_engine, window_hours=0))
+    no_window = _flat(_stream(engines, window_hours=0))
     assert no_window["b-48h-and-1us"].skip_reason is None
     assert no_window["e-unsubscribed"].skip_reason == SkipReason.UNSUBSCRIBED
     assert no_window["g-recent"].values["last_interaction_at"] == NOW - timedelta(hours=1)
 
 
-def test_a_custom_query_brings_its_own_interaction_time(db_engine: Engine) -> None:
+def test_a_custom_query_brings_its_own_interaction_time(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
     """ISO text with an offset, text without microseconds, a 'T' separator: all compared as
     instants, not as text (on SQLite a plain text comparison gets most of these wrong)."""
     values = [
@@ -285,15 +318,16 @@ def test_a_custom_query_brings_its_own_interaction_time(db_engine: Engine) -> No
         sql += (
             f" UNION ALL SELECT 'inside-unix', {epoch} UNION ALL SELECT 'outside-unix', {epoch - 1}"
         )
-    rows = _flat(_stream(db_engine, sql, params={}))
+    rows = _flat(_stream((audience_engine, db_engine), sql, params={}))
     reasons = {openid: row.skip_reason for openid, row in rows.items()}
     assert {k for k, v in reasons.items() if v is None} == {k for k in reasons if "inside" in k}
     assert all(v == SkipReason.OUTSIDE_WINDOW for k, v in reasons.items() if "outside" in k)
 
 
 def test_final_ledger_rows_are_left_out_and_retry_failed_brings_some_back(
-    db_engine: Engine,
+    db_engine: Engine, audience_engine: Engine
 ) -> None:
+    engines = (audience_engine, db_engine)
     _add(db_engine, *({"openid": name} for name in "abcdefgh"))
     _campaign(db_engine)
 
@@ -314,25 +348,32 @@ def test_final_ledger_rows_are_left_out_and_retry_failed_brings_some_back(
                 DeliveryOutcome("g", DeliveryStatus.INVALID, reason="thing1 too long"),
             ],
         )
-    assert sorted(_flat(_stream(db_engine))) == ["f", "h"]
-    assert sorted(_flat(_stream(db_engine, retry_failed=True))) == ["c", "d", "f", "h"]
-    assert sorted(_flat(_stream(db_engine, campaign_id="other"))) == list("abcdefgh")
+    assert sorted(_flat(_stream(engines))) == ["f", "h"]
+    assert sorted(_flat(_stream(engines, retry_failed=True))) == ["c", "d", "f", "h"]
+    assert sorted(_flat(_stream(engines, campaign_id="other"))) == list("abcdefgh")
+    # Batches are filtered one by one: final rows leave no empty batch behind.
+    assert [len(b) for b in _stream(engines, batch_size=2)] == [1, 1]
 
 
-def test_duplicate_openids_give_one_row_and_null_openids_are_dropped(db_engine: Engine) -> None:
+def test_duplicate_openids_give_one_row_and_null_openids_are_dropped(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
     sql = (
         "SELECT column1 AS openid, column2 AS label FROM (VALUES "
         "('x', 'one', 2), ('x', 'two', 1), ('y', 'only', 3), (NULL, 'nobody', 0)"
         ") AS v"
     )
-    batches = _stream(db_engine, sql, params={}, window_hours=0)
+    batches = _stream((audience_engine, db_engine), sql, params={}, window_hours=0)
     rows = [row for batch in batches for row in batch]
     assert sorted(row.openid for row in rows) == ["x", "y"]
     labels = {row.openid: row.values["label"] for row in rows}
     assert labels["x"] in ("one", "two") and labels["y"] == "only"
 
 
-def test_closing_the_stream_gives_its_connection_back(db_url: str) -> None:
+def test_closing_the_stream_gives_its_connection_back(
+    db_url: str, db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(ALLOW_SUPERUSER_ENV, "1")  # a pool of one the test can also write with
     engine = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=3)
     try:
         _add(engine, *({"openid": f"o-{i:03d}"} for i in range(50)))
@@ -340,6 +381,7 @@ def test_closing_the_stream_gives_its_connection_back(db_url: str) -> None:
             engine,
             DEFAULT_AUDIENCE_SQL,
             {"app_id": APP},
+            ledger=db_engine,
             campaign_id="camp",
             window_hours=48,
             now=NOW,
@@ -354,7 +396,7 @@ def test_closing_the_stream_gives_its_connection_back(db_url: str) -> None:
         engine.dispose()
 
 
-def test_streaming_200k_rows_keeps_memory_flat(db_engine: Engine) -> None:
+def test_streaming_200k_rows_keeps_memory_flat(db_engine: Engine, audience_engine: Engine) -> None:
     total = 200_000
     if db_engine.dialect.name == "postgresql":
         sql = "SELECT 'o' || lpad(i::text, 27, '0') AS openid FROM generate_series(1, :n) AS i"
@@ -367,9 +409,10 @@ def test_streaming_200k_rows_keeps_memory_flat(db_engine: Engine) -> None:
     try:
         rows = batches = 0
         stream = stream_audience(
-            db_engine,
+            audience_engine,
             sql,
             {"n": total},
+            ledger=db_engine,
             campaign_id="camp",
             window_hours=0,
             now=NOW,
@@ -387,15 +430,18 @@ def test_streaming_200k_rows_keeps_memory_flat(db_engine: Engine) -> None:
     assert peak < 8_000_000, f"peak {peak / 1e6:.1f} MB while streaming"
 
 
-def test_worker_threads_write_the_ledger_while_the_audience_streams(db_engine: Engine) -> None:
+def test_worker_threads_write_the_ledger_while_the_audience_streams(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
     """The campaign's shape: one connection streams (a read transaction stays open), batch
     tasks record outcomes from other threads at the same time; nobody waits for a lock."""
     _add(db_engine, *({"openid": f"o-{i:04d}"} for i in range(400)))
     _campaign(db_engine)
     stream = stream_audience(
-        db_engine,
+        audience_engine,
         DEFAULT_AUDIENCE_SQL,
         {"app_id": APP},
+        ledger=db_engine,
         campaign_id="camp",
         window_hours=48,
         now=NOW,
@@ -417,4 +463,4 @@ def test_worker_threads_write_the_ledger_while_the_audience_streams(db_engine: E
         written = sum(future.result() for future in futures)
     assert written == 400
     assert time.monotonic() - started < 10
-    assert _flat(_stream(db_engine)) == {}  # everything is final now
+    assert _flat(_stream((audience_engine, db_engine))) == {}  # everything is final now
