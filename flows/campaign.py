@@ -39,7 +39,7 @@ from db.ledger import receipt_counts, record_outcomes, status_counts
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
 from tasks.blocks import WeChatApp
-from tasks.database import engine
+from tasks.database import audience_engine, engine
 from tasks.flow_runs import CANCELLED_REASON
 from tasks.message import MessageSpec, client_msg_id_for, render
 from tasks.params import CampaignParams
@@ -131,7 +131,7 @@ async def preflight(
     """
     log = get_run_logger()
     try:
-        preview = preview_audience(engine(), sql, binds, sample_size=PREFLIGHT_SAMPLE)
+        preview = preview_audience(audience_engine(), sql, binds, sample_size=PREFLIGHT_SAMPLE)
     except AudienceQueryError as exc:
         raise CampaignFailed(str(exc)) from None
     spec = message_spec(params)
@@ -265,9 +265,10 @@ def _send_all(
     tally = _Tally()
     in_flight: deque[PrefectFuture[BatchSummary]] = deque()
     batches = stream_audience(
-        engine(),
+        audience_engine(),
         sql,
         binds,
+        ledger=engine(),
         campaign_id=campaign_id,
         window_hours=params.window_hours,
         now=datetime.now(UTC),
@@ -358,7 +359,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
     try:
         preflight.submit(params, campaign_id, sql, binds).result()
         progress = Progress.start(
-            campaign_id, params.name, total=count_audience(engine(), sql, binds)
+            campaign_id, params.name, total=count_audience(audience_engine(), sql, binds)
         )
         if not params.dry_run:
             with engine().connect() as conn:
