@@ -84,7 +84,8 @@ from sqlalchemy.pool import NullPool
 from bench.sender import stable_token, workers
 from bench.simulator import STACKS, Outcome, Send, cpu_seconds
 from cli.seed import follower_payload
-from db.engine import database_url, make_engine
+from db.audience_role import ensure_audience_role
+from db.engine import AUDIENCE_ENV_VAR, database_url, make_engine
 from db.migrate import upgrade
 from db.models import deliveries
 from db.seed import seed_recipients
@@ -383,11 +384,14 @@ def tail(path: Path, chars: int = 3000) -> str:
 @contextlib.contextmanager
 def bench_database(url: str | None, folder: Path) -> Iterator[str]:
     """A fresh, migrated database: a SQLite file in `folder`, or a new schema on the
-    PostgreSQL server of `url` (reached through search_path, dropped on exit)."""
+    PostgreSQL server of `url` (reached through search_path, dropped on exit) with its own
+    audience role, which WXPUSH_AUDIENCE_DATABASE_URL names for this process and its
+    children (campaigns run as they should in production, not as the server's superuser)."""
     if not url:
         path = folder / "wxpush-bench.db"
         resolved = f"sqlite:///{path}"
         upgrade(resolved)
+        os.environ[AUDIENCE_ENV_VAR] = resolved
         yield resolved
         return
     server_url = database_url(url)
@@ -402,10 +406,19 @@ def bench_database(url: str | None, folder: Path) -> Iterator[str]:
             hide_password=False
         )
         upgrade(resolved)
+        owner = make_engine(resolved, poolclass=NullPool)
+        try:
+            os.environ[AUDIENCE_ENV_VAR] = ensure_audience_role(owner, schema).url
+        finally:
+            owner.dispose()
         yield resolved
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
+            role = text("SELECT 1 FROM pg_roles WHERE rolname = :name")
+            if conn.execute(role, {"name": schema}).scalar():  # the audience role, by name
+                conn.execute(text(f'DROP OWNED BY "{schema}"'))
+                conn.execute(text(f'DROP ROLE "{schema}"'))
         admin.dispose()
 
 
@@ -635,7 +648,7 @@ def build_map_flow(max_workers: int) -> Any:
     from pydantic import SecretStr
 
     from db.audience import preview_audience
-    from tasks.database import engine
+    from tasks.database import audience_engine
     from tasks.message import MessageSpec, render
     from tasks.token import get_access_token, load_app
     from wechat.client import WeChatClient
@@ -657,7 +670,9 @@ def build_map_flow(max_workers: int) -> Any:
     )
     def one_task_per_message(app: str, sql: str, n: int, campaign: str) -> dict[str, int]:
         block = run_coro_as_sync(load_app(app))
-        rows = preview_audience(engine(), sql, {"app_id": block.app_id}, sample_size=n).rows
+        rows = preview_audience(
+            audience_engine(), sql, {"app_id": block.app_id}, sample_size=n
+        ).rows
         spec = MessageSpec(template_id=DEMO_TEMPLATE_ID, data=TEMPLATE_DATA, url=URL_TEMPLATE)
         token = run_coro_as_sync(get_access_token(app))
         futures = send_one.map(

@@ -20,7 +20,7 @@ from db.callbacks import (
     apply_callbacks,
     match_pending_receipts,
 )
-from db.engine import make_engine
+from db.engine import make_audience_engine, make_engine
 from db.ledger import record_outcomes
 from db.migrate import alembic_config, current_revision, upgrade
 from db.models import callback_events, campaigns, deliveries, interactions, recipients
@@ -388,9 +388,10 @@ def test_the_next_campaign_sees_unsubscribes_and_fresh_interactions(db_engine: E
     rows = {
         row.openid: row.skip_reason
         for batch in stream_audience(
-            db_engine,
+            make_audience_engine(),  # WXPUSH_AUDIENCE_DATABASE_URL: tests/fixtures/database.py
             DEFAULT_AUDIENCE_SQL,
             {"app_id": APP},
+            ledger=db_engine,
             campaign_id="next",
             window_hours=48,
             now=now,

@@ -27,6 +27,7 @@ from db.digest import (
 )
 from db.models import interactions, recipients
 from db.outcomes import SkipReason
+from tasks import database
 from tasks.message import CHINA_TZ
 from tasks.params import DEFAULT_DIGEST_DATA, CampaignParams, DigestParams
 from tests.campaign_helpers import accepted_openids, ledger
@@ -171,10 +172,13 @@ def _add_recipients(engine: Engine, *rows: dict[str, Any]) -> None:
 
 
 def _reasons(engine: Engine, sql: str, window_hours: int = 48, **binds: Any) -> dict[str, Any]:
+    """Stream as a campaign does: through the audience engine (the `db_url` fixture points
+    WXPUSH_AUDIENCE_DATABASE_URL at the test's audience role), the ledger through `engine`."""
     batches = stream_audience(
-        engine,
+        database.audience_engine(),
         sql,
         {"app_id": APP, **binds},
+        ledger=engine,
         campaign_id="camp",
         window_hours=window_hours,
         now=NOW,
@@ -245,7 +249,7 @@ def test_nothing_to_send_truthiness_is_the_same_in_sql_and_in_python(
     row = _reasons(db_engine, sql, window_hours=0)["o-1"]
     assert (row.skip_reason == SkipReason.NOTHING_TO_SEND) is skipped
     assert row.skip_reason in (None, SkipReason.NOTHING_TO_SEND)
-    preview = preview_audience(db_engine, sql, {"app_id": APP})
+    preview = preview_audience(database.audience_engine(), sql, {"app_id": APP})
     assert has_nothing_to_send(preview.rows[0]) is skipped, "the preflight judges it the same way"
 
 
