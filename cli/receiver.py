@@ -53,11 +53,46 @@ def register(app: typer.Typer) -> None:
             typer.Option("--timestamp-window", help="Seconds a push's timestamp may be off."),
         ] = None,
         max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes")] = None,
+        max_header_bytes: Annotated[
+            int | None,
+            typer.Option("--max-header-bytes", min=1024, help="Request line and headers [16384]."),
+        ] = None,
+        header_timeout: Annotated[
+            float | None,
+            typer.Option("--header-timeout", min=0.1, help="Seconds to send a request head [10]."),
+        ] = None,
+        body_timeout: Annotated[
+            float | None,
+            typer.Option("--body-timeout", min=0.1, help="Seconds to send a body [10]."),
+        ] = None,
+        keep_alive_timeout: Annotated[
+            int | None,
+            typer.Option("--keep-alive-timeout", min=1, help="Idle seconds between requests [5]."),
+        ] = None,
+        max_connections: Annotated[
+            int | None,
+            typer.Option("--max-connections", min=2, help="Open connections at most [1000]."),
+        ] = None,
+        nonce_cache_entries: Annotated[
+            int | None,
+            typer.Option(
+                "--nonce-cache-entries", min=3, help="Nonces kept against replays [600000]."
+            ),
+        ] = None,
+        refusal_log_burst: Annotated[
+            int | None,
+            typer.Option(
+                "--refusal-log-burst", min=1, help="Refusal lines per reason and interval [10]."
+            ),
+        ] = None,
+        refusal_log_interval: Annotated[
+            float | None,
+            typer.Option("--refusal-log-interval", min=0.1, help="That interval, in seconds [60]."),
+        ] = None,
     ) -> None:
         """Serve WeChat's callback URL: verify, decrypt, record receipts and interactions."""
-        import uvicorn
-
         from receiver.app import create_app
+        from receiver.server import serve
         from tasks.database import engine
         from wechat.errors import ConfigError
 
@@ -66,6 +101,14 @@ def register(app: typer.Typer) -> None:
                 app_name,
                 timestamp_window_seconds=timestamp_window,
                 max_body_bytes=max_body_bytes,
+                max_header_bytes=max_header_bytes,
+                header_timeout_seconds=header_timeout,
+                body_timeout_seconds=body_timeout,
+                keep_alive_timeout_seconds=keep_alive_timeout,
+                max_connections=max_connections,
+                nonce_cache_entries=nonce_cache_entries,
+                refusal_log_burst=refusal_log_burst,
+                refusal_log_interval_seconds=refusal_log_interval,
             )
         except (ValueError, ConfigError) as exc:
             typer.secho(f"wxpush receiver: {exc}", fg="red", err=True)
@@ -74,11 +117,4 @@ def register(app: typer.Typer) -> None:
             f"Receiving callbacks for {config.app_id} on http://{host}:{port}/wechat/callback "
             f"({'safe mode and plaintext' if config.encoding_aes_key else 'plaintext only'})"
         )
-        uvicorn.run(
-            create_app(config, engine()),
-            host=host,
-            port=port,
-            log_level="warning",
-            access_log=False,
-            timeout_graceful_shutdown=30,
-        )
+        serve(create_app(config, engine()), config, host, port)

@@ -10,6 +10,7 @@ waits 5 s and retries three times, and a campaign's receipts arrive in bursts.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -18,10 +19,11 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
+from starlette.requests import ClientDisconnect
 
 from db.callbacks import CallbackRecord
 from receiver.config import ReceiverConfig
-from receiver.replay import NonceCache
+from receiver.replay import NonceCache, NonceRefused
 from receiver.writer import BatchWriter, WriterClosed
 from wechat.crypto import CallbackError, MessageCrypto, SignatureError, verify_signature
 from wechat.events import CallbackMessage, encrypted_field, parse_message
@@ -62,7 +64,11 @@ class CallbackHandler:
     def __init__(self, config: ReceiverConfig, *, clock: Any = time.time) -> None:
         self.config = config
         self.clock = clock
-        self.nonces = NonceCache(config.timestamp_window_seconds)
+        self.nonces = NonceCache(
+            config.timestamp_window_seconds,
+            max_entries=config.nonce_cache_entries,
+            max_nonce_length=config.max_nonce_length,
+        )
         self._token = config.token.get_secret_value()
         self.crypto = (
             MessageCrypto(
@@ -99,8 +105,11 @@ class CallbackHandler:
 
     def check_new(self, query: dict[str, str]) -> None:
         """A replay of a signed request (same timestamp and nonce) is refused."""
-        if not self.nonces.first_time(query["timestamp"], query["nonce"]):
-            raise Refused(409, "replayed nonce")
+        try:
+            if not self.nonces.first_time(query["timestamp"], query["nonce"]):
+                raise Refused(409, "replayed nonce")
+        except NonceRefused as exc:
+            raise Refused(400, str(exc)) from None
 
     def decode(self, query: dict[str, str], body: bytes) -> CallbackMessage:
         """The push as a CallbackMessage: plaintext, or decrypted in safe mode."""
@@ -135,7 +144,16 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
             await writer.close()
             log.info("Receiver stopped; %d callbacks written.", writer.stats.written)
 
-    app = FastAPI(title="wxpush callback receiver", lifespan=lifespan, docs_url=None)
+    # No /openapi.json, /docs or /redoc: WeChat needs none of them, and they would tell
+    # anyone who finds the URL what it takes.
+    app = FastAPI(
+        title="wxpush callback receiver",
+        lifespan=lifespan,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        exception_handlers={ClientDisconnect: _client_gone},
+    )
     app.state.handler = handler
     app.state.writer = writer
 
@@ -194,6 +212,20 @@ async def _read_limited(request: Request, limit: int) -> bytes:
     return bytes(body)
 
 
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    # The client left mid-body, or the server cut it off (receiver/server.py's body
+    # deadline): nobody reads this answer, and it is no error of ours worth a traceback.
+    return Response(status_code=400)
+
+
 def _refusal(refused: Refused) -> Response:
-    log.warning("Refused a callback (%d): %s", refused.status, refused.reason)
+    # Rate-limited per reason, the reason's words before any detail ("stale timestamp
+    # (412 s from now)" counts as "stale timestamp"): see receiver/log_limit.py.
+    reason = re.split(r"[(:]", refused.reason, maxsplit=1)[0].strip()
+    log.warning(
+        "Refused a callback (%d): %s",
+        refused.status,
+        refused.reason,
+        extra={"ratelimit_key": f"refused {refused.status} {reason}"},
+    )
     return PlainTextResponse(refused.reason, status_code=refused.status)

@@ -33,6 +33,34 @@ class ReceiverConfig(BaseModel):
     flush_interval_seconds: float = Field(
         0.2, gt=0, description="Longest wait before a partial batch is written."
     )
+    # Bounds on what anyone who can reach the URL, token or not, can make the process hold.
+    max_header_bytes: int = Field(
+        16 * 1024, ge=1024, description="Request line and headers over this are cut off (400)."
+    )
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, description="A request line and headers must arrive within this."
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="A body must arrive within this once the headers have."
+    )
+    keep_alive_timeout_seconds: int = Field(
+        5, ge=1, description="An idle kept-alive connection is closed after this."
+    )
+    max_connections: int = Field(
+        1000, ge=2, description="Open connections; more evict the oldest idle or unfinished one."
+    )
+    max_nonce_length: int = Field(
+        32, ge=8, description="WeChat's nonces are short digit strings; longer ones get 400."
+    )
+    nonce_cache_entries: int = Field(
+        600_000, ge=3, description="(timestamp, nonce) pairs remembered against replays, at most."
+    )
+    refusal_log_burst: int = Field(
+        10, ge=1, description="Refusal warnings logged per reason and interval; the rest counted."
+    )
+    refusal_log_interval_seconds: float = Field(
+        60.0, gt=0, description="The interval of `refusal_log_burst`."
+    )
 
     @classmethod
     def from_env(cls, **overrides: object) -> ReceiverConfig:

@@ -1,0 +1,195 @@
+"""The receiver's HTTP server: uvicorn, with the bounds an internet-facing port needs.
+
+What uvicorn 0.54 enforces by itself, read from its source and measured:
+- the h11 protocol caps an unfinished request head (`h11_max_incomplete_event_size`,
+  answered 400); httptools, uvicorn's default when installed, has no cap: 20 connections
+  sending 32 MiB unfinished headers took the receiver from 129 to 895 MiB;
+- its keep-alive timer runs only between requests: a connection that sends nothing, or a
+  head or a body that never ends, is held for ever, so ~1,000 of them use up the file
+  descriptors and a real push is turned away;
+- `limit_concurrency` counts open connections too, so slow clients holding connections
+  would turn every real push into a 503.
+
+So the receiver runs on h11 with a head cap, and `GuardedH11Protocol` adds what is
+missing: a deadline for the request head, another for the body, and a cap on open
+connections that makes room by closing the connection that has waited longest without a
+complete request (a real push sends its whole request at once, a slow client never does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from typing import Any, ClassVar, Literal
+
+import h11
+import uvicorn
+from fastapi import FastAPI
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from receiver import log_limit
+from receiver.config import ReceiverConfig
+
+log = logging.getLogger("wxpush.receiver")
+
+FD_RESERVE = 64  # descriptors for the database, logs and the listening socket
+Phase = Literal["head", "body", "app", "idle"]
+_TIMEOUT_ANSWER = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+_BUSY_ANSWER = b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class GuardedH11Protocol(H11Protocol):
+    """h11 with a deadline on each request's head and body, and a connection cap.
+
+    A connection is in one phase: `head` (waiting for, or reading, a request line and
+    headers), `body`, `app` (the request is in; the app answers it) or `idle` (between
+    requests, where uvicorn's keep-alive timer applies). All but `app` can be evicted.
+    Subclassed per server by `guarded_protocol`, which sets the class attributes.
+    """
+
+    receiver_config: ClassVar[ReceiverConfig]
+    live: ClassVar[set[GuardedH11Protocol]]  # open and not being closed by us
+    waiting: ClassVar[dict[GuardedH11Protocol, None]]  # evictable, longest-waiting first
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._phase: Phase | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.live.add(self)
+        self._follow()
+        while len(self.live) > self.receiver_config.max_connections:
+            oldest = next((other for other in self.waiting if other is not self), None)
+            if oldest is None:  # every other connection has a request in progress
+                self._close(_BUSY_ANSWER, "Refused a connection: %d connections are busy")
+                return
+            oldest._close(_BUSY_ANSWER, "Closed the longest-waiting connection: cap %d reached")
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        self._follow()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._follow()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        self._forget()
+
+    def _follow(self) -> None:
+        """Move to the phase h11's state says, arming that phase's deadline."""
+        if self.transport.is_closing():
+            self._forget()
+            return
+        state = self.conn.their_state
+        phase: Phase
+        if state is h11.IDLE:
+            phase = "idle" if self.timeout_keep_alive_task is not None else "head"
+        elif state is h11.SEND_BODY:
+            phase = "body"
+        else:
+            phase = "app"
+        if phase == self._phase:
+            return
+        previous, self._phase = self._phase, phase
+        self._cancel_deadline()
+        config = self.receiver_config
+        if phase == "head":
+            self._arm(config.header_timeout_seconds, "head")
+        elif phase == "body":
+            self._arm(config.body_timeout_seconds, "body")
+        if phase == "app":
+            self.waiting.pop(self, None)
+        elif previous in (None, "app"):  # starts waiting now: to the back of the queue
+            self.waiting[self] = None
+
+    def _arm(self, seconds: float, part: str) -> None:
+        self._deadline = self.loop.call_later(seconds, self._timed_out, seconds, part)
+
+    def _timed_out(self, seconds: float, part: str) -> None:
+        self._deadline = None
+        self._close(
+            _TIMEOUT_ANSWER,
+            f"Closed a connection: request {part} not complete within %s s",
+            seconds,
+        )
+
+    def _close(self, answer: bytes, message: str, arg: object = None) -> None:
+        """Answer (unless an answer has begun) and close; one rate-limited warning."""
+        log.warning(message, self.receiver_config.max_connections if arg is None else arg)
+        if self.conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):  # nothing answered yet
+            self.transport.write(answer)
+        self.transport.close()
+        self._forget()
+
+    def _forget(self) -> None:
+        self._cancel_deadline()
+        self.live.discard(self)
+        self.waiting.pop(self, None)
+
+    def _cancel_deadline(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+def guarded_protocol(config: ReceiverConfig) -> type[GuardedH11Protocol]:
+    """A protocol class for one server, with its own limits and connection registry."""
+    return type(
+        "GuardedH11Protocol",
+        (GuardedH11Protocol,),
+        {"receiver_config": config, "live": set(), "waiting": {}},
+    )
+
+
+def fit_fd_limit(max_connections: int) -> int:
+    """Raise the soft descriptor limit to fit `max_connections`; if the hard limit does not
+    allow that, the connection cap that fits instead (with one warning)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = max_connections + FD_RESERVE
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        raised = needed if hard == resource.RLIM_INFINITY else min(needed, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (raised, hard))
+        soft = raised
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        fitted = max(2, soft - FD_RESERVE)
+        log.warning(
+            "--max-connections %d does not fit the file descriptor limit %d: using %d",
+            max_connections,
+            soft,
+            fitted,
+        )
+        return fitted
+    return max_connections
+
+
+def serve(app: FastAPI, config: ReceiverConfig, host: str, port: int) -> None:
+    """Run `app` until SIGINT or SIGTERM, with the receiver's bounds."""
+    config = config.model_copy(update={"max_connections": fit_fd_limit(config.max_connections)})
+    server_config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        http=guarded_protocol(config),
+        h11_max_incomplete_event_size=config.max_header_bytes,
+        timeout_keep_alive=config.keep_alive_timeout_seconds,
+        # A backstop on requests in progress (it counts connections too; ours are capped
+        # at max_connections, each with at most one request at a time).
+        limit_concurrency=2 * config.max_connections,
+        log_level="warning",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=30,
+    )
+    # After uvicorn.Config, which configures its loggers: each flood-able warning is
+    # rate-limited (refusals, cut-off connections, uvicorn's "Invalid HTTP request").
+    log_limit.limit(
+        ["wxpush.receiver", "uvicorn.error", "asyncio"],
+        burst=config.refusal_log_burst,
+        interval=config.refusal_log_interval_seconds,
+    )
+    uvicorn.Server(server_config).run()
