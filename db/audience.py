@@ -23,8 +23,10 @@ A row gets one skip reason, the first that applies: `unsubscribed`, then `nothin
 then `outside_window`.
 
 Skipped rows are streamed too (annotated, not dropped) so the ledger records them. Rows already
-final in the ledger for this campaign are left out in SQL; `pending` rows always come back, and
-with `retry_failed` so do `failed` rows whose error class is RETRY or QUOTA.
+final in the ledger for this campaign are left out batch by batch, asking the ledger's own
+engine by (campaign_id, openid) (the audience connection may not read the ledger); `pending`
+rows always come back, and with `retry_failed` so do `failed` rows whose error class is RETRY
+or QUOTA.
 
 **Duplicates**: one row per openid. When the query returns an openid more than once, one of
 its rows is kept and which one is not defined; if it matters, deduplicate in the query
@@ -34,11 +36,15 @@ guaranteed order (in practice by openid).
 
 Safety: the SQL must be one statement that reads. It is checked lexically (one statement, no
 write keyword, starts with SELECT/WITH/VALUES) for a clear message, then executed wrapped as a
-subquery, with a bind parameter (so PostgreSQL refuses several commands), in a read-only
-transaction (PostgreSQL `SET TRANSACTION READ ONLY`; SQLite `PRAGMA query_only`) with a
-statement timeout (PostgreSQL `statement_timeout`, per statement and per FETCH; SQLite a
-progress handler, per fetched batch). This protects against mistakes, not against a hostile
-author: for that, give wxpush a database role that can only read the audience tables.
+subquery, with a bind parameter (so PostgreSQL refuses several commands), on the audience
+connection (`WXPUSH_AUDIENCE_DATABASE_URL`, unpooled: db/engine.py) in a read-only transaction
+(PostgreSQL `SET TRANSACTION READ ONLY`; SQLite `PRAGMA query_only` plus an authorizer that
+hides wxpush's ledger tables, db/audience_role.py). What else it may read is the role's
+privileges: a PostgreSQL superuser is refused unless `WXPUSH_ALLOW_SUPERUSER_AUDIENCE=1`. The
+time limit is a watchdog thread that cancels the statement (PostgreSQL cancel request, SQLite
+interrupt) when the limit passes, per statement and per fetched batch, whatever the session's
+own `statement_timeout` (also set) says. Database errors reach the operator without the values
+they may quote (`_translate`).
 """
 
 from __future__ import annotations
