@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -51,7 +54,8 @@ def run(
     batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 500]")] = None,
     concurrency: Annotated[int | None, typer.Option("--concurrency", help="[default: 16]")] = None,
     rate: Annotated[
-        float | None, typer.Option("--rate", help="Messages per second, campaign-wide.")
+        float | None,
+        typer.Option("--rate", help="Messages per second, campaign-wide (at least 0.1)."),
     ] = None,
     max_error_ratio: Annotated[
         float | None, typer.Option("--max-error-ratio", help="[default: 0.5]")
@@ -66,8 +70,8 @@ def run(
         typer.Option("--params-file", help="A JSON file of CampaignParams; flags override it."),
     ] = None,
 ) -> None:
-    """Run push_campaign in this process and print its report."""
-    from flows.campaign import push_campaign
+    """Run push_campaign in this process and print its report. Ctrl-C or SIGTERM stops it
+    cleanly: answers received are recorded, the campaign is paused, resumable."""
     from tasks.params import CampaignParams
 
     if audience_file is not None:
@@ -91,12 +95,85 @@ def run(
         "retry_failed": retry_failed or None,
     }
     params = parameters_from(CampaignParams, params_file, flags)
-    state = push_campaign(params, return_state=True)
+    typer.echo(report_text(run_here(params)))
+
+
+class _Stopped(KeyboardInterrupt):
+    """The terminal asked the run to stop (Ctrl-C, or SIGTERM handled like it)."""
+
+
+@contextmanager
+def _signals_stop_the_run() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM both raise KeyboardInterrupt in the run's thread, so the flow
+    stops the same way for either; yields the signals received, first first. (While the
+    flow runs, Prefect's own SIGTERM handler raises first; it re-sends the signal to this
+    handler when the run has ended.)"""
+    received: list[int] = []
+
+    def stop(signum: int, frame: Any) -> None:
+        received.append(signum)
+        raise _Stopped
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _stopped_line(campaign_id: str, signum: int) -> str:
+    """The one line a stopped run leaves in the terminal: what stopped it, where the
+    campaign is now, and what to run next."""
+    from db.campaigns import get_campaign
+    from tasks.database import engine
+
+    name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+    with engine().connect() as conn:
+        record = get_campaign(conn, campaign_id)
+    where = f"is {record.status}" if record is not None else "was not started"
+    return (
+        f"Stopped by {name}: campaign {campaign_id} {where}; "
+        f"`wxpush campaign resume {campaign_id}` sends the rest."
+    )
+
+
+def run_here(params: Any) -> str:
+    """Run push_campaign in this process; returns the campaign id. A run that did not
+    complete, or a Ctrl-C / SIGTERM, ends the command with one line and a non-zero code."""
+    from prefect.exceptions import TerminationSignal
+
+    from db.campaigns import new_campaign_id
+    from flows.campaign import push_campaign
+
+    if not params.campaign_id and not params.dry_run:
+        # Known before the run starts, so a stopped run can still say which campaign it was.
+        params = params.model_copy(update={"campaign_id": new_campaign_id()})
+    with _signals_stop_the_run() as received:
+        try:
+            state = push_campaign(params, return_state=True)
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            signum = received[0] if received else getattr(exc, "signal", signal.SIGINT)
+            typer.secho(_stopped_line(params.campaign_id, signum), fg="yellow", err=True)
+            raise typer.Exit(128 + signum) from None
     if not state.is_completed():
-        typer.secho(f"The campaign run ended {state.name}: {state.message}", fg="red", err=True)
+        typer.secho(_ended_line(params.campaign_id, state), fg="red", err=True)
         raise typer.Exit(1)
-    result = state.result()
-    typer.echo(report_text(result.campaign_id))
+    return str(state.result().campaign_id)
+
+
+def _ended_line(campaign_id: str | None, state: Any) -> str:
+    """What a run that did not complete left behind, from the campaign row when there is one."""
+    from db.campaigns import get_campaign
+    from tasks.database import engine
+
+    record = None
+    if campaign_id:
+        with engine().connect() as conn:
+            record = get_campaign(conn, campaign_id)
+    if record is None:
+        return f"The campaign run ended {state.name}: {state.message}"
+    return f"Campaign {record.id} is {record.status}: {record.status_reason}"
 
 
 M = TypeVar("M", bound=BaseModel)
@@ -110,7 +187,16 @@ def parameters_from(model: type[M], params_file: Path | None, flags: dict[str, A
     try:
         return model.model_validate(given)
     except ValidationError as exc:
-        raise typer.BadParameter(str(exc)) from None
+        raise typer.BadParameter(_one_line(exc)) from None
+
+
+def _one_line(exc: ValidationError) -> str:
+    """Pydantic's errors as `field: message` in one line (not its multi-line dump)."""
+    problems = []
+    for error in exc.errors(include_url=False):
+        where = ".".join(str(part) for part in error["loc"])
+        problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
+    return "; ".join(problems)
 
 
 def report_text(campaign: str) -> str:
@@ -178,13 +264,7 @@ def _continue(campaign: str, *, retry_failed: bool, here: bool, wait: bool) -> N
     what = "Re-sending the retryable failures of" if retry_failed else "Resuming"
     typer.echo(f"{what} campaign {record.id} ({record.name!r}, {record.status}).")
     if here:
-        from flows.campaign import push_campaign
-
-        state = push_campaign(params, return_state=True)
-        if not state.is_completed():
-            typer.secho(f"The run ended {state.name}: {state.message}", fg="red", err=True)
-            raise typer.Exit(1)
-        typer.echo(report_text(record.id))
+        typer.echo(report_text(run_here(params)))
         return
     try:
         run = run_deployment(

@@ -40,12 +40,13 @@ from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
+from tasks.ending import CampaignFailed, stop_for_error
 from tasks.flow_runs import CANCELLED_REASON
 from tasks.message import MessageSpec, client_msg_id_for, render
 from tasks.params import CampaignParams
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report
-from tasks.sender import RetryPolicy, StopSignal, stop_signal
+from tasks.sender import RetryPolicy, StopKind, StopSignal, stop_signal
 from tasks.token import get_access_token, load_app, verify_token
 
 #: Batches in flight at once: one sends while the next is being prepared or recorded.
@@ -53,10 +54,13 @@ PARALLEL_BATCHES = 2
 #: Failure-ratio pauses need this many attempted messages before they can trigger.
 ERROR_RATIO_MIN_ATTEMPTS = 200
 PREFLIGHT_SAMPLE = 20
+#: How often the flow's thread wakes while it waits for a batch: a signal delivered to another
+#: thread is only handled when the main thread runs, and a batch at a slow rate takes minutes.
+WAIT_SLICE_SECONDS = 0.25
+#: After a stop, how long in-flight batches get to record the answers they already have.
+DRAIN_GRACE_SECONDS = 30.0
 
-
-class CampaignFailed(RuntimeError):
-    """The campaign stopped before or while sending; the message says what to fix."""
+__all__ = ["CampaignFailed", "CampaignResult", "decide_status", "push_campaign"]
 
 
 class CampaignResult(BaseModel):
@@ -131,9 +135,15 @@ async def preflight(
     """
     log = get_run_logger()
     try:
-        preview = preview_audience(audience_engine(), sql, binds, sample_size=PREFLIGHT_SAMPLE)
+        preview = preview_audience(
+            audience_engine(),
+            sql,
+            binds,
+            sample_size=PREFLIGHT_SAMPLE,
+            timeout_seconds=params.audience_timeout_seconds,
+        )
     except AudienceQueryError as exc:
-        raise CampaignFailed(str(exc)) from None
+        raise CampaignFailed(str(exc)) from exc
     spec = message_spec(params)
     missing = spec.check_columns(preview.columns)
     if missing:
@@ -216,6 +226,7 @@ def _collect(
     params: CampaignParams,
     progress: Progress,
 ) -> None:
+    _finished(future, None)
     summary = future.result()
     tally.add(summary)
     progress.update(tally.rows, tally.counts)
@@ -274,31 +285,62 @@ def _send_all(
         now=datetime.now(UTC),
         batch_size=params.batch_size,
         retry_failed=params.retry_failed,
+        timeout_seconds=params.audience_timeout_seconds,
     )
-    for index, batch in enumerate(batches):
-        if stop.is_set():
-            break
-        tally.rows += len(batch)
-        if params.dry_run:
-            _dry_run(spec, campaign_id, batch, tally)
-            progress.update(tally.rows, tally.counts)
-            continue
-        skipped = [row for row in batch if row.skip_reason]
-        if skipped:
-            with engine().begin() as conn:
-                record_outcomes(conn, campaign_id, _skipped(skipped, datetime.now(UTC)))
-            tally.counts["skipped"] += len(skipped)
-        eligible = [dict(row.values, openid=row.openid) for row in batch if not row.skip_reason]
-        if eligible:
-            in_flight.append(
-                # quote(): Prefect would otherwise walk every row looking for futures.
-                send_batch.submit(campaign_id, index, params.app, spec, quote(eligible), settings)
-            )
-        while len(in_flight) >= PARALLEL_BATCHES:
+    try:
+        for index, batch in enumerate(batches):
+            if stop.is_set():
+                break
+            tally.rows += len(batch)
+            if params.dry_run:
+                _dry_run(spec, campaign_id, batch, tally)
+                progress.update(tally.rows, tally.counts)
+                continue
+            skipped = [row for row in batch if row.skip_reason]
+            if skipped:
+                with engine().begin() as conn:
+                    record_outcomes(conn, campaign_id, _skipped(skipped, datetime.now(UTC)))
+                tally.counts["skipped"] += len(skipped)
+            eligible = [dict(row.values, openid=row.openid) for row in batch if not row.skip_reason]
+            if eligible:
+                in_flight.append(
+                    # quote(): Prefect would otherwise walk every row looking for futures.
+                    send_batch.submit(
+                        campaign_id, index, params.app, spec, quote(eligible), settings
+                    )
+                )
+            while len(in_flight) >= PARALLEL_BATCHES:
+                _collect(in_flight.popleft(), tally, stop, params, progress)
+        while in_flight:
             _collect(in_flight.popleft(), tally, stop, params, progress)
-    while in_flight:
-        _collect(in_flight.popleft(), tally, stop, params, progress)
+    except BaseException as exc:
+        # Whatever ended the loop (an error, Ctrl-C, SIGTERM): stop the other batches and let
+        # them record the answers they already have before the campaign's status is written.
+        stop.set(*stop_for_error(exc, campaign_id))
+        _drain(in_flight, DRAIN_GRACE_SECONDS + params.request_timeout_seconds)
+        raise
     return tally
+
+
+def _finished(future: PrefectFuture[Any], seconds: float | None) -> bool:
+    """Wait up to `seconds` (None = for ever) in short slices, so the flow's thread stays
+    responsive to signals; True once the future is done."""
+    deadline = None if seconds is None else time.monotonic() + seconds
+    wrapped = getattr(future, "wrapped_future", None)
+    while wrapped is not None and not wrapped.done():
+        left = WAIT_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
+        if left <= 0:
+            return False
+        future.wait(min(WAIT_SLICE_SECONDS, left))
+    return True
+
+
+def _drain(in_flight: deque[PrefectFuture[BatchSummary]], seconds: float) -> None:
+    """Give stopped batches up to `seconds` to finish and write their answers to the ledger;
+    their results are not needed (the ledger is read afterwards)."""
+    deadline = time.monotonic() + seconds
+    for future in in_flight:
+        _finished(future, max(0.0, deadline - time.monotonic()))
 
 
 # -- stage 4: the outcome -------------------------------------------------------------------
@@ -320,13 +362,42 @@ def decide_status(counts: dict[str, int], stop: StopSignal) -> tuple[CampaignSta
     return CampaignStatus.COMPLETED, None
 
 
-def _end_abnormally(status: CampaignStatus, reason: str) -> Callable[..., None]:
-    """A flow hook that records how a run ended when the flow body could not (cancelled
-    from the UI, or the process crashed): the ledger already holds every answer."""
+def _close(
+    campaign_id: str, stop: StopSignal
+) -> tuple[CampaignStatus, str | None, dict[str, int], dict[str, int]]:
+    """Write the campaign's final status, decided from the ledger's counts and the stop;
+    returns (status, reason, counts, receipt counts)."""
+    with engine().connect() as conn:
+        counts = status_counts(conn, campaign_id)
+        # Read with the counts, so the receipt figures add up to the sent count shown.
+        receipts = receipt_counts(conn, campaign_id)
+    status, reason = decide_status(counts, stop)
+    audience = sum(counts.values())
+    stored = {
+        **{k: v for k, v in counts.items() if k in campaign_rows.COUNT_KEYS},
+        "audience": audience,
+        "eligible": audience - counts.get("skipped", 0),
+    }
+    with engine().begin() as conn:
+        campaign_rows.set_status(conn, campaign_id, status, reason, counts=stored)
+    return status, reason, counts, receipts
+
+
+def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
+    """A flow hook that closes the campaign row when the flow body could not: a cancel from
+    the UI (which wins over any other stop), a crash or a signal (the body set the stop
+    before it re-raised), a failure the body could not record. `kind`/`reason` apply when
+    no stop says more. The ledger already holds every answer."""
 
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
-        with engine().begin() as conn:
-            campaign_rows.end_if_running(conn, str(flow_run.id), status, reason)
+        with engine().connect() as conn:
+            record = campaign_rows.find_by_flow_run(conn, str(flow_run.id))
+        if record is None or record.status != CampaignStatus.RUNNING:
+            return
+        stop = stop_signal(record.id)
+        if kind == "cancel" or not stop.is_set():
+            stop.set(kind, reason.format(campaign_id=record.id))
+        _close(record.id, stop)
 
     return hook
 
@@ -336,10 +407,17 @@ def _end_abnormally(status: CampaignStatus, reason: str) -> Callable[..., None]:
     flow_run_name="campaign-{params.name}",
     task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_BATCHES),
     log_prints=False,
-    on_cancellation=[_end_abnormally(CampaignStatus.CANCELLED, CANCELLED_REASON)],
+    on_cancellation=[_end_abnormally("cancel", CANCELLED_REASON)],
     on_crashed=[
         _end_abnormally(
-            CampaignStatus.FAILED, "the run crashed; run it again with its ID to finish"
+            "pause", "the run crashed; `wxpush campaign resume {campaign_id}` sends the rest"
+        )
+    ],
+    on_failure=[
+        _end_abnormally(
+            "stop",
+            "the run failed; its logs say why. Fix the cause, then "
+            "`wxpush campaign resume {campaign_id}`",
         )
     ],
 )
@@ -357,9 +435,15 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
     stop = stop_signal(campaign_id)
     stop.clear()
     try:
-        preflight.submit(params, campaign_id, sql, binds).result()
+        checked = preflight.submit(params, campaign_id, sql, binds)
+        _finished(checked, None)
+        checked.result()
         progress = Progress.start(
-            campaign_id, params.name, total=count_audience(audience_engine(), sql, binds)
+            campaign_id,
+            params.name,
+            total=count_audience(
+                audience_engine(), sql, binds, timeout_seconds=params.audience_timeout_seconds
+            ),
         )
         if not params.dry_run:
             with engine().connect() as conn:
@@ -369,11 +453,15 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
                     if status != "pending"
                 )
         tally = _send_all(params, app, campaign_id, sql, binds, stop, progress)
-    except CampaignFailed as exc:
-        if not params.dry_run:
-            with engine().begin() as conn:
-                campaign_rows.set_status(conn, campaign_id, CampaignStatus.FAILED, str(exc))
-        log.error("Campaign %r stopped before sending: %s", params.name, exc)
+    except BaseException as exc:
+        if params.dry_run:
+            raise
+        stop.set(*stop_for_error(exc, campaign_id))
+        if isinstance(exc, Exception):
+            status, reason, _, _ = _close(campaign_id, stop)
+            log.error("Campaign %r %s: %s", params.name, status, reason)
+        # A signal or cancellation: the on_crashed / on_cancellation hook closes the row,
+        # since only Prefect knows whether the SIGTERM was a cancel from the UI.
         raise
     seconds = time.monotonic() - started
     receipts: dict[str, int] | None = None  # a dry run sends nothing, so gets no receipts
@@ -381,19 +469,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
         counts = dict(tally.counts)
         status, reason = CampaignStatus.COMPLETED, "dry run: nothing was sent"
     else:
-        with engine().connect() as conn:
-            counts = status_counts(conn, campaign_id)
-            # Read with the counts, so the receipt figures add up to the sent count shown.
-            receipts = receipt_counts(conn, campaign_id)
-        status, reason = decide_status(counts, stop)
-        audience = sum(counts.values())
-        stored = {
-            **{k: v for k, v in counts.items() if k in campaign_rows.COUNT_KEYS},
-            "audience": audience,
-            "eligible": audience - counts.get("skipped", 0),
-        }
-        with engine().begin() as conn:
-            campaign_rows.set_status(conn, campaign_id, status, reason, counts=stored)
+        status, reason, counts, receipts = _close(campaign_id, stop)
     sent_now = tally.counts.get("sent", 0)
     result = CampaignResult(
         campaign_id=campaign_id,

@@ -15,6 +15,7 @@ from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from db.audience import DEFAULT_TIMEOUT_SECONDS
 from db.digest import DEFAULT_DIGEST_SQL, day_binds, digest_campaign_id, zone
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID
 
@@ -31,6 +32,10 @@ DEFAULT_DIGEST_DATA: dict[str, str] = {
 }
 
 _BIND_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+#: The slowest send rate a campaign accepts: one message every 10 s. Slower is a mistake
+#: (`--rate 0.000000001` would never finish), not a plan.
+MIN_RATE_PER_SECOND = 0.1
 
 
 def _template_id_field(default: str | None) -> Any:
@@ -131,10 +136,13 @@ class MessageParams(BaseModel):
     )
     rate_per_second: float | None = Field(
         None,
-        gt=0,
+        ge=MIN_RATE_PER_SECOND,
         le=10_000,
         title="Rate limit (messages/s)",
-        description="Upper bound on sends per second for the whole campaign; empty = no limit.",
+        description=(
+            "Upper bound on sends per second for the whole campaign, at least 0.1 (one "
+            "message every 10 s); empty = no limit."
+        ),
         json_schema_extra={"position": 13},
     )
     max_error_ratio: float = Field(
@@ -167,6 +175,17 @@ class MessageParams(BaseModel):
         title="WeChat answer timeout (s)",
         description="How long one send waits for WeChat's answer before it counts as a retry.",
         json_schema_extra={"position": 14.6},
+    )
+    audience_timeout_seconds: float = Field(
+        DEFAULT_TIMEOUT_SECONDS,
+        ge=1,
+        le=3600,
+        title="Audience SQL timeout (s)",
+        description=(
+            "How long the audience SQL may run: its preview, its count and each batch it "
+            "streams. A query that takes longer stops the campaign before anything is sent."
+        ),
+        json_schema_extra={"position": 9.7},
     )
     dry_run: bool = Field(
         False,

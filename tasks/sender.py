@@ -431,8 +431,9 @@ class _Batch:
             )
 
         while True:
-            if limiter is not None:
-                await limiter.acquire()
+            if limiter is not None and (wait := limiter.reserve()) > 0:
+                # A stop wakes the wait: at a slow rate a slot can be minutes away.
+                await self.stop.sleep(wait)
             if self.stop._stop is not None:
                 if attempts == 0:
                     return None  # never attempted: no outcome, a resume sends it
