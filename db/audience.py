@@ -348,10 +348,11 @@ def _translate(
         )
     if lowered == "interrupted":
         return AudienceQueryError(_timeout_message(timeout_seconds))
-    if code == "SQLITE_AUTH":
+    if code == "SQLITE_AUTH" or lowered == "not authorized" or lowered.endswith("is prohibited"):
+        # The authorizer's refusal (SQLite reports some as SQLITE_ERROR, e.g. PRAGMA functions).
         return AudienceQueryError(
-            f"the audience SQL may not do that: {detail} ({code}); on SQLite it may read any "
-            "table but wxpush's ledger tables, and nothing else (docs/database.md)"
+            f"the audience SQL may not do that: {detail} (SQLITE_AUTH); on SQLite it may read "
+            "any table but wxpush's ledger tables, and nothing else (docs/database.md)"
         )
     return AudienceQueryError(f"the audience SQL is not valid: {detail}")
 
