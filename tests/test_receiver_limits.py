@@ -5,10 +5,13 @@ so the whole file runs in seconds; each test prints the figures it asserts on.""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import resource
 import socket
+import subprocess
+import sys
 import threading
 import time
 import tracemalloc
@@ -19,6 +22,7 @@ import pytest
 
 from bench.receiver import TOKEN, ReceiverProcess, build, start_receiver
 from db.migrate import upgrade
+from receiver.log_limit import RateLimitFilter
 from receiver.replay import NonceCache, NonceRefused
 from tests.fixtures.database import DatabaseFactory
 from wechat.crypto import signed_query
@@ -150,9 +154,12 @@ def test_oversized_headers_are_cut_off_and_memory_stays_bounded(
     cut = sum(closed_by_server(sock, within=5) for sock in socks)
     for sock in socks:
         sock.close()
+    invalid = _lines(receiver.output(), "Invalid HTTP request")
     print(f"\nRSS {before:.0f} MiB before, {during:.0f} MiB with 20 x 32 MiB headers sent")
+    print(f"{len(invalid)} lines of uvicorn's 'Invalid HTTP request' warning for 20")
     print(f"{cut} of 20 connections cut off by the receiver")
     assert cut == 20
+    assert len(invalid) <= 2 * BURST, "rate-limited"
     assert during - before < 32, "unfinished headers are not buffered"
     assert one_real_push(receiver.base).text == "success"
 
@@ -253,6 +260,49 @@ def test_nonce_cache_memory_is_bounded() -> None:
     assert current < 16 * MiB
     with pytest.raises(NonceRefused):
         cache.first_time("1732780000", "7" * 6 * 1024, now=0.0)
+
+
+def test_the_nonce_cache_remembers_a_pair_for_two_windows() -> None:
+    cache = NonceCache(10, max_entries=1000)
+    assert cache.first_time("1732780000", "1", now=0.0)
+    for now in (10.5, 20.5):  # the window passes twice, each time with other pushes
+        assert cache.first_time("1732780000", f"other{now}", now=now)
+        assert not cache.first_time("1732780000", "1", now=now), "still a replay"
+    assert cache.first_time("1732780000", "other", now=31.0)  # a third rotation
+    assert cache.first_time("1732780000", "1", now=31.0), "forgotten after it"
+
+
+@pytest.mark.parametrize(("soft", "hard", "cap"), [(200, 200, 136), (200, 4096, 1000)])
+def test_the_connection_cap_fits_the_descriptor_limit(soft: int, hard: int, cap: int) -> None:
+    """Raised to fit when the hard limit allows, else a smaller cap (in a child process:
+    the limit is per process)."""
+    code = (
+        "import resource; from receiver.server import fit_fd_limit; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({soft}, {hard})); "
+        "print(fit_fd_limit(1000), resource.getrlimit(resource.RLIMIT_NOFILE)[0])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    print(f"\nfd limit {soft}/{hard}, --max-connections 1000: cap, soft limit = {out.stdout}")
+    assert int(out.stdout.split()[0]) == cap
+    assert int(out.stdout.split()[1]) >= cap + 64
+
+
+def _record(message: str = "Refused a callback (%d): %s") -> logging.LogRecord:
+    return logging.LogRecord(
+        "wxpush.receiver", logging.WARNING, __file__, 1, message, (403, "x"), None
+    )
+
+
+def test_the_log_limit_counts_what_it_suppresses() -> None:
+    now = [0.0]
+    limiter = RateLimitFilter(burst=2, interval=10, clock=lambda: now[0])
+    assert [limiter.filter(_record()) for _ in range(5)] == [True, True, False, False, False]
+    assert limiter.filter(_record("Another reason")), "each reason has its own budget"
+    now[0] = 10.0
+    first = _record()
+    assert limiter.filter(first)
+    assert "3 more like this suppressed in the last 10 s" in first.getMessage()
+    assert limiter.filter(_record()) and not limiter.filter(_record())
 
 
 def _lines(output: str, pattern: str) -> list[str]:
