@@ -131,9 +131,10 @@ def _stopped_line(campaign_id: str, signum: int) -> str:
     name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     with engine().connect() as conn:
         record = get_campaign(conn, campaign_id)
-    where = f"is {record.status}" if record is not None else "was not started"
+    if record is None:
+        return f"Stopped by {name} before campaign {campaign_id} started; nothing was sent."
     return (
-        f"Stopped by {name}: campaign {campaign_id} {where}; "
+        f"Stopped by {name}: campaign {campaign_id} is {record.status}; "
         f"`wxpush campaign resume {campaign_id}` sends the rest."
     )
 

@@ -81,6 +81,35 @@ def test_unreachable_api_pauses_for_a_resume(
     assert "could not reach" in reason and "wxpush campaign resume gone" in reason
 
 
+def test_the_cli_says_in_one_line_where_the_campaign_is(
+    audience: Any, db_engine: Engine, sim: Any, make_wechat_app: Any
+) -> None:
+    from typer.testing import CliRunner
+
+    from cli.main import app as cli
+
+    wrong = asyncio.run(make_wechat_app(app_secret="0" * 32))
+    p = params(wrong.name)
+    out = CliRunner().invoke(
+        cli,
+        [
+            "campaign",
+            "run",
+            "--name",
+            "refused",
+            "--app",
+            wrong.name,
+            "--template-id",
+            str(p.template_id),
+            *[f"--data={k}={v}" for k, v in p.data.items()],
+        ],
+    )
+    assert out.exit_code == 1, out.output
+    line = next(line for line in out.output.splitlines() if line.startswith("Campaign "))
+    assert " is failed: WeChat refused: errcode 40125" in line
+    assert "Traceback" not in out.output
+
+
 def _slow_count_sql(dialect: str) -> str:
     """Fast for the preview's 20 rows, several seconds for a count of all 300."""
     if dialect == "postgresql":
