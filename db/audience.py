@@ -57,7 +57,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy import Connection, Engine, bindparam, select, text
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.elements import TextClause
 
@@ -67,6 +67,7 @@ from db.audience_role import (
     superuser_behind,
     superuser_refusal,
 )
+from db.models import deliveries
 from db.outcomes import SkipReason
 from db.types import UTCDateTime
 from db.watchdog import Watchdog, canceller
@@ -602,6 +603,13 @@ WHERE _wx_w._wx_dup = :wx_first AND _wx_w.openid IS NOT NULL"""
     return clause
 
 
+def _has_ledger_rows(ledger: Engine, campaign_id: str) -> bool:
+    """Whether the ledger holds any row of the campaign (one index probe)."""
+    query = select(deliveries.c.openid).where(deliveries.c.campaign_id == campaign_id).limit(1)
+    with ledger.connect() as connection:
+        return connection.execute(query).first() is not None
+
+
 def _not_final(
     ledger: Engine, campaign_id: str, batch: list[AudienceRow], retry_failed: bool
 ) -> list[AudienceRow]:
@@ -636,10 +644,11 @@ def stream_audience(
     The SQL runs through `engine` (the audience connection) in one read-only transaction (a
     server-side cursor on PostgreSQL) until exhausted or closed; `timeout_seconds` bounds the
     query's start and each batch's fetch, enforced by a watchdog. Rows already final for
-    `campaign_id` are dropped per batch by asking `ledger` (the main engine); `pending` rows
-    always come back, and with `retry_failed` so do failures of a RETRY or QUOTA class. A
-    batch left empty is not yielded. Close the generator (or exhaust it) to release the
-    connection.
+    `campaign_id` are dropped per batch by asking `ledger` (the main engine), unless the ledger
+    held no row of the campaign when the stream started (a new campaign: the rows written
+    since are this stream's own); `pending` rows always come back, and with `retry_failed` so
+    do failures of a RETRY or QUOTA class. A batch left empty is not yielded. Close the
+    generator (or exhaust it) to release the connection.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -649,6 +658,7 @@ def stream_audience(
     binds: dict[str, Any] = {**params, "wx_first": 1}
     if window_hours > 0:
         binds["wx_cutoff"] = now - timedelta(hours=window_hours)
+    resuming = _has_ledger_rows(ledger, campaign_id)
     with engine.connect() as connection:
         try:
             with read_only(connection, timeout_seconds) as limit:
@@ -676,7 +686,8 @@ def stream_audience(
                         if not rows:
                             return
                         batch = [_audience_row(names, row, skip_at) for row in rows]
-                        batch = _not_final(ledger, campaign_id, batch, retry_failed)
+                        if resuming:
+                            batch = _not_final(ledger, campaign_id, batch, retry_failed)
                         if batch:
                             yield batch
                 finally:
