@@ -112,6 +112,8 @@ class GuardedH11Protocol(H11Protocol):
 
     def _timed_out(self, seconds: float, part: str) -> None:
         self._deadline = None
+        if self.transport.is_closing():  # uvicorn closed it first (400, keep-alive)
+            return
         self._close(
             _TIMEOUT_ANSWER,
             f"Closed a connection: request {part} not complete within %s s",
