@@ -310,9 +310,11 @@ def _send_all(
                     )
                 )
             while len(in_flight) >= PARALLEL_BATCHES:
-                _collect(in_flight.popleft(), tally, stop, params, progress)
+                _collect(in_flight[0], tally, stop, params, progress)
+                in_flight.popleft()  # only once collected: a batch being waited for is drained
         while in_flight:
-            _collect(in_flight.popleft(), tally, stop, params, progress)
+            _collect(in_flight[0], tally, stop, params, progress)
+            in_flight.popleft()
     except BaseException as exc:
         # Whatever ended the loop (an error, Ctrl-C, SIGTERM): stop the other batches and let
         # them record the answers they already have before the campaign's status is written.
@@ -458,8 +460,16 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
             raise
         stop.set(*stop_for_error(exc, campaign_id))
         if isinstance(exc, Exception):
-            status, reason, _, _ = _close(campaign_id, stop)
-            log.error("Campaign %r %s: %s", params.name, status, reason)
+            try:
+                status, reason, _, _ = _close(campaign_id, stop)
+            except Exception as unrecorded:  # the on_failure hook tries again
+                log.error(
+                    "Could not record how campaign %r ended (%s).",
+                    params.name,
+                    type(unrecorded).__name__,
+                )
+            else:
+                log.error("Campaign %r %s: %s", params.name, status, reason)
         # A signal or cancellation: the on_crashed / on_cancellation hook closes the row,
         # since only Prefect knows whether the SIGTERM was a cancel from the UI.
         raise

@@ -25,7 +25,9 @@ pytestmark = pytest.mark.harness
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _start(audience: Any, db_url: str, prefect_harness: Any, campaign_id: str) -> Any:
+def _start(
+    audience: Any, db_url: str, prefect_harness: Any, campaign_id: str, rate: str = "5"
+) -> Any:
     p = params(audience.name)
     argv = [
         sys.executable,
@@ -42,7 +44,7 @@ def _start(audience: Any, db_url: str, prefect_harness: Any, campaign_id: str) -
         "--template-id",
         str(p.template_id),
         "--rate",
-        "5",
+        rate,
         "--batch-size",
         "20",
         *[f"--data={k}={v}" for k, v in p.data.items()],
@@ -106,3 +108,25 @@ def test_a_signal_pauses_the_campaign_and_keeps_every_answer(
 
     run(params(audience.name, name="signalled", campaign_id=campaign_id))
     assert_exactly_once(db_engine, sim, sim.app_id, campaign_id)
+
+
+def test_sigterm_at_the_slowest_rate_stops_at_once(
+    audience: Any, db_engine: Engine, db_url: str, sim: Any, prefect_harness: Any
+) -> None:
+    """At 0.1 msg/s the senders wait up to 80 s for their slots; a stop wakes them."""
+    proc = _start(audience, db_url, prefect_harness, "sig-slow", rate="0.1")
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and sim.admin.counters().accepted < 1:
+        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
+        time.sleep(0.05)
+    time.sleep(1)  # the other senders are now waiting for their slots
+    signalled = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    took = time.monotonic() - signalled
+    assert proc.returncode == 143, output[-3000:]
+    assert took < 15, f"the CLI took {took:.1f} s to stop after SIGTERM"
+    with db_engine.connect() as conn:
+        record = campaigns.get_campaign(conn, "sig-slow")
+    assert record is not None and record.status is CampaignStatus.PAUSED
+    assert sim.admin.counters().accepted == record.sent_count == 1
