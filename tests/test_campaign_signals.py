@@ -82,6 +82,7 @@ def test_a_signal_pauses_the_campaign_and_keeps_every_answer(
         assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
         time.sleep(0.05)
     assert sim.admin.counters().accepted >= 10, "the campaign was sending"
+    signalled = time.monotonic()
     proc.send_signal(signum)
     try:
         output, _ = proc.communicate(timeout=60)
@@ -89,6 +90,9 @@ def test_a_signal_pauses_the_campaign_and_keeps_every_answer(
         proc.kill()
         output, _ = proc.communicate()
         pytest.fail(f"the CLI did not stop within 60 s of the signal:\n{output[-3000:]}")
+    took = time.monotonic() - signalled
+    print(f"{words}: the CLI exited {took:.1f} s after the signal")
+    assert took < 30, f"the CLI took {took:.1f} s to stop"
     assert proc.returncode == code, output[-3000:]
     assert "Traceback" not in output, output[-3000:]
     lines = [line for line in output.splitlines() if words in line]
@@ -122,8 +126,14 @@ def test_sigterm_at_the_slowest_rate_stops_at_once(
     time.sleep(1)  # the other senders are now waiting for their slots
     signalled = time.monotonic()
     proc.send_signal(signal.SIGTERM)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"the CLI did not stop within 60 s of SIGTERM:\n{output[-3000:]}")
     took = time.monotonic() - signalled
+    print(f"SIGTERM at 0.1 msg/s: the CLI exited {took:.1f} s after the signal")
     assert proc.returncode == 143, output[-3000:]
     assert took < 15, f"the CLI took {took:.1f} s to stop after SIGTERM"
     with db_engine.connect() as conn:
