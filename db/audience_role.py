@@ -151,8 +151,8 @@ def ensure_audience_role(
         # A second lock: every transaction of this role starts read-only.
         connection.exec_driver_sql(f"ALTER ROLE {quoted} SET default_transaction_read_only = on")
         database = connection.execute(text("SELECT current_database()")).scalar_one()
-        connection.exec_driver_sql(f'GRANT CONNECT ON DATABASE "{database}" TO {quoted}')
-        connection.exec_driver_sql(f'GRANT USAGE ON SCHEMA "{schema}" TO {quoted}')
+        connection.exec_driver_sql(f"GRANT CONNECT ON DATABASE {_ident(database)} TO {quoted}")
+        connection.exec_driver_sql(f"GRANT USAGE ON SCHEMA {_ident(schema)} TO {quoted}")
         present = set(
             connection.execute(
                 text(
@@ -165,9 +165,9 @@ def ensure_audience_role(
         granted = tuple(t for t in AUDIENCE_TABLES if t in present)
         revoked = [t for t in LEDGER_TABLES if t in present]
         if revoked:
-            names = ", ".join(f'"{schema}"."{t}"' for t in revoked)
+            names = ", ".join(f"{_ident(schema)}.{_ident(t)}" for t in revoked)
             connection.exec_driver_sql(f"REVOKE ALL ON {names} FROM {quoted}")
-        names = ", ".join(f'"{schema}"."{t}"' for t in granted)
+        names = ", ".join(f"{_ident(schema)}.{_ident(t)}" for t in granted)
         connection.exec_driver_sql(f"GRANT SELECT ON {names} TO {quoted}")
     url = make_url(admin.url).set(username=name, password=password)
     return AudienceRole(
@@ -177,3 +177,8 @@ def ensure_audience_role(
         granted=granted,
         url=url.render_as_string(hide_password=False),
     )
+
+
+def _ident(name: str) -> str:
+    """A quoted SQL identifier (database and schema names come from the server)."""
+    return '"' + name.replace('"', '""') + '"'
