@@ -21,8 +21,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import aiohttp
 import httpx
@@ -77,7 +79,7 @@ def build(mode: str, count: int, first_msgid: int) -> list[tuple[dict[str, str],
                 "Status": STATUSES[n % 3],
             }
         )
-        nonce = f"{mode[0]}{n}"
+        nonce = f"{mode[0]}{first_msgid + n}"  # unique across runs of one receiver
         if mode == "safe":
             body, query = crypto.encrypted_push(xml, stamp, nonce, to_user="gh_bench")
         else:
@@ -86,21 +88,31 @@ def build(mode: str, count: int, first_msgid: int) -> list[tuple[dict[str, str],
     return pushes
 
 
+@dataclass
+class Answers:
+    """What one burst got back: per push index, whether it was acknowledged (`success`)."""
+
+    seconds: float = 0.0
+    latencies: list[float] = field(default_factory=list)
+    acknowledged: list[int] = field(default_factory=list)
+    refused: int = 0
+
+
 async def send_all(
     url: str,
     pushes: list[tuple[dict[str, str], bytes]],
     concurrency: int,
     rate: float | None = None,
-) -> tuple[float, list[float], int]:
+    answers: Answers | None = None,
+) -> Answers:
     """Send every push; with `rate`, push n is due at n/rate s (open loop) and its answer
-    time counts from when it was due, so a receiver that falls behind shows it."""
-    latencies: list[float] = []
-    refused = 0
+    time counts from when it was due, so a receiver that falls behind shows it. A push that
+    gets no answer (the receiver died) counts as refused. Pass `answers` to watch it fill."""
+    answers = answers or Answers()
     todo = iter(enumerate(pushes))
     t0 = time.perf_counter()
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        nonlocal refused
         for n, (query, body) in todo:
             started = time.perf_counter()
             if rate:
@@ -108,17 +120,96 @@ async def send_all(
                 if due > started:
                     await asyncio.sleep(due - started)
                 started = due
-            async with session.post(url, params=query, data=body) as answer:
-                text = await answer.text()
-            latencies.append(time.perf_counter() - started)
-            if answer.status != 200 or text != "success":
-                refused += 1
+            try:
+                async with session.post(url, params=query, data=body) as answer:
+                    status, text = answer.status, await answer.text()
+            except aiohttp.ClientError:
+                status, text = 0, ""
+            answers.latencies.append(time.perf_counter() - started)
+            if status == 200 and text == "success":
+                answers.acknowledged.append(n)
+            else:
+                answers.refused += 1
 
     connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector) as session:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(session) for _ in range(concurrency)))
-        return time.perf_counter() - t0, latencies, refused
+        answers.seconds = time.perf_counter() - t0
+        return answers
+
+
+@dataclass
+class ReceiverProcess:
+    """A running `wxpush receiver`: the process, its base URL, and its output (a file, so a
+    chatty receiver never blocks on a full pipe)."""
+
+    process: subprocess.Popen[bytes]
+    base: str
+    log: IO[bytes]
+
+    def output(self) -> str:
+        """Everything the process printed so far."""
+        self.log.seek(0)
+        return self.log.read().decode(errors="replace")
+
+    def stop(self, timeout: float = 60.0) -> float:
+        """SIGTERM, then wait; returns the seconds it took to exit (kills it past `timeout`)."""
+        started = time.monotonic()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        return time.monotonic() - started
+
+
+def launch_receiver(
+    database_url: str,
+    *,
+    app_id: str = APP_ID,
+    token: str = TOKEN,
+    aes_key: str = AES_KEY,
+    args: Sequence[str] = (),
+) -> ReceiverProcess:
+    """Start `wxpush receiver` on a free port, writing to `database_url` (not waited for);
+    `args` are more of its options."""
+    port = pick_port(0)
+    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "receiver", "--port", str(port), *args],
+        env={
+            **os.environ,
+            "WXPUSH_DATABASE_URL": database_url,
+            "WXPUSH_APP_ID": app_id,
+            "WXPUSH_CALLBACK_TOKEN": token,
+            "WXPUSH_CALLBACK_AES_KEY": aes_key,
+        },
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    return ReceiverProcess(process, f"http://127.0.0.1:{port}", log)
+
+
+def start_receiver(
+    database_url: str, *, timeout: float = 30.0, args: Sequence[str] = (), **account: str
+) -> ReceiverProcess:
+    """`launch_receiver`, returned once /health answers (whatever its status)."""
+    receiver = launch_receiver(database_url, args=args, **account)
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            httpx.get(f"{receiver.base}/health", timeout=1)
+            return receiver
+        except httpx.HTTPError:
+            if receiver.process.poll() is not None or time.monotonic() > deadline:
+                receiver.process.kill()
+                receiver.process.wait()
+                raise RuntimeError(
+                    f"the receiver did not start: {receiver.output()[-2000:]}"
+                ) from None
+            time.sleep(0.1)
 
 
 def wait_written(base: str, expected: int, timeout: float = 120.0) -> None:
@@ -152,28 +243,9 @@ def main() -> None:
         engine = make_engine(url)
         with engine.begin() as conn:
             conn.execute(callback_events.delete().where(callback_events.c.app_id == APP_ID))
-        port = pick_port(0)
-        base = f"http://127.0.0.1:{port}"
-        env = {
-            **os.environ,
-            "WXPUSH_DATABASE_URL": url,
-            "WXPUSH_APP_ID": APP_ID,
-            "WXPUSH_CALLBACK_TOKEN": TOKEN,
-            "WXPUSH_CALLBACK_AES_KEY": AES_KEY,
-        }
-        receiver = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "receiver", "--port", str(port)],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.PIPE,
-        )
+        receiver = start_receiver(url)
+        base = receiver.base
         try:
-            for _ in range(200):
-                try:
-                    httpx.get(f"{base}/health", timeout=1)
-                    break
-                except httpx.HTTPError:
-                    time.sleep(0.1)
             results = []
             sent = 0
             for mode in args.modes:
@@ -181,7 +253,7 @@ def main() -> None:
                     pushes = build(mode, args.callbacks, first_msgid=10**15 + sent)
                     url_ = f"{base}/wechat/callback"
                     asyncio.run(send_all(url_, pushes[:200], 16))  # warm-up
-                    seconds, latencies, refused = asyncio.run(
+                    answers = asyncio.run(
                         send_all(url_, pushes[200:], args.concurrency, rate or None)
                     )
                     sent += len(pushes)
@@ -192,20 +264,27 @@ def main() -> None:
                         ).scalar_one()
                     callbacks = len(pushes) - 200
                     results.append(
-                        Result(mode, rate, callbacks, seconds, latencies, refused, stored)
+                        Result(
+                            mode,
+                            rate,
+                            callbacks,
+                            answers.seconds,
+                            answers.latencies,
+                            answers.refused,
+                            stored,
+                        )
                     )
         finally:
-            receiver.terminate()  # graceful: the writer drains its queue first
-            try:
-                receiver.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                receiver.kill()
-                raise SystemExit("the receiver did not stop within 60 s of SIGTERM") from None
+            # Graceful: bounded however the database is doing (docs/receiver.md).
+            stopped_in = receiver.stop(timeout=60)
+            if receiver.process.returncode != 0:
+                raise SystemExit(f"the receiver stopped badly: {receiver.output()[-2000:]}")
         engine.dispose()
 
     print(
         f"\nreceiver: one uvicorn process, {url.split(':')[0]}, client concurrency "
-        f"{args.concurrency}, {os.cpu_count()} cores shared with the client\n"
+        f"{args.concurrency}, {os.cpu_count()} cores shared with the client; "
+        f"it stopped {stopped_in:.1f} s after SIGTERM\n"
     )
     print(
         "| mode | offered/s | callbacks | callbacks/s | p50 ms | p99 ms | max ms | refused "

@@ -38,6 +38,25 @@ def load_config(app: str, **overrides: object) -> ReceiverConfig:
     )
 
 
+def schema_problem(url: str) -> str | None:
+    """None when the database is at the newest schema; else the one line to print. The
+    receiver refuses to start on an older one: every push would fail to be written."""
+    from db.engine import display_url
+    from db.migrate import current_revision, head_revision
+    from receiver.writer import describe
+
+    where = display_url(url)
+    try:
+        current = current_revision(url)
+    except Exception as exc:  # unreachable, wrong password, …: the driver's class says which
+        return f"cannot read the schema revision of {where} ({describe(exc)})"
+    head = head_revision()
+    if current == head:
+        return None
+    state = "is not migrated" if current is None else f"is at schema {current}"
+    return f"{where} {state}, not {head}: run `wxpush db upgrade` first"
+
+
 def register(app: typer.Typer) -> None:
     """Add `wxpush receiver` to the app."""
 
@@ -113,6 +132,12 @@ def register(app: typer.Typer) -> None:
         except (ValueError, ConfigError) as exc:
             typer.secho(f"wxpush receiver: {exc}", fg="red", err=True)
             raise typer.Exit(1) from None
+        from db.engine import database_url
+
+        problem = schema_problem(database_url())
+        if problem:
+            typer.secho(f"wxpush receiver: {problem}", fg="red", err=True)
+            raise typer.Exit(1)
         typer.echo(
             f"Receiving callbacks for {config.app_id} on http://{host}:{port}/wechat/callback "
             f"({'safe mode and plaintext' if config.encoding_aes_key else 'plaintext only'})"

@@ -38,7 +38,14 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, exists, select, update
 from sqlalchemy.orm import Session
 
-from db.models import CALLBACK_KINDS, RECEIPT_STATUSES, callback_events, deliveries
+from db.models import (
+    CALLBACK_KINDS,
+    RECEIPT_STATUSES,
+    callback_events,
+    deliveries,
+    interactions,
+    recipients,
+)
 from db.types import utcnow
 
 Executor = Connection | Session
@@ -49,7 +56,7 @@ SUBSCRIBE = "subscribe"
 UNSUBSCRIBE = "unsubscribe"
 OTHER = "other"
 
-_MAX_BIGINT = 2**63 - 1
+_MAX_BIGINT = 2**63 - 1  # msgid goes into a signed BIGINT
 _CHUNK = 500  # rows per multi-row SQLite statement (13 columns: 6,500 variables) / IN list
 
 
@@ -223,22 +230,56 @@ def _execute(connection: Connection, sql: str, rows: list[tuple[Any, ...]], *hea
         connection.exec_driver_sql(sql, (*head, *columns))
 
 
-def _check(index: int, record: CallbackRecord) -> None:
-    """Refuse what would store nonsense (a receiver bug, not WeChat data): the batch fails
-    before anything is written. A ValueError here is deterministic; retrying won't help."""
-    where = f"callback record {index} ({record.dedupe_key!r})"
+def _shortest(*columns: Any) -> int:
+    """The smallest VARCHAR length among the columns one record field lands in."""
+    return min(int(column.type.length) for column in columns)
+
+
+#: The longest text each record field may hold, read from the models: the one home of these
+#: limits (PostgreSQL enforces them with DataError; SQLite would store anything).
+TEXT_LIMITS: dict[str, int] = {
+    "app_id": _shortest(callback_events.c.app_id, recipients.c.app_id, interactions.c.app_id),
+    "dedupe_key": _shortest(callback_events.c.dedupe_key),
+    "openid": _shortest(callback_events.c.openid, recipients.c.openid, interactions.c.openid),
+    "msg_type": _shortest(callback_events.c.msg_type),
+    "event": _shortest(callback_events.c.event),
+    "interaction_kind": _shortest(callback_events.c.interaction_kind, interactions.c.kind),
+    "receipt_status": _shortest(callback_events.c.receipt_status, deliveries.c.receipt_status),
+}
+
+
+class InvalidRecord(ValueError):
+    """A record that cannot be stored as it is: retrying will not help. The message names
+    the field and the rule, never the value (it may be anything a stranger sent)."""
+
+
+def check_record(record: CallbackRecord) -> None:
+    """Refuse, before any write, a record that does not fit its columns or the vocabulary:
+    the receiver calls it to answer 400; `apply_callbacks` calls it for every record."""
+    for name, limit in TEXT_LIMITS.items():
+        value = getattr(record, name)
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            raise InvalidRecord(f"{name} is not text")
+        if len(value) > limit:
+            raise InvalidRecord(f"{name} is {len(value)} characters, over its column's {limit}")
+        if "\x00" in value:
+            raise InvalidRecord(f"{name} contains a NUL character")
+    if not record.openid or not record.dedupe_key or not record.msg_type:
+        raise InvalidRecord("openid, dedupe_key and msg_type are required")
     if record.kind not in CALLBACK_KINDS:
-        raise ValueError(f"{where}: kind {record.kind!r} is not one of {CALLBACK_KINDS}")
+        raise InvalidRecord(f"kind {record.kind!r} is not one of {CALLBACK_KINDS}")
     if record.occurred_at.tzinfo is None:
-        raise ValueError(f"{where}: occurred_at is naive; pass an aware UTC datetime")
+        raise InvalidRecord("occurred_at is naive; pass an aware UTC datetime")
     if record.receipt_status is not None and record.receipt_status not in RECEIPT_STATUSES:
-        raise ValueError(
-            f"{where}: receipt_status {record.receipt_status!r} is not one of {RECEIPT_STATUSES}"
+        raise InvalidRecord(
+            f"receipt_status {record.receipt_status!r} is not one of {RECEIPT_STATUSES}"
         )
-    if record.msgid is not None and not -_MAX_BIGINT <= record.msgid <= _MAX_BIGINT:
-        raise ValueError(f"{where}: msgid {record.msgid} does not fit a 64-bit integer")
+    if record.msgid is not None and not 0 <= record.msgid <= _MAX_BIGINT:
+        raise InvalidRecord("msgid does not fit a signed 64-bit integer")
     if record.kind == RECEIPT and record.interaction_kind is not None:
-        raise ValueError(f"{where}: a receipt is not a user interaction")
+        raise InvalidRecord("a receipt is not a user interaction")
 
 
 def _is_receipt(record: CallbackRecord) -> bool:
@@ -378,13 +419,14 @@ def apply_callbacks(executor: Executor, records: Sequence[CallbackRecord]) -> Ca
     """Store a batch of pushes and apply the new ones (see the module doc), in the caller's
     transaction (`with engine.begin() as conn: apply_callbacks(conn, batch)`).
 
-    Raises ValueError, before writing anything, for a record that breaks the vocabulary
-    (kind, receipt_status), a naive `occurred_at`, or a msgid beyond 64 bits.
+    Raises InvalidRecord (a ValueError), before writing anything, for a record
+    `check_record` refuses: too long for its column, outside the vocabulary, a naive
+    `occurred_at`, a msgid beyond a signed 64-bit integer.
     """
     if not records:
         return CallbackCounts()
-    for index, record in enumerate(records):
-        _check(index, record)
+    for record in records:
+        check_record(record)
     unique: dict[tuple[str, str], CallbackRecord] = {}
     for record in records:
         unique.setdefault((record.app_id, record.dedupe_key), record)

@@ -2,9 +2,10 @@
 
 Each POST is checked in an order that costs an attacker the most and us the least:
 signature, then timestamp freshness, then the body size, then (for a new nonce only) the
-XML and the decryption. Every refusal answers with its status before anything is queued.
-An accepted push is queued for the batch writer and answered `success` at once: WeChat
-waits 5 s and retries three times, and a campaign's receipts arrive in bursts.
+XML and the decryption, then every field against its column. Every refusal answers with
+its status before anything is queued. An accepted push is answered `success` only once its
+row is committed (receiver/writer.py groups the waiting pushes into one transaction);
+within WeChat's 5 s, or 503 so that WeChat retries it.
 """
 
 from __future__ import annotations
@@ -21,10 +22,16 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from sqlalchemy import Engine
 from starlette.requests import ClientDisconnect
 
-from db.callbacks import CallbackRecord
+from db.callbacks import CallbackRecord, InvalidRecord, check_record
 from receiver.config import ReceiverConfig
 from receiver.replay import NonceCache, NonceRefused
-from receiver.writer import BatchWriter, WriterClosed
+from receiver.writer import (
+    BatchWriter,
+    CommitTimeout,
+    RecordRefused,
+    WriterClosed,
+    WriterUnavailable,
+)
 from wechat.crypto import CallbackError, MessageCrypto, SignatureError, verify_signature
 from wechat.events import CallbackMessage, encrypted_field, parse_message
 from wechat.events import parse_xml as parse_xml_fields
@@ -126,12 +133,30 @@ class CallbackHandler:
         except CallbackError as exc:  # XML, signature, decryption, appid: each knows its status
             raise Refused(exc.http_status, f"{type(exc).__name__}: {exc}") from None
 
+    def record(self, message: CallbackMessage) -> CallbackRecord:
+        """The push as the row it becomes, refused with 400 unless every field fits its
+        column (db/callbacks.py) and CreateTime is not ahead of our clock by more than the
+        timestamp window: a row PostgreSQL would refuse must never reach the writer, and a
+        push from the future would hold a follower's 48-hour window open for as long."""
+        ahead = message.create_time - self.clock()
+        if ahead > self.config.timestamp_window_seconds:
+            raise Refused(400, f"CreateTime is {ahead:.0f} s in the future")
+        record = _record(self.config.app_id, message)
+        try:
+            check_record(record)
+        except InvalidRecord as exc:
+            raise Refused(400, f"callback field does not fit: {exc}") from None
+        return record
+
 
 def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
     """The FastAPI app for one account, writing to `engine`."""
     handler = CallbackHandler(config)
     writer = BatchWriter(
-        engine, batch_size=config.batch_size, flush_interval=config.flush_interval_seconds
+        engine,
+        batch_size=config.batch_size,
+        commit_timeout=config.commit_timeout_seconds,
+        max_backlog=config.max_backlog,
     )
 
     @asynccontextmanager
@@ -140,7 +165,8 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
         try:
             yield
         finally:
-            # Every acknowledged callback is written before the process exits.
+            # Bounded, whatever the database does: every acknowledged callback is already
+            # committed, and what is still queued was never acknowledged.
             await writer.close()
             log.info("Receiver stopped; %d callbacks written.", writer.stats.written)
 
@@ -174,27 +200,38 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
             handler.check_signed(query)
             body = await _read_limited(request, config.max_body_bytes)
             handler.check_new(query)
-            message = handler.decode(query, body)
-            writer.put(_record(config.app_id, message))
+            record = handler.record(handler.decode(query, body))
+            await writer.commit(record)
         except Refused as refused:
             return _refusal(refused)
+        except RecordRefused:
+            return _refusal(Refused(400, "the database refuses this callback"))
         except WriterClosed:
             return PlainTextResponse("shutting down", status_code=503)
+        except (WriterUnavailable, CommitTimeout) as exc:
+            return PlainTextResponse(f"not stored: {exc}", status_code=503)
         return PlainTextResponse("success")
 
     @app.get("/health")
     async def health() -> JSONResponse:
+        """503 and `unhealthy` while the database is unwritable; `last_error` is the
+        driver's error class and code only, never its text (it carries SQL)."""
         stats = writer.stats
+        down = writer.unwritable_for
         return JSONResponse(
             {
-                "status": "ok",
+                "status": "ok" if down is None else "unhealthy",
+                "unwritable_seconds": None if down is None else round(down, 1),
+                "refusing_pushes": writer.refusing,
                 "backlog": writer.backlog,
                 "written": stats.written,
                 "batches": stats.batches,
                 "write_failures": stats.failures,
                 "last_error": stats.last_error,
+                "rejected": stats.rejected,
                 **stats.totals,
-            }
+            },
+            status_code=200 if down is None else 503,
         )
 
     return app

@@ -30,8 +30,14 @@ class ReceiverConfig(BaseModel):
     )
     max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger bodies get HTTP 413.")
     batch_size: int = Field(500, ge=1, description="Callbacks written per transaction.")
-    flush_interval_seconds: float = Field(
-        0.2, gt=0, description="Longest wait before a partial batch is written."
+    commit_timeout_seconds: float = Field(
+        4.0,
+        gt=0,
+        le=4.5,
+        description="A push not committed within this gets 503 (WeChat waits 5 s, then retries).",
+    )
+    max_backlog: int = Field(
+        10_000, ge=1, description="Pushes waiting for a commit, at most; more get 503 at once."
     )
     # Bounds on what anyone who can reach the URL, token or not, can make the process hold.
     max_header_bytes: int = Field(

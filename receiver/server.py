@@ -185,7 +185,9 @@ def serve(app: FastAPI, config: ReceiverConfig, host: str, port: int) -> None:
         log_level="warning",
         access_log=False,
         server_header=False,
-        timeout_graceful_shutdown=30,
+        # SIGTERM ends the process within 10 s: requests in progress get this long (a push
+        # waits at most commit_timeout_seconds), then the writer's close() its own bound.
+        timeout_graceful_shutdown=5,
     )
     # After uvicorn.Config, which configures its loggers: each flood-able warning is
     # rate-limited (refusals, cut-off connections, uvicorn's "Invalid HTTP request").

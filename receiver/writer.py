@@ -1,16 +1,30 @@
-"""Write callbacks in bulk after they were acknowledged: WeChat gives 5 s per push and
-sends bursts (a campaign's receipts), so the request path only enqueues; one task drains
-the queue into one transaction per batch.
+"""Group commit: a push is acknowledged only once its row is committed, and one transaction
+serves every push that arrived while the previous one was being written.
 
-Nothing queued is lost on a graceful shutdown: `close()` stops taking new records and
-writes every queued one. A database that is down is retried with backoff, the batch kept.
+`put` queues a record and returns a future; one task drains the queue into one transaction
+per batch (up to `batch_size`) and settles the futures when it commits. The request path
+awaits its future for at most the commit timeout (WeChat waits 5 s, then retries), so
+`success` always means stored, and a `kill -9` loses nothing that was acknowledged.
 
-A receipt can arrive before the campaign has written its msgid (a batch is recorded after
-its last answer). The send path matches stored receipts when it writes; for the race where
-both transactions commit at the same moment (neither sees the other), the writer checks
-each receipt it stored unmatched once more, a few seconds later, when the campaign's
-transaction has surely committed. Receipts for msgids no campaign of ours sent stay
-unmatched, at the cost of one index lookup each.
+What goes wrong is sorted by whose fault it is:
+- **the record** (DataError, IntegrityError, ValueError …): the batch is split in halves
+  until the bad record stands alone; it is dropped with a log line and its request answers
+  400. The others are written. Never retried: it would fail the same way for ever.
+- **the database** (OperationalError, a refused connection, a missing table, a statement
+  stuck behind a lock): the batch is kept and retried with backoff. Meanwhile the writer is
+  unhealthy (/health answers 503), and once that has lasted one commit timeout new pushes
+  are refused at once with 503, so WeChat retries them later; so is a push that finds the
+  backlog full. A record whose request already got 503 is still written when the database
+  returns: the dedupe key makes WeChat's retry of it a no-op.
+
+`close()` is bounded: it writes what it can within `CLOSE_TIMEOUT_SECONDS` and fails the
+rest (never acknowledged). Transactions run in one daemon thread, not asyncio's thread pool,
+whose threads the interpreter joins at exit: a statement stuck on a dead database must not
+keep the process alive after SIGTERM.
+
+A receipt can arrive before the campaign has written its msgid. The send path matches
+stored receipts when it writes; for the race where both transactions commit at the same
+moment, the writer checks each receipt it stored unmatched once more, a few seconds later.
 """
 
 from __future__ import annotations
@@ -18,11 +32,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import queue
+import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from db.callbacks import (
     RECEIPT,
@@ -34,9 +53,14 @@ from db.callbacks import (
 
 log = logging.getLogger("wxpush.receiver")
 
+T = TypeVar("T")
+
 RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 RECHECK_AFTER_SECONDS = 3.0
 SWEEP_EVERY_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 3.0
+DEFAULT_COMMIT_TIMEOUT = 4.0
+DEFAULT_MAX_BACKLOG = 10_000
 
 
 @dataclass
@@ -46,7 +70,6 @@ class WriterStats:
     queued: int = 0
     written: int = 0
     batches: int = 0
-    duplicates: int = 0
     failures: int = 0
     rejected: int = 0
     late_matches: int = 0
@@ -55,29 +78,119 @@ class WriterStats:
 
 
 class WriterClosed(RuntimeError):
-    """The receiver is shutting down and takes no new callbacks."""
+    """The receiver is shutting down and takes no new callbacks (answer 503)."""
+
+
+class WriterUnavailable(RuntimeError):
+    """The database has been unwritable for too long, or the backlog is full (answer 503)."""
+
+
+class CommitTimeout(RuntimeError):
+    """The push was not committed within the commit timeout (answer 503; it stays queued)."""
+
+
+class RecordRefused(ValueError):
+    """The database refused this record as invalid: dropped, never retried (answer 400)."""
+
+
+@dataclass(slots=True)
+class _Pending:
+    record: CallbackRecord
+    future: asyncio.Future[None]
+    since: float
+
+
+def about_the_record(exc: BaseException) -> bool:
+    """True when `exc` says this data cannot be stored (retrying cannot help); False when it
+    says the database cannot store anything right now (retry, and report unhealthy)."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        exc = exc.orig or exc  # a driver's own TypeError / OverflowError, wrapped
+    return isinstance(exc, ValueError | TypeError | ArithmeticError)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, value-free description for /health and logs: the driver's exception class
+    and its error code, never the message (SQLAlchemy's carries the SQL and parameters)."""
+    orig = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    text = f"{type(orig).__name__} ({code})" if code else type(orig).__name__
+    if code == "42P01" or str(orig).startswith("no such table"):
+        text += ": a table is missing; run `wxpush db upgrade`"
+    return text
+
+
+class _DatabaseThread:
+    """Runs blocking calls one at a time in a daemon thread; each call returns a future of
+    the running loop. A call stuck in the database never delays the process's exit."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+
+    def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._serve, name="callback-writer-db", daemon=True
+            )
+            self._thread.start()
+        self._jobs.put((loop, future, function, args))
+        return future
+
+    def _serve(self) -> None:
+        while True:
+            loop, future, function, args = self._jobs.get()
+            try:
+                outcome: tuple[bool, Any] = (True, function(*args))
+            except BaseException as exc:
+                outcome = (False, exc)
+            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+                loop.call_soon_threadsafe(_settle, future, outcome)
+
+
+def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
+    if future.done():
+        return
+    ok, value = outcome
+    if ok:
+        future.set_result(value)
+    else:
+        future.set_exception(value)
+
+
+def _retrieve(future: asyncio.Future[None]) -> None:
+    """Mark a future's exception as seen: a request that timed out no longer awaits it."""
+    if not future.cancelled():
+        future.exception()
 
 
 class BatchWriter:
-    """An asyncio queue drained into `apply_callbacks`, one transaction per batch."""
+    """Records in, one transaction per batch, each record's future settled on commit."""
 
     def __init__(
         self,
         engine: Engine,
         *,
         batch_size: int = 500,
-        flush_interval: float = 0.2,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
+        max_backlog: int = DEFAULT_MAX_BACKLOG,
         apply: Callable[..., CallbackCounts] = apply_callbacks,
     ) -> None:
         self.engine = engine
         self.batch_size = batch_size
-        self.flush_interval = flush_interval
+        self.commit_timeout = commit_timeout
+        self.max_backlog = max_backlog
         self._apply = apply
-        # None is the wake-up call of close(): a writer waiting out a long flush interval
-        # must not make shutdown wait for it.
-        self._queue: asyncio.Queue[CallbackRecord | None] = asyncio.Queue()
+        self._queue: deque[_Pending] = deque()
+        self._current: list[_Pending] = []  # the batch being written
+        self._wake = asyncio.Event()
+        self._db = _DatabaseThread()
         self._task: asyncio.Task[None] | None = None
         self._closing = False
+        self._down_since: float | None = None  # the first failure of the current outage
         self._unmatched: dict[int, float] = {}  # msgid → when first stored unmatched
         self._last_sweep = 0.0
         self.stats = WriterStats()
@@ -86,101 +199,169 @@ class BatchWriter:
         """Begin draining (call from the running event loop)."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="callback-writer")
 
-    def put(self, record: CallbackRecord) -> None:
-        """Queue one callback; raises WriterClosed during shutdown (the caller answers 503,
-        so WeChat retries it against the next process)."""
+    # -- the request side ------------------------------------------------------------------------
+
+    def put(self, record: CallbackRecord) -> asyncio.Future[None]:
+        """Queue one record; the future resolves when it is committed, or fails with
+        RecordRefused / WriterClosed. Raises WriterClosed or WriterUnavailable instead of
+        queueing when the receiver should answer 503 at once."""
         if self._closing:
             raise WriterClosed("the receiver is shutting down")
-        self._queue.put_nowait(record)
+        if self.refusing:
+            raise WriterUnavailable("the database has been unwritable for too long")
+        if self.backlog >= self.max_backlog:
+            raise WriterUnavailable(f"{self.backlog} callbacks are waiting to be written")
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._queue.append(_Pending(record, future, time.monotonic()))
         self.stats.queued += 1
+        self._wake.set()
+        return future
+
+    async def commit(self, record: CallbackRecord, timeout: float | None = None) -> None:
+        """Queue `record` and return once it is committed. Raises CommitTimeout after
+        `timeout` (default: the writer's commit timeout); the record stays queued."""
+        future = self.put(record)
+        try:
+            await asyncio.wait_for(asyncio.shield(future), timeout or self.commit_timeout)
+        except TimeoutError:
+            raise CommitTimeout("not committed in time") from None
 
     @property
     def backlog(self) -> int:
-        """Callbacks acknowledged but not yet written (queued or in the batch being built)."""
-        return self.stats.queued - self.stats.written
+        """Records queued or being written: not yet committed."""
+        return len(self._queue) + len(self._current)
 
-    async def close(self) -> None:
-        """Stop taking callbacks and write every queued one before returning."""
+    @property
+    def unwritable_for(self) -> float | None:
+        """Seconds the database has been failing, or stuck on the oldest waiting record for
+        longer than the commit timeout; None while it writes."""
+        now = time.monotonic()
+        if self._down_since is not None:
+            return now - self._down_since
+        waiting = self._current or self._queue
+        if waiting and now - waiting[0].since > self.commit_timeout:
+            return now - waiting[0].since
+        return None
+
+    @property
+    def healthy(self) -> bool:
+        """False while the database is unwritable (/health answers 503)."""
+        return self.unwritable_for is None
+
+    @property
+    def refusing(self) -> bool:
+        """True once the database has been unwritable for a commit timeout: new pushes get
+        503 at once instead of waiting for a commit that will not come."""
+        down = self.unwritable_for
+        return down is not None and down >= self.commit_timeout
+
+    async def close(self, timeout: float = CLOSE_TIMEOUT_SECONDS) -> None:
+        """Stop taking records, write what can be written within `timeout`, and fail the
+        rest with WriterClosed (their requests were never answered `success`)."""
         self._closing = True
-        self._queue.put_nowait(None)
+        self._wake.set()
         if self._task is not None:
-            await self._task
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        left = [*self._current, *self._queue]
+        self._current, self._queue = [], deque()
+        for pending in left:
+            if not pending.future.done():
+                pending.future.set_exception(WriterClosed("not written before shutdown"))
+        if left:
+            log.error(
+                "Stopped with %d callbacks unwritten (%s); none was acknowledged, so WeChat "
+                "retries them.",
+                len(left),
+                self.stats.last_error or "the database did not answer in time",
+            )
+
+    # -- the writer task -------------------------------------------------------------------------
 
     async def _run(self) -> None:
         while True:
-            batch = await self._next_batch()
-            if batch:
-                await self._write(batch)
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), SWEEP_EVERY_SECONDS)
+            if self._queue:
+                count = min(len(self._queue), self.batch_size)
+                self._current = [self._queue.popleft() for _ in range(count)]
+                await self._write()
+                self._current = []
             if self._unmatched and time.monotonic() - self._last_sweep >= SWEEP_EVERY_SECONDS:
                 await self._sweep()
-            if not batch and self._closing and self._queue.empty():
-                return
 
-    async def _next_batch(self) -> list[CallbackRecord]:
-        batch: list[CallbackRecord] = []
-        deadline = time.monotonic() + self.flush_interval
-        while len(batch) < self.batch_size:
-            if not self._queue.empty():
-                item = self._queue.get_nowait()
-                if item is not None:
-                    batch.append(item)
-                continue
-            left = deadline - time.monotonic()
-            if left <= 0 or self._closing:
-                break
-            with contextlib.suppress(TimeoutError):
-                item = await asyncio.wait_for(self._queue.get(), timeout=left)
-                if item is not None:
-                    batch.append(item)
-        return batch
-
-    async def _write(self, batch: Sequence[CallbackRecord]) -> None:
+    async def _write(self) -> None:
+        """Commit `self._current`: split around bad records, retry the database."""
+        parts = [self._current]
         attempt = 0
-        while True:
+        while parts:
+            part = parts[0]
             try:
-                counts = await asyncio.to_thread(self._transaction, batch)
-            except ValueError:
-                # A record the ledger refuses (a receiver bug, not an outage): write the
-                # others one by one rather than retrying the batch for ever.
-                await self._write_one_by_one(batch)
-                return
-            except Exception as exc:  # the database is down or refused: keep the batch
-                self.stats.failures += 1
-                self.stats.last_error = f"{type(exc).__name__}: {str(exc)[:200]}"
-                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
-                log.error(
-                    "Writing %d callbacks failed (%s); retrying in %.1f s, nothing is dropped.",
-                    len(batch),
-                    self.stats.last_error,
-                    delay,
-                )
+                counts = await self._db.run(self._transaction, [p.record for p in part])
+            except Exception as exc:
+                if about_the_record(exc):
+                    parts.pop(0)
+                    if len(part) == 1:
+                        self._drop(part[0], exc)
+                    else:
+                        middle = len(part) // 2
+                        parts[:0] = [part[:middle], part[middle:]]
+                    continue
+                await self._failed(len(part), exc, attempt)
                 attempt += 1
-                await asyncio.sleep(delay)
                 continue
-            self._count(batch, counts)
-            return
+            parts.pop(0)
+            self._committed(part, counts)
 
-    def _count(self, batch: Sequence[CallbackRecord], counts: CallbackCounts) -> None:
-        self.stats.written += len(batch)
+    async def _failed(self, size: int, exc: Exception, attempt: int) -> None:
+        self.stats.failures += 1
+        self.stats.last_error = describe(exc)
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+        delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+        log.error(
+            "Writing %d callbacks failed (%s); retrying in %.1f s.",
+            size,
+            self.stats.last_error,
+            delay,
+        )
+        await asyncio.sleep(delay)
+
+    def _drop(self, pending: _Pending, exc: Exception) -> None:
+        self.stats.rejected += 1
+        record = pending.record
+        log.error(
+            "Dropped a callback the database refuses (%s): kind %s, key %r.",
+            describe(exc),
+            record.kind,
+            str(record.dedupe_key)[:80],
+        )
+        if not pending.future.done():
+            pending.future.set_exception(RecordRefused("the database refuses this callback"))
+
+    def _committed(self, part: Sequence[_Pending], counts: CallbackCounts) -> None:
+        self._down_since = None
+        self.stats.written += len(part)
         self.stats.batches += 1
         for key, value in asdict(counts).items():
             self.stats.totals[key] = self.stats.totals.get(key, 0) + value
         if counts.receipts_unmatched:
             now = time.monotonic()
-            for record in batch:
+            for pending in part:
+                record = pending.record
                 if record.kind == RECEIPT and record.msgid is not None:
                     self._unmatched.setdefault(record.msgid, now)
-
-    async def _write_one_by_one(self, batch: Sequence[CallbackRecord]) -> None:
-        for record in batch:
-            try:
-                counts = await asyncio.to_thread(self._transaction, [record])
-            except ValueError as exc:
-                self.stats.rejected += 1
-                self.stats.written += 1  # handled: it will never be written
-                log.error("A callback the ledger refuses was dropped: %s", exc)
-                continue
-            self._count([record], counts)
+        for pending in part:
+            if not pending.future.done():
+                pending.future.set_result(None)
 
     async def _sweep(self) -> None:
         """Re-check, once, the unmatched receipts stored more than a few seconds ago."""
@@ -190,9 +371,9 @@ class BatchWriter:
         if not msgids:
             return
         try:
-            self.stats.late_matches += await asyncio.to_thread(self._match, msgids)
+            self.stats.late_matches += await self._db.run(self._match, msgids)
         except Exception as exc:  # kept: the next sweep tries again
-            log.warning("Matching late receipts failed: %s", type(exc).__name__)
+            log.warning("Matching late receipts failed: %s", describe(exc))
             return
         for msgid in msgids:
             del self._unmatched[msgid]

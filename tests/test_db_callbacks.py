@@ -446,6 +446,12 @@ def test_a_large_mixed_batch(db_engine: Engine) -> None:
         ({"kind": "click"}, "kind 'click'"),
         ({"receipt_status": "success"}, "receipt_status 'success'"),
         ({"msgid": 2**64}, "64-bit"),
+        ({"msgid": 2**63}, "64-bit"),
+        ({"openid": "o" * 65}, "openid is 65 characters, over its column's 64"),
+        ({"event": "E" * 65}, "event is 65 characters"),
+        ({"msg_type": "t" * 33}, "msg_type is 33 characters"),
+        ({"dedupe_key": "k" * 201}, "dedupe_key is 201"),
+        ({"openid": "o\x00"}, "NUL"),
     ],
 )
 def test_bad_records_are_refused_before_anything_is_written(

@@ -4,20 +4,23 @@ WeChat's retries applied once, and no acknowledged callback lost at shutdown."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import Engine, func, select
 
-from db.callbacks import CallbackRecord
+from db.callbacks import CallbackRecord, apply_callbacks
+from db.engine import make_engine
 from db.models import callback_events, recipients
 from receiver.app import CALLBACK_PATH, create_app
 from receiver.config import ReceiverConfig
-from receiver.writer import BatchWriter
+from receiver.writer import BatchWriter, RecordRefused, WriterClosed
 from wechat.crypto import MessageCrypto, signature, signed_query
 from wechat.events import to_xml
 
@@ -29,9 +32,7 @@ OTHER_KEY = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut"
 
 @pytest.fixture
 def config() -> ReceiverConfig:
-    return ReceiverConfig(
-        app_id=APP_ID, token=TOKEN, encoding_aes_key=AES_KEY, flush_interval_seconds=0.05
-    )
+    return ReceiverConfig(app_id=APP_ID, token=TOKEN, encoding_aes_key=AES_KEY)
 
 
 @pytest.fixture
@@ -226,6 +227,103 @@ def test_refusals_answer_their_status_and_write_nothing(
     assert TOKEN not in logged and AES_KEY not in logged and OTHER_KEY not in logged
 
 
+# -- poison pushes: refused with 400, and the receiver goes on ----------------------------------
+
+
+def _push(**fields: str | int) -> bytes:
+    """A text message from a follower, with `fields` replacing or adding elements."""
+    base: dict[str, str | int] = {
+        "ToUserName": "gh_test",
+        "FromUserName": "o-good",
+        "CreateTime": int(time.time()),
+        "MsgType": "text",
+        "Content": "hi",
+        "MsgId": 5_000_000_001,
+    }
+    return to_xml({**base, **fields})
+
+
+def _event(**fields: str | int) -> bytes:
+    return _push(**{"MsgType": "event", "Event": "CLICK", "EventKey": "menu", **fields})
+
+
+POISON: list[tuple[str, Any]] = [
+    ("FromUserName over 64", lambda: _push(FromUserName="o" * 65)),
+    ("Event over 64", lambda: _event(Event="E" * 65)),
+    ("MsgType over 32", lambda: _push(MsgType="t" * 33)),
+    ("MsgId of 2^63", lambda: _push(MsgId=2**63)),
+    ("receipt MsgID of 2^64-1", lambda: _receipt(msgid=2**64 - 1)),
+    ("CreateTime a day ahead", lambda: _push(CreateTime=int(time.time()) + 86_400)),
+    ("CreateTime in 1970", lambda: _push(CreateTime=1000)),
+]
+
+
+@pytest.mark.parametrize("poison", POISON, ids=lambda p: p[0])
+def test_a_push_that_does_not_fit_its_columns_is_refused_and_the_next_is_written(
+    client: TestClient, db_engine: Engine, poison: tuple[str, Any]
+) -> None:
+    _name, make = poison
+    refused = client.post(CALLBACK_PATH, params=_query(), content=make())
+    assert refused.status_code == 400, refused.text
+    body, query = _safe(make())  # the same push in safe mode
+    assert client.post(CALLBACK_PATH, params=query, content=body).status_code == 400
+    good = client.post(CALLBACK_PATH, params=_query(), content=_text("o-after", 61))
+    assert (good.status_code, good.text) == (200, "success")
+    health = client.get("/health")
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert _events(db_engine) == 1
+
+
+def test_pushes_at_the_column_limits_are_written(client: TestClient, db_engine: Engine) -> None:
+    longest = [
+        _push(FromUserName="o" * 64, MsgId=2**63 - 1),
+        _event(FromUserName="p" * 64, Event="E" * 64),
+        _push(MsgType="t" * 32, MsgId=7),
+    ]
+    for body in longest:
+        answer = client.post(CALLBACK_PATH, params=_query(), content=body)
+        assert (answer.status_code, answer.text) == (200, "success")
+    assert _events(db_engine) == 3
+
+
+def test_an_unmigrated_database_gets_503_and_unhealthy_then_recovers(
+    blank_db_url: str,
+) -> None:
+    from db.migrate import upgrade
+
+    engine = make_engine(blank_db_url)
+    config = ReceiverConfig(app_id=APP_ID, token=TOKEN, commit_timeout_seconds=1.0)
+    try:
+        with TestClient(create_app(config, engine)) as client:
+            first = client.post(CALLBACK_PATH, params=_query(), content=_text("o-1", 1))
+            assert first.status_code == 503, "not stored, so not acknowledged"
+            health = client.get("/health")
+            assert health.status_code == 503 and health.json()["status"] == "unhealthy"
+            error = health.json()["last_error"]
+            assert error and all(
+                word not in error.upper() for word in ("INSERT", "SELECT", "CALLBACK_EVENTS")
+            ), error
+            time.sleep(1.2)  # down for longer than the bound: refused at once
+            started = time.monotonic()
+            fast = client.post(CALLBACK_PATH, params=_query(), content=_text("o-2", 2))
+            assert fast.status_code == 503 and time.monotonic() - started < 0.5
+
+            upgrade(blank_db_url)
+            deadline = time.monotonic() + 15
+            while True:
+                answer = client.post(CALLBACK_PATH, params=_query(), content=_text("o-3", 3))
+                if answer.text == "success" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.2)
+            assert answer.text == "success", "the writer recovered once the schema was there"
+            assert client.get("/health").json()["status"] == "ok"
+        with engine.connect() as conn:
+            keys = set(conn.execute(select(callback_events.c.dedupe_key)).scalars())
+        assert {"msg:1", "msg:3"} <= keys  # the first one was kept and written on recovery
+    finally:
+        engine.dispose()
+
+
 def test_a_replayed_nonce_is_refused_and_written_once(
     client: TestClient, db_engine: Engine
 ) -> None:
@@ -243,7 +341,6 @@ def test_the_previous_aes_key_still_opens_pushes_after_a_rotation(db_engine: Eng
         token=TOKEN,
         encoding_aes_key=OTHER_KEY,
         previous_encoding_aes_key=AES_KEY,
-        flush_interval_seconds=0.05,
     )
     with TestClient(create_app(rotated, db_engine)) as client:
         body, query = _safe(_receipt(msgid=10))  # still encrypted with the old key
@@ -251,26 +348,40 @@ def test_the_previous_aes_key_still_opens_pushes_after_a_rotation(db_engine: Eng
     assert _events(db_engine) == 1
 
 
-# -- durability -----------------------------------------------------------------------------------
+# -- acknowledged means stored ------------------------------------------------------------------
 
 
-def test_every_acknowledged_callback_is_written_at_shutdown(
+def test_success_is_answered_only_once_the_push_is_committed(
     config: ReceiverConfig, db_engine: Engine
 ) -> None:
-    slow = config.model_copy(update={"flush_interval_seconds": 30.0, "batch_size": 5000})
-    with TestClient(create_app(slow, db_engine)) as client:
-        for n in range(300):
+    with TestClient(create_app(config, db_engine)) as client:
+        for n in range(50):
             answer = client.post(CALLBACK_PATH, params=_query(), content=_receipt(msgid=n + 1))
-            assert answer.status_code == 200
-        assert client.get("/health").json()["backlog"] == 300  # acknowledged, not written
-    assert _events(db_engine) == 300
+            assert answer.text == "success"
+            assert _events(db_engine) == n + 1  # no waiting: it is there when answered
+        assert client.get("/health").json()["backlog"] == 0
+
+
+def _record(n: int, **changes: Any) -> CallbackRecord:
+    return CallbackRecord(
+        **{
+            "app_id": APP_ID,
+            "dedupe_key": f"receipt:{n}",
+            "openid": "o-x",
+            "kind": "receipt",
+            "occurred_at": datetime.now(UTC),
+            "msg_type": "event",
+            "event": "TEMPLATESENDJOBFINISH",
+            "msgid": n,
+            "receipt_status": "delivered",
+            **changes,
+        }
+    )
 
 
 async def test_a_database_that_fails_is_retried_and_nothing_is_dropped(
     db_engine: Engine,
 ) -> None:
-    from db.callbacks import apply_callbacks
-
     failures = {"left": 2}
 
     def flaky(connection: Any, batch: Any) -> Any:
@@ -279,28 +390,61 @@ async def test_a_database_that_fails_is_retried_and_nothing_is_dropped(
             raise ConnectionError("database went away")
         return apply_callbacks(connection, batch)
 
-    writer = BatchWriter(db_engine, batch_size=10, flush_interval=0.01, apply=flaky)
+    writer = BatchWriter(db_engine, batch_size=10, apply=flaky)
     writer.start()
-    from datetime import UTC, datetime
-
-    for n in range(25):
-        writer.put(
-            CallbackRecord(
-                app_id=APP_ID,
-                dedupe_key=f"receipt:{n}",
-                openid="o-x",
-                kind="receipt",
-                occurred_at=datetime.now(UTC),
-                msg_type="event",
-                event="TEMPLATESENDJOBFINISH",
-                msgid=n,
-                receipt_status="delivered",
-            )
-        )
+    committed = [writer.put(_record(n)) for n in range(25)]
+    await asyncio.wait_for(asyncio.gather(*committed), timeout=10)
     await writer.close()
     assert writer.stats.failures == 2
     assert writer.stats.written == 25
     assert _events(db_engine) == 25
+
+
+def _poison(db_engine: Engine) -> list[CallbackRecord]:
+    """Records the database itself refuses (what the receiver's checks would stop first)."""
+    bad = [_record(900, openid=None, dedupe_key="receipt:null-openid")]  # NOT NULL
+    if db_engine.dialect.name == "postgresql":  # SQLite does not enforce VARCHAR lengths
+        bad.append(_record(901, openid="o" * 65, dedupe_key="receipt:long-openid"))
+    return bad
+
+
+@pytest.mark.parametrize("checked", [True, False], ids=["checked", "unchecked"])
+async def test_a_record_the_database_refuses_is_dropped_and_the_rest_written(
+    db_engine: Engine,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+    checked: bool,
+) -> None:
+    if not checked:  # a record the checks let through: the database itself refuses it
+        monkeypatch.setattr("db.callbacks.check_record", lambda record: None)
+    writer = BatchWriter(db_engine, batch_size=500)
+    writer.start()
+    poison = _poison(db_engine)
+    good = [_record(n) for n in range(40)]
+    futures = [writer.put(r) for r in [*good[:20], *poison, *good[20:]]]
+    outcomes = await asyncio.wait_for(asyncio.gather(*futures, return_exceptions=True), timeout=20)
+    await asyncio.wait_for(writer.close(), timeout=10)
+    refused = [o for o in outcomes if isinstance(o, RecordRefused)]
+    assert len(refused) == len(poison), outcomes
+    assert writer.stats.rejected == len(poison)
+    assert _events(db_engine) == 40
+    assert writer.healthy, "a bad record is not a sick database"
+    assert "Dropped a callback the database refuses" in caplog.text
+
+
+async def test_close_is_bounded_while_the_database_is_down(db_engine: Engine) -> None:
+    def down(connection: Any, batch: Any) -> Any:
+        raise ConnectionRefusedError("connection refused")
+
+    writer = BatchWriter(db_engine, apply=down)
+    writer.start()
+    pending = writer.put(_record(1))
+    await asyncio.sleep(0.5)
+    assert not writer.healthy
+    started = time.monotonic()
+    await asyncio.wait_for(writer.close(), timeout=10)
+    assert time.monotonic() - started < 5
+    assert pending.done() and isinstance(pending.exception(), WriterClosed)
 
 
 def test_the_signature_helper_matches_wechats_rule() -> None:

@@ -4,10 +4,6 @@ ledger and the next campaign show what the followers did. SQLite and PostgreSQL.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,7 +13,7 @@ import httpx
 import pytest
 from sqlalchemy import Engine, text
 
-from cli.services import pick_port
+from bench.receiver import start_receiver
 from tests.campaign_helpers import ledger, params
 from tests.campaign_helpers import run_campaign as run
 
@@ -32,34 +28,9 @@ STATUS_OF = {"success": "delivered", "failed:user block": "user_block"}
 @pytest.fixture
 def receiver(db_url: str, sim: Any) -> Iterator[str]:
     """`wxpush receiver` on a free port, for the simulator's account, writing to db_url."""
-    port = pick_port(0)
-    base = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "WXPUSH_DATABASE_URL": db_url,
-        "WXPUSH_APP_ID": sim.app_id,
-        "WXPUSH_CALLBACK_TOKEN": TOKEN,
-        "WXPUSH_CALLBACK_AES_KEY": AES_KEY,
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "receiver", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{base}/health", timeout=1)
-            break
-        except httpx.HTTPError:
-            if process.poll() is not None or time.monotonic() > deadline:
-                process.kill()
-                pytest.fail(f"receiver did not start: {process.stdout.read()!r}")  # type: ignore[union-attr]
-            time.sleep(0.1)
-    yield base
-    process.send_signal(signal.SIGTERM)  # graceful: the writer drains first
-    process.wait(timeout=30)
+    process = start_receiver(db_url, app_id=sim.app_id, token=TOKEN, aes_key=AES_KEY)
+    yield process.base
+    assert process.stop(timeout=30) < 10, "SIGTERM ends the receiver within 10 s"
 
 
 def _settled(base: str, condition: Any, timeout: float = 20.0) -> None:

@@ -55,6 +55,8 @@ INTERACTION_EVENTS: Mapping[str, str] = MappingProxyType(
 TEMPLATE_RECEIPT_EVENT = "templatesendjobfinish"
 _REQUIRED = ("ToUserName", "FromUserName", "CreateTime", "MsgType")
 _MAX_CREATE_TIME = 253402300799  # 9999-12-31T23:59:59Z: keeps `created_at` from overflowing
+#: 2011-01-01T00:00:00Z: WeChat launched in January 2011, so no real push is older.
+MIN_CREATE_TIME = 1293840000
 
 
 def parse_xml(body: bytes, *, max_bytes: int = MAX_CALLBACK_BYTES) -> dict[str, str]:
@@ -169,7 +171,7 @@ class CallbackMessage:
     )
 
     def __post_init__(self) -> None:
-        if not 0 <= self.create_time <= _MAX_CREATE_TIME:
+        if not MIN_CREATE_TIME <= self.create_time <= _MAX_CREATE_TIME:
             raise CallbackFieldError("callback CreateTime is out of range", reason="number")
 
     @classmethod
