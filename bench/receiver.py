@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -277,7 +278,8 @@ def main() -> None:
         finally:
             # Graceful: bounded however the database is doing (docs/receiver.md).
             stopped_in = receiver.stop(timeout=60)
-            if receiver.process.returncode != 0:
+            # uvicorn re-raises the signal once it has shut down cleanly.
+            if receiver.process.returncode not in (0, -signal.SIGTERM):
                 raise SystemExit(f"the receiver stopped badly: {receiver.output()[-2000:]}")
         engine.dispose()
 
