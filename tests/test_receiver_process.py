@@ -1,6 +1,8 @@
 """`wxpush receiver` as a process, on SQLite and PostgreSQL: what only a real process shows.
 
 - It refuses to start on a database that is not at the newest schema, in one line.
+- Pushes that do not fit their columns get 400, the next good one is written, and SIGTERM
+  ends it within 10 s.
 - SIGTERM ends it within 10 s even while its database is locked (a writer stuck inside a
   statement), and the push it could not store was answered 503, not `success`.
 - `kill -9` in the middle of a burst (5,000 signed pushes, 32 in flight) loses no push it
@@ -25,8 +27,17 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
-from bench.receiver import Answers, build, launch_receiver, send_all, start_receiver
+from bench.receiver import (
+    TOKEN,
+    Answers,
+    build,
+    launch_receiver,
+    send_all,
+    start_receiver,
+)
 from db.engine import make_engine
+from wechat.crypto import signed_query
+from wechat.events import to_xml
 
 
 def test_start_up_refuses_a_database_behind_the_newest_schema(blank_db_url: str) -> None:
@@ -94,6 +105,52 @@ def test_sigterm_ends_the_receiver_within_10_s_while_its_database_is_locked(
     finally:
         if receiver.process.poll() is None:
             receiver.process.kill()
+
+
+def _signed(fields: dict[str, str | int]) -> tuple[dict[str, str], bytes]:
+    stamp = str(int(time.time()))
+    return signed_query(TOKEN, stamp, f"poison{next(_nonces)}"), to_xml(fields)
+
+
+_nonces = iter(range(10**9))
+
+
+def test_poison_pushes_get_400_the_next_is_written_and_sigterm_ends_it(db_url: str) -> None:
+    now = int(time.time())
+    base: dict[str, str | int] = {
+        "ToUserName": "gh_test",
+        "FromUserName": "o-good",
+        "CreateTime": now,
+        "MsgType": "text",
+        "MsgId": 1,
+    }
+    poison = [
+        {**base, "FromUserName": "o" * 65},
+        {**base, "MsgType": "event", "Event": "E" * 65},
+        {**base, "MsgType": "t" * 33},
+        {**base, "MsgId": 2**63},
+        {**base, "CreateTime": now + 86_400},
+    ]
+    receiver = start_receiver(db_url)
+    try:
+        url = f"{receiver.base}/wechat/callback"
+        for fields in poison:
+            query, body = _signed(fields)
+            assert httpx.post(url, params=query, content=body, timeout=10).status_code == 400
+        query, body = _signed({**base, "MsgId": 42})
+        assert httpx.post(url, params=query, content=body, timeout=10).text == "success"
+        health = httpx.get(f"{receiver.base}/health", timeout=5)
+        assert health.status_code == 200 and health.json()["status"] == "ok"
+    finally:
+        took = receiver.stop(timeout=30)
+    assert took < 10, f"SIGTERM took {took:.1f} s"
+    engine = make_engine(db_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            keys = list(connection.execute(text("SELECT dedupe_key FROM callback_events")))
+    finally:
+        engine.dispose()
+    assert [key for (key,) in keys] == ["msg:42"]
 
 
 async def _burst_then_kill(base: str, pid: int, count: int, kill_after: int) -> Answers:
