@@ -313,6 +313,7 @@ class BatchWriter:
                 counts = await self._db.run(self._transaction, [p.record for p in part])
             except Exception as exc:
                 if about_the_record(exc):
+                    self._down_since = None  # it judged the data: the database is there
                     parts.pop(0)
                     if len(part) == 1:
                         self._drop(part[0], exc)

@@ -432,6 +432,26 @@ async def test_a_record_the_database_refuses_is_dropped_and_the_rest_written(
     assert "Dropped a callback the database refuses" in caplog.text
 
 
+async def test_an_outage_that_ends_in_a_refused_record_leaves_the_writer_healthy(
+    db_engine: Engine,
+) -> None:
+    calls = {"n": 0}
+
+    def down_then_refusing(connection: Any, batch: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ConnectionRefusedError("connection refused")
+        raise ValueError("this record cannot be stored")
+
+    writer = BatchWriter(db_engine, apply=down_then_refusing, commit_timeout=0.2)
+    writer.start()
+    outcome = await asyncio.gather(writer.put(_record(1)), return_exceptions=True)
+    assert isinstance(outcome[0], RecordRefused)
+    assert writer.healthy and not writer.refusing, "the database answered: it is up"
+    writer.put(_record(2))  # accepted, not refused with WriterUnavailable
+    await writer.close()
+
+
 async def test_close_is_bounded_while_the_database_is_down(db_engine: Engine) -> None:
     def down(connection: Any, batch: Any) -> Any:
         raise ConnectionRefusedError("connection refused")
