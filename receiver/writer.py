@@ -131,7 +131,7 @@ class _DatabaseThread:
     the running loop. A call stuck in the database never delays the process's exit."""
 
     def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
 
     def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
@@ -145,9 +145,16 @@ class _DatabaseThread:
         self._jobs.put((loop, future, function, args))
         return future
 
+    def stop(self) -> None:
+        """Let the thread end once the call in progress, if any, returns."""
+        self._jobs.put(None)
+
     def _serve(self) -> None:
         while True:
-            loop, future, function, args = self._jobs.get()
+            job = self._jobs.get()
+            if job is None:
+                return
+            loop, future, function, args = job
             try:
                 outcome: tuple[bool, Any] = (True, function(*args))
             except BaseException as exc:
@@ -272,6 +279,7 @@ class BatchWriter:
                 self._task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await self._task
+        self._db.stop()
         left = [*self._current, *self._queue]
         self._current, self._queue = [], deque()
         for pending in left:

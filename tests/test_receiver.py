@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -398,6 +399,10 @@ async def test_a_database_that_fails_is_retried_and_nothing_is_dropped(
     assert writer.stats.failures == 2
     assert writer.stats.written == 25
     assert _events(db_engine) == 25
+    await asyncio.sleep(0.1)
+    assert not [t for t in threading.enumerate() if t.name == "callback-writer-db"], (
+        "close() ends the writer's database thread"
+    )
 
 
 def _poison(db_engine: Engine) -> list[CallbackRecord]:
