@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, text
@@ -15,6 +21,8 @@ from db.seed import seed_recipients
 from tasks.params import CampaignParams
 from wechat.fields import validate_template_data
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
+
+ROOT = Path(__file__).resolve().parents[1]
 
 #: The demo template with the nickname in `thing1`: long nicknames make invalid rows.
 DATA = {**dict(DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"}
@@ -137,3 +145,45 @@ def run_campaign(p: CampaignParams) -> Any:
     state = push_campaign(p, return_state=True)
     assert state.is_completed(), state.message
     return state.result()
+
+
+def start_cli_campaign(
+    app: str, db_url: str, harness: Any, *, name: str, campaign_id: str, rate: str
+) -> subprocess.Popen[str]:
+    """`wxpush campaign run` as a child process (text output), batches of 20 at `rate`/s."""
+    p = params(app)
+    argv = [
+        *(sys.executable, "-m", "cli.main", "campaign", "run"),
+        *("--name", name, "--app", app, "--campaign-id", campaign_id),
+        *("--template-id", str(p.template_id), "--rate", rate, "--batch-size", "20"),
+        *[f"--data={k}={v}" for k, v in p.data.items()],
+    ]
+    env = {**os.environ, **harness.env(), "WXPUSH_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+
+
+def wait_until_accepted(proc: subprocess.Popen[str], sim: Any, count: int) -> None:
+    """Block until the simulator accepted `count` messages; the process must stay alive."""
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and sim.admin.counters().accepted < count:
+        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
+        time.sleep(0.05)
+    assert sim.admin.counters().accepted >= count, "the campaign was sending"
+
+
+def stop_cli(proc: subprocess.Popen[str], signum: int) -> tuple[str, float]:
+    """Send `signum` and wait (≤ 60 s) for the process to end: its output and the seconds."""
+    signalled = time.monotonic()
+    proc.send_signal(signum)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        name = signal.Signals(signum).name
+        raise AssertionError(
+            f"the CLI did not stop within 60 s of {name}:\n{output[-3000:]}"
+        ) from None
+    return output, time.monotonic() - signalled

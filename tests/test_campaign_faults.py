@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,11 +16,12 @@ from tests.campaign_helpers import (
     assert_exactly_once,
     ledger,
     params,
+    start_cli_campaign,
+    wait_until_accepted,
 )
 from tests.campaign_helpers import run_campaign as run
 
 pytestmark = pytest.mark.harness
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_state(p: Any) -> Any:
@@ -57,39 +54,10 @@ def test_token_rotated_mid_campaign_refreshes_once(
 def test_killed_campaign_resumes_exactly_once(
     audience: Any, db_engine: Engine, db_url: str, sim: Any, prefect_harness: Any
 ) -> None:
-    env = {
-        **os.environ,
-        **prefect_harness.env(),
-        "WXPUSH_DATABASE_URL": db_url,
-        "PYTHONPATH": str(ROOT),
-    }
-    argv = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "campaign",
-        "run",
-        "--name",
-        "killed",
-        "--app",
-        audience.name,
-        "--campaign-id",
-        "killed-1",
-        "--template-id",
-        params(audience.name).template_id,
-        "--rate",
-        "40",
-        "--batch-size",
-        "20",
-        *[f"--data={k}={v}" for k, v in params(audience.name).data.items()],
-    ]
-    proc = subprocess.Popen(
-        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    proc = start_cli_campaign(
+        audience.name, db_url, prefect_harness, name="killed", campaign_id="killed-1", rate="40"
     )
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and sim.admin.counters().accepted < 40:
-        assert proc.poll() is None, proc.stdout.read().decode()[-3000:] if proc.stdout else ""
-        time.sleep(0.05)
+    wait_until_accepted(proc, sim, 40)
     proc.send_signal(signal.SIGKILL)
     proc.wait(10)
     sent_before = sim.admin.counters().accepted

@@ -5,12 +5,8 @@ Prefect harness; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -18,46 +14,18 @@ from sqlalchemy import Engine
 
 from db import campaigns
 from db.outcomes import CampaignStatus
-from tests.campaign_helpers import accepted_openids, assert_exactly_once, ledger, params
+from tests.campaign_helpers import (
+    accepted_openids,
+    assert_exactly_once,
+    ledger,
+    params,
+    start_cli_campaign,
+    stop_cli,
+    wait_until_accepted,
+)
 from tests.campaign_helpers import run_campaign as run
 
 pytestmark = pytest.mark.harness
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _start(
-    audience: Any, db_url: str, prefect_harness: Any, campaign_id: str, rate: str = "5"
-) -> Any:
-    p = params(audience.name)
-    argv = [
-        sys.executable,
-        "-m",
-        "cli.main",
-        "campaign",
-        "run",
-        "--name",
-        "signalled",
-        "--app",
-        audience.name,
-        "--campaign-id",
-        campaign_id,
-        "--template-id",
-        str(p.template_id),
-        "--rate",
-        rate,
-        "--batch-size",
-        "20",
-        *[f"--data={k}={v}" for k, v in p.data.items()],
-    ]
-    env = {
-        **os.environ,
-        **prefect_harness.env(),
-        "WXPUSH_DATABASE_URL": db_url,
-        "PYTHONPATH": str(ROOT),
-    }
-    return subprocess.Popen(
-        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
 
 
 @pytest.mark.parametrize(
@@ -76,21 +44,11 @@ def test_a_signal_pauses_the_campaign_and_keeps_every_answer(
     words: str,
 ) -> None:
     campaign_id = f"sig-{signum}"
-    proc = _start(audience, db_url, prefect_harness, campaign_id)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and sim.admin.counters().accepted < 10:
-        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
-        time.sleep(0.05)
-    assert sim.admin.counters().accepted >= 10, "the campaign was sending"
-    signalled = time.monotonic()
-    proc.send_signal(signum)
-    try:
-        output, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        pytest.fail(f"the CLI did not stop within 60 s of the signal:\n{output[-3000:]}")
-    took = time.monotonic() - signalled
+    proc = start_cli_campaign(
+        audience.name, db_url, prefect_harness, name="signalled", campaign_id=campaign_id, rate="5"
+    )
+    wait_until_accepted(proc, sim, 10)
+    output, took = stop_cli(proc, signum)
     print(f"{words}: the CLI exited {took:.1f} s after the signal")
     assert took < 30, f"the CLI took {took:.1f} s to stop"
     assert proc.returncode == code, output[-3000:]
@@ -118,21 +76,12 @@ def test_sigterm_at_the_slowest_rate_stops_at_once(
     audience: Any, db_engine: Engine, db_url: str, sim: Any, prefect_harness: Any
 ) -> None:
     """At 0.1 msg/s the senders wait up to 80 s for their slots; a stop wakes them."""
-    proc = _start(audience, db_url, prefect_harness, "sig-slow", rate="0.1")
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and sim.admin.counters().accepted < 1:
-        assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
-        time.sleep(0.05)
+    proc = start_cli_campaign(
+        audience.name, db_url, prefect_harness, name="signalled", campaign_id="sig-slow", rate="0.1"
+    )
+    wait_until_accepted(proc, sim, 1)
     time.sleep(1)  # the other senders are now waiting for their slots
-    signalled = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
-    try:
-        output, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        output, _ = proc.communicate()
-        pytest.fail(f"the CLI did not stop within 60 s of SIGTERM:\n{output[-3000:]}")
-    took = time.monotonic() - signalled
+    output, took = stop_cli(proc, signal.SIGTERM)
     print(f"SIGTERM at 0.1 msg/s: the CLI exited {took:.1f} s after the signal")
     assert proc.returncode == 143, output[-3000:]
     assert took < 15, f"the CLI took {took:.1f} s to stop after SIGTERM"
