@@ -50,6 +50,7 @@ from db.callbacks import (
     apply_callbacks,
     match_pending_receipts,
 )
+from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
 
 log = logging.getLogger("wxpush.receiver")
 
@@ -116,14 +117,10 @@ def about_the_record(exc: BaseException) -> bool:
 
 
 def describe(exc: BaseException) -> str:
-    """A short, value-free description for /health and logs: the driver's exception class
-    and its error code, never the message (SQLAlchemy's carries the SQL and parameters)."""
-    orig = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else exc
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
-    text = f"{type(orig).__name__} ({code})" if code else type(orig).__name__
-    if code == "42P01" or str(orig).startswith("no such table"):
-        text += ": a table is missing; run `wxpush db upgrade`"
-    return text
+    """A short, value-free description for /health and logs (SQLAlchemy's message carries
+    the SQL and parameters), with what to do when the schema is missing."""
+    text = error_name(exc)
+    return f"{text}: {MISSING_TABLE_HINT}" if is_missing_table(exc) else text
 
 
 class _DatabaseThread:

@@ -19,6 +19,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from db.audience import AudienceQueryError
+from db.errors import error_name
 from tasks.sender import StopKind
 from wechat.errors import QuotaError, RetryableError, TransportError, WeChatError
 
@@ -39,13 +40,6 @@ def _causes(exc: BaseException) -> Iterator[BaseException]:
         current = current.__cause__ or current.__context__
 
 
-def database_error_name(exc: DBAPIError) -> str:
-    """`OperationalError, SQLSTATE 57014`: what failed, without the database's text."""
-    orig = exc.orig
-    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
-    return f"{type(exc).__name__}, SQLSTATE {code}" if code else type(exc).__name__
-
-
 #: A quote of a database message is recognised by its first this many characters, so a
 #: shortened quote is caught too.
 _QUOTE_PREFIX = 12
@@ -60,7 +54,7 @@ def _value_free(message: str, exc: BaseException) -> str:
         for text in (str(cause.orig).strip(), str(cause).strip()):
             start = message.find(text[:_QUOTE_PREFIX]) if text else -1
             if start >= 0:
-                message = f"{message[:start]}{database_error_name(cause)}"
+                message = f"{message[:start]}{error_name(cause)}"
     return message
 
 
@@ -96,11 +90,10 @@ def _classify(exc: BaseException, resume: str) -> tuple[StopKind, str]:
     if isinstance(exc, WeChatError):
         return _wechat(exc, resume)
     if isinstance(exc, OperationalError | InterfaceError | DisconnectionError | PoolTimeout):
-        name = database_error_name(exc) if isinstance(exc, DBAPIError) else type(exc).__name__
-        return "pause", f"the database failed ({name}); once it is back, {resume}"
+        return "pause", f"the database failed ({error_name(exc)}); once it is back, {resume}"
     if isinstance(exc, DBAPIError):
         return "stop", (
-            f"the database refused a statement ({database_error_name(exc)}); check that "
+            f"the database refused a statement ({error_name(exc)}); check that "
             f"`wxpush db upgrade` ran and the database is healthy, then {resume}"
         )
     if isinstance(exc, httpx.HTTPError | OSError):

@@ -1,0 +1,39 @@
+"""Database errors named without their text: a driver's message can quote the SQL, its
+parameters or a value a query read (`invalid input syntax for type integer: "root:x:0:0…"`),
+so what reaches a log, /health, `campaigns.status_reason` or an artifact is the error's class
+and its code, never its message."""
+
+from __future__ import annotations
+
+from sqlalchemy.exc import StatementError
+
+MISSING_TABLE_HINT = "a table is missing; run `wxpush db upgrade`"
+
+
+def _driver_error(exc: BaseException) -> BaseException:
+    """The driver's own exception that SQLAlchemy wrapped, else `exc` itself."""
+    if isinstance(exc, StatementError) and isinstance(exc.orig, BaseException):
+        return exc.orig
+    return exc
+
+
+def error_code(exc: BaseException) -> str | None:
+    """PostgreSQL's SQLSTATE or SQLite's error name (`SQLITE_BUSY`), when the driver gives one."""
+    orig = _driver_error(exc)
+    code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
+    return str(code) if code else None
+
+
+def error_name(exc: BaseException) -> str:
+    """`OperationalError (UndefinedTable, SQLSTATE 42P01)`: what failed, value-free."""
+    orig = _driver_error(exc)
+    details = [type(orig).__name__] if type(orig).__name__ != type(exc).__name__ else []
+    code = error_code(exc)
+    if code:
+        details.append(f"SQLSTATE {code}" if code[0].isdigit() else code)
+    return f"{type(exc).__name__} ({', '.join(details)})" if details else type(exc).__name__
+
+
+def is_missing_table(exc: BaseException) -> bool:
+    """Whether the database says a table does not exist (an unmigrated database)."""
+    return error_code(exc) == "42P01" or str(_driver_error(exc)).startswith("no such table")
