@@ -49,7 +49,10 @@ def schema_problem(url: str) -> str | None:
     try:
         current = current_revision(url)
     except Exception as exc:  # unreachable, wrong password, …: the driver's class says which
-        return f"cannot read the schema revision of {where} ({describe(exc)})"
+        return (
+            f"cannot read the schema of {where} ({describe(exc)}): check WXPUSH_DATABASE_URL "
+            "and that the database is running"
+        )
     head = head_revision()
     if current == head:
         return None
