@@ -2,8 +2,10 @@
 
 Starts the WeChat API simulator (with a few faults on) and a real Prefect server
 (project-local PREFECT_HOME, so the run history survives: ephemeral mode loses it), sets the
-app up, seeds 1,000 recipients, refreshes the token, runs a campaign, prints its report and
-a query to run against the ledger, and stops what it started.
+app up, seeds 1,000 recipients, starts the callback receiver with the simulator pushing its
+delivery receipts to it (as `wxpush serve` does), refreshes the token, runs a campaign, waits
+for the receipts, prints the report (sent, then delivered / blocked / failed in WeChat) and a
+query to run against the ledger, and stops what it started.
 """
 
 from __future__ import annotations
@@ -24,8 +26,10 @@ from cli.services import (
     STATE_DIR,
     Service,
     pick_port,
+    point_simulator_at,
     prefect_server,
     python_module,
+    receiver,
     simulator,
 )
 
@@ -45,12 +49,18 @@ def _run_flow(flow_fn: Any, *args: Any, **kwargs: Any) -> Any:
 #: The faults the demo's simulator injects, so the retries have something to do.
 DEMO_FAULTS = {"seed": 2026, "minus_one_rate": 0.05, "http_5xx_rate": 0.02, "drop_rate": 0.005}
 DEMO_RECIPIENTS = 1000
+#: How long the demo waits for the last delivery receipts after the campaign, at most.
+RECEIPT_WAIT_SECONDS = 30.0
+#: Nothing left to push and no new receipt for this long: the rest will not come (a push
+#: that failed every attempt); longer than the receiver's re-check of early receipts (3 s).
+RECEIPT_QUIET_SECONDS = 5.0
 
 
 def run_demo(*, keep_running: bool = False) -> None:
     """Everything `make demo` does; raises on any failure so `make` exits non-zero."""
     # Imported here: they pull in Prefect, which should read the settings we set below.
     from cli.setup import setup_app
+    from db.engine import database_url
     from flows.campaign import push_campaign
     from flows.token import refresh_access_token
     from tasks.params import CampaignParams
@@ -63,38 +73,48 @@ def run_demo(*, keep_running: bool = False) -> None:
     ui_url = f"http://127.0.0.1:{ui_port}"
     started = time.monotonic()
 
-    _say(f"1/6 Starting the WeChat API simulator on {sim_url} (with a few faults switched on)")
+    _say(f"1/7 Starting the WeChat API simulator on {sim_url} (with a few faults switched on)")
     with simulator(sim_port) as sim:
         with SimulatorAdmin(sim_url) as admin:
             admin.set_faults(**DEMO_FAULTS)
-        _say(f"2/6 Starting a Prefect server on {ui_url} (PREFECT_HOME={PREFECT_HOME})")
+        _say(f"2/7 Starting a Prefect server on {ui_url} (PREFECT_HOME={PREFECT_HOME})")
         with prefect_server(ui_port) as server:
-            _say("3/6 wxpush setup: block types, the wechat-app block, the token lock")
+            _say("3/7 wxpush setup: block types, the wechat-app block, the token lock")
             setup_app(
                 app="default",
                 app_id=defaults.DEMO_APP_ID,
                 app_secret=defaults.DEMO_APP_SECRET,
                 api_base_url=sim_url,
+                callback_token=defaults.DEMO_CALLBACK_TOKEN,
+                encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
             )
-            _say(f"4/6 Seeding {DEMO_RECIPIENTS:,} recipients in SQL and in the simulator")
+            _say(f"4/7 Seeding {DEMO_RECIPIENTS:,} recipients in SQL and in the simulator")
             seed_recipients(sim_url, DEMO_RECIPIENTS)
-            _say("5/6 Refreshing the access token (flow refresh_access_token)")
-            refresh_state = _run_flow(refresh_access_token, app="default")
-            if not refresh_state.is_completed():
-                raise typer.Exit(f"refresh_access_token ended {refresh_state.name}")
-            _say("6/6 Running a campaign (flow push_campaign)")
-            campaign_state = _run_flow(
-                push_campaign,
-                CampaignParams(
-                    name="demo order shipped",
-                    template_id=defaults.DEMO_TEMPLATE_ID,
-                    data={**dict(defaults.DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"},
-                ),
-            )
-            _flush_prefect_workers()
-            _report(campaign_state, sim, server, started)
-            if keep_running:
-                _wait_for_ctrl_c(ui_url)
+            _say("5/7 Starting the callback receiver; the simulator pushes its receipts to it")
+            with receiver(pick_port(8902), database_url()) as callbacks:
+                point_simulator_at(sim_url, callbacks.url)
+                _say("6/7 Refreshing the access token (flow refresh_access_token)")
+                refresh_state = _run_flow(refresh_access_token, app="default")
+                if not refresh_state.is_completed():
+                    raise typer.Exit(f"refresh_access_token ended {refresh_state.name}")
+                _say("7/7 Running a campaign (flow push_campaign), then waiting for its receipts")
+                campaign_state = _run_flow(
+                    push_campaign,
+                    CampaignParams(
+                        name="demo order shipped",
+                        template_id=defaults.DEMO_TEMPLATE_ID,
+                        data={**dict(defaults.DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"},
+                    ),
+                )
+                if not campaign_state.is_completed():
+                    raise typer.Exit(
+                        f"push_campaign ended {campaign_state.name}: {campaign_state.message}"
+                    )
+                receipts = wait_for_receipts(campaign_state.result().campaign_id, sim_url)
+                _flush_prefect_workers()
+                _report(campaign_state, receipts, sim, server, started)
+                if keep_running:
+                    _wait_for_ctrl_c(ui_url)
 
 
 def seed_recipients(sim_url: str, count: int) -> None:
@@ -109,6 +129,37 @@ def seed_recipients(sim_url: str, count: int) -> None:
     typer.echo(done.stdout.rstrip())
 
 
+def wait_for_receipts(
+    campaign_id: str,
+    sim_url: str,
+    *,
+    timeout: float = RECEIPT_WAIT_SECONDS,
+    quiet: float = RECEIPT_QUIET_SECONDS,
+) -> dict[str, int]:
+    """The campaign's receipt counts once every sent row has its receipt, or once the
+    simulator has nothing left to push and the ledger has not changed for `quiet` s, or after
+    `timeout` s: receipts arrive by callback after the sends, so the report waits for them."""
+    from db.ledger import AWAITING_RECEIPT, receipt_counts
+    from tasks.database import engine
+    from wechat.simulator.admin import SimulatorAdmin
+
+    deadline = time.monotonic() + timeout
+    last: dict[str, int] = {}
+    changed = time.monotonic()
+    with SimulatorAdmin(sim_url) as admin:
+        while True:
+            with engine().connect() as conn:
+                counts = receipt_counts(conn, campaign_id)
+            now = time.monotonic()
+            if counts[AWAITING_RECEIPT] == 0 or now >= deadline:
+                return counts
+            if counts != last:
+                last, changed = counts, now
+            elif now - changed >= quiet and admin.callbacks().pending == 0:
+                return counts
+            time.sleep(0.2)
+
+
 def _flush_prefect_workers() -> None:
     """Send buffered run logs and events before the server stops (else they are lost)."""
     from prefect.events.worker import EventsWorker
@@ -120,14 +171,18 @@ def _flush_prefect_workers() -> None:
             asyncio.run(outcome)  # type: ignore[arg-type]
 
 
-def _report(campaign_state: Any, simulator: Service, server: Service, started: float) -> None:
+def _report(
+    campaign_state: Any,
+    receipts: dict[str, int],
+    simulator: Service,
+    server: Service,
+    started: float,
+) -> None:
     from cli.campaign import report_text
     from db.engine import database_url
-    from db.ledger import status_counts
+    from db.ledger import AWAITING_RECEIPT, status_counts
     from tasks.database import engine
 
-    if not campaign_state.is_completed():
-        raise typer.Exit(f"push_campaign ended {campaign_state.name}: {campaign_state.message}")
     result = campaign_state.result()
     with engine().connect() as conn:
         counts = status_counts(conn, result.campaign_id)
@@ -145,6 +200,17 @@ def _report(campaign_state: Any, simulator: Service, server: Service, started: f
     typer.echo(
         f"  The simulator accepted {accepted} messages; the ledger says {counts.get('sent', 0)} "
         "sent (they must match)."
+    )
+    received = sum(n for key, n in receipts.items() if key != AWAITING_RECEIPT)
+    typer.echo(
+        f"  The receiver recorded {received} delivery receipts for them: "
+        f"{receipts.get('delivered', 0)} delivered, {receipts.get('user_block', 0)} blocked by "
+        f"the user, {receipts.get('system_failed', 0)} failed in WeChat"
+        + (
+            f", {receipts[AWAITING_RECEIPT]} not received yet."
+            if receipts[AWAITING_RECEIPT]
+            else "."
+        )
     )
     typer.echo(f"  Took {time.monotonic() - started:.1f} s")
     typer.echo(f"  The run in the Prefect UI: {server.url}/runs/flow-run/{run_id}")

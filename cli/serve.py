@@ -33,8 +33,9 @@ from cli.services import (
     STATE_DIR,
     Service,
     pick_port,
+    point_simulator_at,
     prefect_server,
-    python_module,
+    receiver,
     running,
     simulator,
 )
@@ -64,23 +65,6 @@ def _worker(database_url: str) -> Iterator[Service]:
         startup_timeout=90,
     ) as worker:
         yield worker
-
-
-#: What share of the simulator's receipts say delivered / blocked / failed in serve.
-RECEIPT_MIX = {"success": 0.95, "failed:user block": 0.03, "failed: system failed": 0.02}
-
-
-@contextlib.contextmanager
-def _receiver(database_url: str) -> Iterator[Service]:
-    """`wxpush receiver` for the `default` app (its callback secrets come from the block)."""
-    from cli.deploy import api_url
-
-    port = pick_port(8902)
-    url = f"http://127.0.0.1:{port}"
-    env = {"WXPUSH_DATABASE_URL": database_url, "PREFECT_API_URL": api_url()}
-    argv = python_module("cli.main", "receiver", "--port", str(port), "--app", "default")
-    with running("receiver", argv, url=url, health_url=f"{url}/health", env=env) as service:
-        yield service
 
 
 def _stop_on_signals() -> None:
@@ -168,8 +152,8 @@ def run_serve(
                 if recipients:
                     seed_recipients(sim_url, recipients)
                 _say(f"{next(step)}/{steps} Callback receiver, and the simulator pushing to it")
-                receiver_url = stack.enter_context(_receiver(db_url)).url
-                _point_simulator_at(sim_url, receiver_url)
+                receiver_url = stack.enter_context(receiver(pick_port(8902), db_url)).url
+                point_simulator_at(sim_url, receiver_url)
             else:
                 setup_app(app="default")
             deploy_all()
@@ -198,21 +182,6 @@ def run_serve(
         except KeyboardInterrupt:
             typer.echo("\nStopping everything wxpush serve started…")
     typer.echo("Stopped.")
-
-
-def _point_simulator_at(sim_url: str, receiver_url: str) -> None:
-    """Receipts (safe mode, like a production account) and follower actions go to the
-    receiver, signed with the demo account's callback secrets."""
-    from wechat.simulator import defaults
-    from wechat.simulator.admin import SimulatorAdmin
-
-    with SimulatorAdmin(sim_url) as admin:
-        admin.set_callbacks(
-            callback_url=f"{receiver_url}/wechat/callback",
-            callback_token=defaults.DEMO_CALLBACK_TOKEN,
-            encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
-            receipt_mix=RECEIPT_MIX,
-        )
 
 
 def _banner(

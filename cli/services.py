@@ -177,3 +177,36 @@ def prefect_server(port: int) -> Iterator[Service]:
         temporary_settings(updates={PREFECT_API_URL: f"{url}/api"}),
     ):
         yield service
+
+
+#: What share of the simulator's receipts say delivered / blocked / failed (demo and serve).
+RECEIPT_MIX = {"success": 0.95, "failed:user block": 0.03, "failed: system failed": 0.02}
+
+
+@contextlib.contextmanager
+def receiver(port: int, database_url: str, app: str = "default") -> Iterator[Service]:
+    """`wxpush receiver` for `app` on 127.0.0.1:`port`, writing to `database_url`; its callback
+    secrets come from the app's block on this process's Prefect server."""
+    from cli.deploy import api_url
+
+    url = f"http://127.0.0.1:{port}"
+    env = {"WXPUSH_DATABASE_URL": database_url, "PREFECT_API_URL": api_url()}
+    argv = python_module("cli.main", "receiver", "--port", str(port), "--app", app)
+    with running("receiver", argv, url=url, health_url=f"{url}/health", env=env) as service:
+        yield service
+
+
+def point_simulator_at(sim_url: str, receiver_url: str) -> None:
+    """Receipts (safe mode, like a production account) and follower actions go to the
+    receiver, signed with the demo account's callback secrets (`wxpush setup` stores the same
+    ones in the block the receiver reads)."""
+    from wechat.simulator import defaults
+    from wechat.simulator.admin import SimulatorAdmin
+
+    with SimulatorAdmin(sim_url) as admin:
+        admin.set_callbacks(
+            callback_url=f"{receiver_url}/wechat/callback",
+            callback_token=defaults.DEMO_CALLBACK_TOKEN,
+            encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
+            receipt_mix=RECEIPT_MIX,
+        )

@@ -1,5 +1,5 @@
-"""`wxpush demo` (what `make demo` runs) runs a campaign end to end and leaves no process
-behind."""
+"""`wxpush demo` (what `make demo` runs) runs a campaign end to end, the receiver counts the
+simulator's delivery receipts, and it leaves no process behind."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 
 
 @pytest.mark.timeout(240)
-def test_demo_sends_a_message_and_stops_what_it_started(tmp_path: Path) -> None:
+def test_demo_closes_the_loop_and_stops_what_it_started(tmp_path: Path) -> None:
     before = {p.pid for p in psutil.process_iter()}
     env = {**os.environ, "PREFECT_HOME": str(tmp_path / "client-home")}
     env.pop("PREFECT_API_URL", None)
@@ -31,10 +31,37 @@ def test_demo_sends_a_message_and_stops_what_it_started(tmp_path: Path) -> None:
     match = re.search(r"simulator accepted (\d+) messages; the ledger says (\d+) sent", done.stdout)
     assert match, done.stdout[-3000:]
     assert int(match.group(1)) == int(match.group(2)) > 500, "1,000 seeded, most eligible"
+    sent = int(match.group(2))
+    receipts = _receipts(done.stdout)
+    assert receipts["not yet received"] == 0, "the demo waits for every receipt"
+    assert (
+        receipts["delivered"] + receipts["blocked by the user"] + receipts["failed in WeChat"]
+        == sent
+    ), receipts
+    assert receipts["delivered"] > sent * 0.8, receipts
+    assert receipts["blocked by the user"] > 0 and receipts["failed in WeChat"] > 0, receipts
+    rate = re.search(
+        r"\*\*Delivery rate:\*\* (\d+\.\d)% \((\d+) delivered of the (\d+)", done.stdout
+    )
+    assert rate, done.stdout[-3000:]
+    assert int(rate.group(2)) == receipts["delivered"] and int(rate.group(3)) == sent
+    assert abs(float(rate.group(1)) - 100 * receipts["delivered"] / sent) <= 0.051
+    assert (tmp_path / ".wxpush" / "logs" / "receiver.log").exists(), "a receiver ran"
     assert "# Campaign demo order shipped" in done.stdout
     assert "/runs/flow-run/" in done.stdout
     assert (tmp_path / ".wxpush" / "prefect" / "prefect.db").exists(), "run history is kept"
     assert _started_in(tmp_path, exclude=before) == []
+
+
+def _receipts(report: str) -> dict[str, int]:
+    """The report's "Delivery receipts" table: label → messages."""
+    rows = re.findall(
+        r"^\| (delivered|blocked by the user|failed in WeChat|not yet received) \| (\d+) \|$",
+        report,
+        re.MULTILINE,
+    )
+    assert len(rows) == 4, report[-3000:]
+    return {label: int(n) for label, n in rows}
 
 
 def _started_in(folder: Path, exclude: set[int]) -> list[list[str]]:
