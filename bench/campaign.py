@@ -635,7 +635,7 @@ def child_map(spec: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_map_flow(max_workers: int) -> Any:
-    """A flow that sends one message per Prefect task: what PREFECT_NOTES §7 warns against.
+    """A flow that sends one message per Prefect task: the design docs/performance.md rejects.
 
     Same audience query, renderer, client and send as the campaign; no ledger (so it is an
     upper bound for that design). An async task runs in its own event loop on a pool

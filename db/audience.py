@@ -1,5 +1,5 @@
 """The audience: an operator's SELECT, run read-only with a timeout, streamed in batches
-(DESIGN decision 6).
+(docs/architecture.md, decision 6).
 
 The query returns `openid` plus any columns the message uses. Three column names have a meaning:
 

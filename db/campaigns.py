@@ -128,7 +128,7 @@ def _check_id(campaign_id: str) -> str:
 
 def _check_no_secrets(parameters: Any, path: str = "parameters") -> None:
     """Campaign parameters are stored and shown to analysts: refuse anything named like a
-    secret (DESIGN decision 8)."""
+    secret (docs/architecture.md, decision 8)."""
     if isinstance(parameters, Mapping):
         for key, value in parameters.items():
             if any(word in str(key).lower() for word in _SECRET_WORDS):

@@ -1,9 +1,9 @@
 """The `errcodes` reference table: what each WeChat errcode means, for SQL.
 
-The table itself is defined once in wechat/errors.py, which db/ may not import (DESIGN.md's
-layer table), so the caller hands the rows over as plain tuples: `tasks.reference` does it
-after `wxpush db upgrade` and at a campaign's start. Like every db/ function this takes the
-connection (or session) first and never commits.
+The table itself is defined once in wechat/errors.py, which db/ may not import (the layer
+table in docs/architecture.md), so the caller hands the rows over as plain tuples:
+`tasks.reference` does it after `wxpush db upgrade` and at a campaign's start. Like every db/
+function this takes the connection (or session) first and never commits.
 """
 
 from __future__ import annotations

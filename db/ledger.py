@@ -1,6 +1,7 @@
 """The delivery ledger: one row per (campaign, openid), written after WeChat answered
-(DESIGN decision 5), one statement per batch. The only place that writes `deliveries` for a
-send; every function takes the connection (or session) first and never commits.
+(docs/architecture.md, decision 5), one statement per batch. The only place that writes
+`deliveries` for a send; every function takes the connection (or session) first and never
+commits.
 
 Precedence, enforced in the upsert's `DO UPDATE … WHERE`, so no order of writers can break it:
 

@@ -1,4 +1,4 @@
-"""`send_batch`: one Prefect task per batch of recipients (DESIGN.md decision 1).
+"""`send_batch`: one Prefect task per batch of recipients (docs/architecture.md, decision 1).
 
 A batch re-reads the ledger first and drops rows that are already final, so a Prefect
 retry of the task (or a re-run of the campaign) never sends twice; it sends through the

@@ -3,11 +3,11 @@
 `WeChatApp` holds what an operator types in once (AppID, AppSecret, callback keys);
 `WeChatAccessToken` holds what the refresh flow writes every couple of hours. Both use the
 same document name (`wechat-app/default` ↔ `wechat-access-token/default`), so one name
-picks an account everywhere. Every secret is a `SecretStr` (DESIGN decision 8): masked in
-`repr`, in the UI and in the API unless a client asks for secrets explicitly.
+picks an account everywhere. Every secret is a `SecretStr` (docs/architecture.md, decision
+8): masked in `repr`, in the UI and in the API unless a client asks for secrets explicitly.
 
 In async code use `await WeChatApp.aload(name)` / `await block.asave(...)`: the plain
-`load`/`save` return coroutines there (PREFECT_NOTES.md §1, async_dispatch).
+`load`/`save` return coroutines there (async_dispatch: docs/tokens.md, "Prefect facts").
 """
 
 from __future__ import annotations
@@ -120,7 +120,7 @@ class WeChatApp(Block):
 class WeChatAccessToken(Block):
     """The current access_token of one WeChat App, kept fresh by `refresh_access_token`.
 
-    Senders read it, never fetch a token themselves on the hot path (DESIGN.md).
+    Senders read it, never fetch a token themselves on the hot path (docs/tokens.md).
     """
 
     _block_type_name: ClassVar[str] = "WeChat Access Token"

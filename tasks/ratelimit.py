@@ -1,10 +1,10 @@
 """A local rate limiter that holds a configured message rate across threads and event loops.
 
-DESIGN decision 10: per-message throttling is plain code, not Prefect's server limiter
-(polling based, ~160 ms per acquire). Prefect runs each async task in its own thread with
-its own event loop, and two batch tasks of one campaign send at the same time, so they
-must share one schedule: it lives under a `threading.Lock`, and each caller sleeps on its
-own loop *outside* the lock.
+Per-message throttling is plain code, not Prefect's server limiter (polling based, ~160 ms
+per acquire: docs/performance.md, docs/architecture.md decision 10). Prefect runs each async
+task in its own thread with its own event loop, and two batch tasks of one campaign send at
+the same time, so they must share one schedule: it lives under a `threading.Lock`, and each
+caller sleeps on its own loop *outside* the lock.
 
 The algorithm is GCRA (the "virtual scheduling" form of a token bucket): the limiter keeps
 the theoretical arrival time `tat` of the next message. `acquire()` reserves the slot

@@ -1,7 +1,8 @@
 """Reference tables copied from the protocol layer into SQL, so analysts can join them.
 
-db/ may not import wechat/ (DESIGN.md's layer table), so this module, which may import
-both, turns wechat/errors.py's errcode tables into rows for `db.errcodes.sync_errcodes`.
+db/ may not import wechat/ (the layer table in docs/architecture.md), so this module, which
+may import both, turns wechat/errors.py's errcode tables into rows for
+`db.errcodes.sync_errcodes`.
 Plain functions, no Prefect: `wxpush db upgrade`, the test fixtures and the campaign's
 start all call them.
 """

@@ -5,7 +5,7 @@ already marks final, calls `send_rows`, and upserts the outcomes it gets back.
 
     rows ─► render (invalid ⇒ outcome `invalid`, never sent)
          ─► `concurrency` worker coroutines, each: limiter slot ─► client.send_* ─► answer
-         ─► by the error's class (DESIGN decision 4, docs/sending.md):
+         ─► by the error's class (docs/architecture.md decision 4, docs/sending.md):
               RETRY      back off (full jitter) and try again, same client_msg_id
               REFRESH    compare-and-expire the token once (single flight), retry once
               RECIPIENT  `failed` for this row, carry on

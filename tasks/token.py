@@ -5,8 +5,8 @@ The `wechat-access-token/<app>` block holds the token every sender uses. Three e
 - `get_access_token(app)`: a sender's once-per-batch read. Returns the block's token; if the
   block is missing or the token is inside the safety margin, refreshes (locked path below).
 - `refresh_if_current(app, failed_token)`: a sender that got a REFRESH-class errcode asks
-  for a better token (DESIGN decision 3). Only if the block *still* holds the token that
-  failed is a new one fetched; otherwise the block's newer token comes back. Never
+  for a better token (docs/architecture.md, decision 3). Only if the block *still* holds the
+  token that failed is a new one fetched; otherwise the block's newer token comes back. Never
   `force_refresh`; and if WeChat hands back the very token it just refused, that is a
   configuration problem (`TokenRefusedAgain`), never a loop.
 - `ensure_token` / `verify_token`: what the `refresh_access_token` flow runs.

@@ -1,4 +1,4 @@
-"""The errcode table: classes as WECHAT_API.md §2.2 gives them, and the exception tree."""
+"""The errcode table: classes as docs/wechat-protocol.md gives them, and the exception tree."""
 
 from __future__ import annotations
 

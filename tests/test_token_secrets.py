@@ -1,9 +1,9 @@
-"""The AppSecret and the access_token never show up where people look (DESIGN decision 8).
+"""The AppSecret and the access_token never show up where people look.
 
-Checked where they could leak: Python logs (caplog), the Prefect run logs stored on the
-server, exception text (str, repr, the whole chained traceback), a failed run's state
-message, and the blocks' repr/str. Classic mode is used where it matters, because there
-both secrets travel in URL query strings, which httpx logs.
+Decision 8 of docs/architecture.md, checked where they could leak: Python logs (caplog),
+the Prefect run logs stored on the server, exception text (str, repr, the whole chained
+traceback), a failed run's state message, and the blocks' repr/str. Classic mode is used
+where it matters, because there both secrets travel in URL query strings, which httpx logs.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 
 One `WeChatClient` per event loop (a batch task, a flow, a benchmark): it owns one
 `httpx.AsyncClient` whose transport is `httpx-aiohttp`'s by default, because httpx's own
-async pool slows down as requests in flight grow (PERFORMANCE_NOTES.md). Every foreign
-exception is translated to `wechat.errors` here, and nothing it raises or logs carries a
-token or secret.
+async pool slows down as requests in flight grow (docs/performance.md; encode/httpx#3215).
+Every foreign exception is translated to `wechat.errors` here, and nothing it raises or logs
+carries a token or secret.
 """
 
 from __future__ import annotations

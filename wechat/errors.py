@@ -1,7 +1,7 @@
 """WeChat errcodes: the one table, their classes, and the exception tree built on them.
 
 Every decision the send path makes is taken from an errcode's class, never from the
-number itself (DESIGN.md decision 4). The exceptions are grouped by who should react:
+number itself (docs/architecture.md, decision 4). The exceptions are grouped by who should react:
 
     WeChatError                     anything the WeChat API layer raises
      ├── RetryableError   RETRY     transient: back off with jitter and try again
@@ -61,7 +61,7 @@ R, F, P, Q, Q_, C = (
     ErrorClass.CONFIG,
 )
 
-#: Official Account errcodes (WECHAT_API.md §2.2).
+#: Official Account errcodes; meanings and sources: docs/wechat-protocol.md.
 OFFICIAL_ACCOUNT: dict[int, Errcode] = _table(
     [
         (-1, R, "system busy, retry later"),
@@ -106,7 +106,7 @@ OFFICIAL_ACCOUNT: dict[int, Errcode] = _table(
     ]
 )
 
-#: WeCom codes whose meaning differs from the Official Account's (WECHAT_API.md §2.2).
+#: WeCom codes whose meaning differs from the Official Account's (docs/wechat-protocol.md).
 WECOM_OVERRIDES: dict[int, Errcode] = _table(
     [
         (40001, C, "invalid secret"),

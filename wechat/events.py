@@ -1,4 +1,4 @@
-"""Callback XML: parse pushes safely, classify them, and build them (WECHAT_API.md §5.3-§5.4).
+"""Callback XML: parse pushes safely, classify them, and build them (docs/wechat-protocol.md).
 
 A push is a flat `<xml>` of simple elements. Anything else — a DTD, an entity, an external
 reference, nesting, a second root — is refused before we look at a value, because the

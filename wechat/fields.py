@@ -11,8 +11,8 @@ A category-template key is a type prefix followed by digits (``thing11``, ``char
 so they are only checked for emptiness. "Characters" are Unicode code points (one Chinese
 character counts as 1), and values are never stripped: a leading space is a character too.
 
-Rules (source: ``WECHAT_API.md`` §3.2 and the 订阅消息参数值内容限制 table it cites; ``[A#]``
-marks our own assumption, explained below the table):
+Rules (sources: docs/wechat-protocol.md, "Template messages", and the 订阅消息参数值内容限制
+table it cites; ``[A#]`` marks our own assumption, explained below the table):
 
 =================  =====  =====================================================================
 type               limit  what the value may contain

@@ -1,0 +1,208 @@
+"""The project's docs stand on their own: every link and file reference resolves inside the repo.
+
+A user of wxpush has this repository and nothing beside it, so README.md and docs/*.md may only
+point at files that exist here (relative Markdown links, their #anchors, and repository paths
+such as `tasks/sender.py`), and no tracked file may cite a note that lives outside it.
+Fast: reads files, starts nothing.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import unicodedata
+from functools import cache
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+#: Notes that exist only beside a developer's checkout, never in it (issue 10, point 7).
+OUTSIDE_NOTES = re.compile(
+    r"\.\./shared|/work/shared|shared/[A-Z_]+\.md|DESIGN\.md|DESIGN decision|WECHAT_API\.md"
+    r"|PREFECT_NOTES|PERFORMANCE_NOTES|STYLE\.md|PEERS\.md"
+)
+#: `[text](target)` and `[text]: target`; images too.
+MD_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
+MD_REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE)
+#: Files the docs and code may cite by path. Runtime artefacts (`.wxpush/…`) are not files
+#: of the repository and are not in this list.
+SOURCE_TOPS = ("docs", "tasks", "flows", "wechat", "db", "receiver", "cli", "bench", "tests", ".ci")
+PATH_REF = re.compile(
+    r"(?<![\w./:@~-])((?:" + "|".join(map(re.escape, SOURCE_TOPS)) + r")/[\w./-]*[\w/])"
+)
+#: A file named without its folder, in backticks: `prefect.yaml`, `pusher.py`.
+#: A path relative to the doc, in backticks: `../shared/x.md`, `./sending.md`.
+DOTTED_PATH = re.compile(r"`(\.{1,2}/[^`\s]+)`")
+BARE_FILE = re.compile(r"`([\w.-]+\.(?:md|py|yaml|yml|toml|json|ini|txt|sh))`")
+DOC_REF = re.compile(r"(?<![\w./:@~-])(docs/[\w.-]+\.md)(#[\w-]+)?")
+FENCE = re.compile(r"^(```|~~~).*?^\1", re.MULTILINE | re.DOTALL)
+SKIP_DIRS = {".git", ".venv", "__pycache__", ".pytest_cache", ".ruff_cache", ".wxpush", "build"}
+
+
+def _rel(path: Path) -> str:
+    return path.relative_to(ROOT).as_posix()
+
+
+@cache
+def repo_files() -> tuple[str, ...]:
+    """Tracked files plus new, not-ignored ones (git), or a plain walk without git."""
+    try:
+        out = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+            cwd=ROOT,
+            capture_output=True,
+            check=True,
+            timeout=30,
+        ).stdout.decode()
+        return tuple(sorted(p for p in out.split("\0") if p and (ROOT / p).exists()))
+    except (OSError, subprocess.SubprocessError):
+        return tuple(
+            sorted(
+                _rel(p)
+                for p in ROOT.rglob("*")
+                if p.is_file()
+                and not SKIP_DIRS.intersection(p.relative_to(ROOT).parts)
+                and not any(part.endswith(".egg-info") for part in p.parts)
+            )
+        )
+
+
+def _exists(rel: str) -> bool:
+    rel = rel.rstrip("/")
+    files = repo_files()
+    return rel in files or any(f.startswith(rel + "/") for f in files)
+
+
+def github_slug(heading: str) -> str:
+    """The anchor GitHub gives a heading: lower case, punctuation dropped, spaces to '-'."""
+    text = re.sub(r"`|\*\*|__|\[([^\]]*)\]\([^)]*\)", r"\1", heading.strip()).lower()
+    kept = "".join(
+        ch
+        for ch in text
+        if ch in " -_" or unicodedata.category(ch)[0] in "LN" or unicodedata.category(ch) == "Mn"
+    )
+    return kept.replace(" ", "-")
+
+
+@cache
+def anchors(path: Path) -> frozenset[str]:
+    """Every heading anchor of a Markdown file, with GitHub's -1, -2 … for repeats."""
+    seen: dict[str, int] = {}
+    found: set[str] = set()
+    for match in re.finditer(r"^#{1,6}\s+(.+?)\s*#*\s*$", FENCE.sub("", path.read_text()), re.M):
+        slug = github_slug(match.group(1))
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        found.add(slug if n == 0 else f"{slug}-{n}")
+    return frozenset(found)
+
+
+def _link_problem(doc: Path, target: str) -> str | None:
+    if re.match(r"^[a-z][a-z0-9+.-]*:", target, re.I):  # http:, https:, mailto: …
+        return None
+    path_part, _, fragment = target.partition("#")
+    resolved = (doc.parent / path_part).resolve() if path_part else doc
+    try:
+        rel = _rel(resolved)
+    except ValueError:
+        return f"{target!r} leaves the repository"
+    if not _exists(rel):
+        return f"{target!r}: {rel} is not in the repository"
+    if fragment and resolved.suffix == ".md" and fragment not in anchors(resolved):
+        return f"{target!r}: {rel} has no heading #{fragment}"
+    return None
+
+
+def link_problems(doc: Path, text: str) -> list[str]:
+    """Relative Markdown links of one doc that do not resolve inside the repository."""
+    targets = MD_LINK.findall(FENCE.sub("", text)) + MD_REF_DEF.findall(FENCE.sub("", text))
+    return [p for t in targets if (p := _link_problem(doc, t))]
+
+
+def path_problems(doc: Path, text: str) -> list[str]:
+    """Repository paths a doc names (`tasks/sender.py`, docs/tokens.md) that do not exist."""
+    problems = []
+    for match in PATH_REF.finditer(text):
+        ref = match.group(1).rstrip(".")
+        if any(ch in ref for ch in "*<>{}") or ref.endswith("/"):
+            continue
+        if not _exists(ref):
+            problems.append(f"{ref} is not in the repository")
+    for ref in DOTTED_PATH.findall(text):
+        problems += [p for p in [_link_problem(doc, ref)] if p]
+    names = {f.rsplit("/", 1)[-1] for f in repo_files()}
+    problems += [f"{n} is not in the repository" for n in BARE_FILE.findall(text) if n not in names]
+    return problems
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_rel)
+def test_markdown_links_resolve_inside_the_repo(doc: Path) -> None:
+    assert link_problems(doc, doc.read_text()) == []
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=_rel)
+def test_repository_paths_named_in_docs_exist(doc: Path) -> None:
+    assert path_problems(doc, doc.read_text()) == []
+
+
+def test_docs_cited_from_code_exist() -> None:
+    """Code comments, prefect.yaml and the Makefile cite docs/…md (and its #anchor) that exist."""
+    problems = []
+    for rel in repo_files():
+        if rel == _rel(Path(__file__)):
+            continue
+        if not rel.endswith((".py", ".yaml", ".yml", ".toml")) and rel != "Makefile":
+            continue
+        for ref, fragment in DOC_REF.findall((ROOT / rel).read_text(errors="replace")):
+            if not _exists(ref):
+                problems.append(f"{rel}: {ref} is not in the repository")
+            elif fragment and fragment[1:] not in anchors(ROOT / ref):
+                problems.append(f"{rel}: {ref} has no heading {fragment}")
+    assert problems == []
+
+
+def test_no_file_cites_notes_outside_the_repo() -> None:
+    this = _rel(Path(__file__))
+    hits = []
+    for rel in repo_files():
+        if rel == this:
+            continue
+        try:
+            text = (ROOT / rel).read_text()
+        except (UnicodeDecodeError, IsADirectoryError):
+            continue
+        for number, line in enumerate(text.splitlines(), 1):
+            if OUTSIDE_NOTES.search(line):
+                hits.append(f"{rel}:{number}: {line.strip()[:100]}")
+    assert hits == []
+
+
+# -- the checker checks: each rule catches what it is for ------------------------------------
+
+
+def test_the_checks_catch_broken_references() -> None:
+    doc = ROOT / "docs" / "probe.md"  # never written: the rules only resolve against its folder
+    text = (
+        "[gone](nowhere.md) [ok](sending.md) [web](https://example.com/x.md)\n"
+        "[bad anchor](tokens.md#no-such-heading) see `tasks/nothing_here.py` and docs/gone.md\n"
+        "`prefect.yaml` is here, `NOTES.md` is not, nor `../../outside/x.md`\n"
+        "```\n[in a fence](ignored.md)\n```\n"
+    )
+    links = link_problems(doc, text)
+    paths = path_problems(doc, text)
+    assert any("nowhere.md" in p for p in links)
+    assert any("no-such-heading" in p for p in links)
+    assert not any("sending.md" in p or "example.com" in p or "ignored" in p for p in links)
+    assert paths == [
+        "tasks/nothing_here.py is not in the repository",
+        "docs/gone.md is not in the repository",
+        "'../../outside/x.md' leaves the repository",
+        "NOTES.md is not in the repository",
+    ]
+    assert OUTSIDE_NOTES.search("see ../shared/" + "WECHAT_API.md §2")
+    assert github_slug("Who the audience SQL runs as") == "who-the-audience-sql-runs-as"
+    slug = github_slug("`send_batch`: one task per batch (v2)")
+    assert slug == "send_batch-one-task-per-batch-v2"
