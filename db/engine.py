@@ -1,10 +1,10 @@
 """Where the database is and how to connect to it: `database_url()` and `make_engine()`.
 
 One settings source (`WXPUSH_DATABASE_URL`) for the app, the CLI, Alembic and the tests.
-The default is a SQLite file next to the operator (DESIGN decision 10); PostgreSQL is the
-same code with a different URL. Audience and digest SQL run through their own connection,
-`WXPUSH_AUDIENCE_DATABASE_URL` (default: the ledger's URL), ideally a read-only role
-(docs/database.md, "Who the audience SQL runs as").
+The default is a SQLite file next to the operator (docs/architecture.md, decision 10);
+PostgreSQL is the same code with a different URL. Audience and digest SQL run through their
+own connection, `WXPUSH_AUDIENCE_DATABASE_URL` (default: the ledger's URL), ideally a
+read-only role (docs/database.md, "Who the audience SQL runs as").
 """
 
 from __future__ import annotations

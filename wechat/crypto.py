@@ -1,4 +1,4 @@
-"""Callback crypto: the SHA-1 signatures and safe-mode AES of WECHAT_API.md §5.1-§5.2.
+"""Callback crypto: WeChat's SHA-1 signatures and safe-mode AES (docs/wechat-protocol.md).
 
 One implementation serves the receiver (verify + decrypt pushes, encrypt replies), the
 simulator and the bench (sign + encrypt pushes exactly as WeChat does). The exceptions
@@ -187,7 +187,7 @@ class MessageCrypto:
 
     `app_id` is the AppID (Official Account) or CorpID/ReceiveId (WeCom; "" for smart bots).
     `previous_encoding_aes_key` is tried when the current key fails, so a key rotation in
-    the WeChat console does not drop the pushes already in flight (WECHAT_API.md §5.2).
+    the WeChat console does not drop the pushes already in flight (docs/wechat-protocol.md).
     """
 
     __slots__ = ("_keys", "_token", "app_id")
