@@ -1,4 +1,4 @@
-"""The layer rules of DESIGN.md hold: imports only point down the table."""
+"""The layer rules of docs/architecture.md hold: imports only point down the table."""
 
 from __future__ import annotations
 
