@@ -551,7 +551,7 @@ def test_template_data_error_survives_pickling() -> None:
 
 
 def test_module_stays_in_its_layer() -> None:
-    """wechat/ never imports Prefect or SQLAlchemy (docs/architecture.md); in a clean interpreter."""
+    """wechat/ never imports Prefect or SQLAlchemy (docs/architecture.md), in a new process."""
     code = (
         "import sys, wechat.fields; "
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'prefect', 'sqlalchemy'}); "
