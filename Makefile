@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test serve lint ui bench-simulator clean
+.PHONY: demo test test-fast serve lint ui bench-simulator clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,11 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q
+
+## test-fast: lint, then every test that needs no Prefect server and starts no process (< 1 min)
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -m "not harness and not process"
 
 ## serve: Prefect server + UI (127.0.0.1:4200), simulator, deployments and a worker; Ctrl-C stops all
 serve: $(STAMP)

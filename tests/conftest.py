@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.database",
     "tests.fixtures.campaign",
+    "tests.fixtures.tiers",
 ]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import pickle
-import subprocess
-import sys
 
 import pytest
 
@@ -550,14 +548,3 @@ def test_template_data_error_survives_pickling() -> None:
     assert str(clone) == str(error)
 
 
-def test_module_stays_in_its_layer() -> None:
-    """wechat/ never imports Prefect or SQLAlchemy (docs/architecture.md), in a new process."""
-    code = (
-        "import sys, wechat.fields; "
-        "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'prefect', 'sqlalchemy'}); "
-        "print(','.join(bad))"
-    )
-    result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    )
-    assert result.stdout.strip() == ""

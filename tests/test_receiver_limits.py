@@ -143,6 +143,7 @@ def flood_headers(base: str, connections: int, size: int) -> list[socket.socket]
     return socks
 
 
+@pytest.mark.process
 def test_oversized_headers_are_cut_off_and_memory_stays_bounded(
     receiver: ReceiverProcess,
 ) -> None:
@@ -164,6 +165,7 @@ def test_oversized_headers_are_cut_off_and_memory_stays_bounded(
     assert one_real_push(receiver.base).text == "success"
 
 
+@pytest.mark.process
 def test_slow_partial_requests_are_closed_and_fds_stay_bounded(
     receiver: ReceiverProcess,
 ) -> None:
@@ -196,6 +198,7 @@ def test_slow_partial_requests_are_closed_and_fds_stay_bounded(
     assert after <= before + 2
 
 
+@pytest.mark.process
 def test_a_trickled_body_is_closed_after_the_body_timeout(receiver: ReceiverProcess) -> None:
     query, body = build("plaintext", 1, first_msgid=time.time_ns())[0]
     target = "/wechat/callback?" + "&".join(f"{k}={v}" for k, v in query.items())
@@ -216,6 +219,7 @@ def test_a_trickled_body_is_closed_after_the_body_timeout(receiver: ReceiverProc
     assert "Traceback" not in receiver.output()[start:], "a cut-off body is no app error"
 
 
+@pytest.mark.process
 def test_an_idle_keep_alive_connection_is_closed(receiver: ReceiverProcess) -> None:
     sock = connect(receiver.base)
     sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -226,6 +230,7 @@ def test_an_idle_keep_alive_connection_is_closed(receiver: ReceiverProcess) -> N
     sock.close()
 
 
+@pytest.mark.process
 @pytest.mark.parametrize("length", [33, 6 * 1024])
 def test_long_nonces_are_refused(receiver: ReceiverProcess, length: int) -> None:
     answer = push(receiver.base, "7" * length, msgid=time.time_ns())
@@ -235,6 +240,7 @@ def test_long_nonces_are_refused(receiver: ReceiverProcess, length: int) -> None
     assert push(receiver.base, longest, msgid=time.time_ns()).text == "success"
 
 
+@pytest.mark.process
 def test_the_nonce_cache_forgets_the_oldest_beyond_its_bound(receiver: ReceiverProcess) -> None:
     stamp = str(int(time.time()))
     first = push(receiver.base, "100001", msgid=time.time_ns(), stamp=stamp)
@@ -272,6 +278,7 @@ def test_the_nonce_cache_remembers_a_pair_for_two_windows() -> None:
     assert cache.first_time("1732780000", "1", now=31.0), "forgotten after it"
 
 
+@pytest.mark.process
 @pytest.mark.parametrize(("soft", "hard", "cap"), [(200, 200, 136), (200, 4096, 1000)])
 def test_the_connection_cap_fits_the_descriptor_limit(soft: int, hard: int, cap: int) -> None:
     """Raised to fit when the hard limit allows, else a smaller cap (in a child process:
@@ -309,6 +316,7 @@ def _lines(output: str, pattern: str) -> list[str]:
     return [line for line in output.splitlines() if re.search(pattern, line)]
 
 
+@pytest.mark.process
 def test_refusal_warnings_are_rate_limited(receiver: ReceiverProcess) -> None:
     start = len(receiver.output())
     stamp = str(int(time.time()))
@@ -333,6 +341,7 @@ def test_refusal_warnings_are_rate_limited(receiver: ReceiverProcess) -> None:
     assert summary and re.search(r"\b295\b", summary[0])
 
 
+@pytest.mark.process
 def test_no_api_docs_are_served(receiver: ReceiverProcess) -> None:
     for path in ("/openapi.json", "/docs", "/redoc", "/docs/oauth2-redirect"):
         assert httpx.get(f"{receiver.base}{path}", timeout=5).status_code == 404, path

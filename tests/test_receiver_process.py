@@ -39,6 +39,8 @@ from db.engine import make_engine
 from wechat.crypto import signed_query
 from wechat.events import to_xml
 
+pytestmark = pytest.mark.process  # each test starts a receiver process
+
 
 def test_start_up_refuses_a_database_behind_the_newest_schema(blank_db_url: str) -> None:
     receiver = launch_receiver(blank_db_url)

@@ -34,7 +34,7 @@ from tasks.message import client_msg_id_for
 from wechat.simulator import defaults
 from wechat.simulator.admin import SimulatorAdmin
 
-pytestmark = [pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.timeout(300), pytest.mark.process]
 REPO = Path(__file__).resolve().parents[1]
 RECIPIENTS = 300
 
