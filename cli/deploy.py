@@ -1,7 +1,8 @@
 """`wxpush deploy` and `wxpush worker`: put the flows on a Prefect server, and run them.
 
 `deploy` creates the `wxpush` process work pool (if missing) and deploys every entry of
-the project's `prefect.yaml`; `worker` starts a Prefect worker on that pool with the
+the project's `prefect.yaml` (the daily digest's schedule paused on a real account without
+a template of its own: cli/digest_guard.py); `worker` starts a Prefect worker on that pool with the
 environment the deployments expect (`WXPUSH_HOME`, the database URL). `wxpush serve` uses
 both; on production machines run them by hand (docs/operations.md).
 """
@@ -11,13 +12,18 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
 import flows
 from cli.services import python_module
+
+if TYPE_CHECKING:
+    from cli.digest_guard import DigestPlan
 
 WORK_POOL = "wxpush"
 #: The deployments of prefect.yaml by the name the API knows them: "<flow>/<deployment>".
@@ -66,14 +72,49 @@ async def aensure_work_pool(name: str = WORK_POOL) -> Literal["created", "unchan
         return "created"
 
 
-def deploy_all(prefect_file: Path | None = None, *, env: dict[str, str] | None = None) -> str:
-    """Create the work pool and deploy every entry of prefect.yaml; returns Prefect's output."""
+@dataclass
+class Deployed:
+    """What `deploy_all` did: Prefect's output, and notes the operator must read."""
+
+    output: str
+    notes: list[str] = field(default_factory=list)
+
+
+def deploy_all(
+    prefect_file: Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    digest_template_id: str | None = None,
+) -> Deployed:
+    """Create the work pool and deploy every entry of prefect.yaml. The daily digest gets
+    `digest_template_id`, and its schedule is paused on a real account without one."""
+    import yaml
+
+    from cli.digest_guard import aplan_digest, apply_plan, digest_entry
+
     path = prefect_file or project_file()
     asyncio.run(aensure_work_pool())
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    entry = digest_entry(config)
+    plan = asyncio.run(aplan_digest(entry, digest_template_id)) if entry else None
+    with tempfile.TemporaryDirectory(prefix="wxpush-deploy-") as folder:
+        deployed_file = path
+        if entry is not None and plan is not None and apply_plan(entry, plan):
+            deployed_file = Path(folder) / path.name
+            deployed_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        output = _prefect_deploy(deployed_file, cwd=path.parent, env=env)
+    notes = []
+    if plan is not None and plan.paused:
+        notes.append(_paused_note(plan))
+    return Deployed(output=output, notes=notes)
+
+
+def _prefect_deploy(prefect_file: Path, *, cwd: Path, env: dict[str, str] | None) -> str:
     api = {"PREFECT_API_URL": api_url()}
+    argv = ("prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))
     done = subprocess.run(
-        python_module("prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(path)),
-        cwd=path.parent,
+        python_module(*argv),
+        cwd=cwd,
         env={**os.environ, **api, **(env or {}), "PREFECT_CLI_COLORS": "false", "COLUMNS": "200"},
         capture_output=True,
         text=True,
@@ -82,6 +123,20 @@ def deploy_all(prefect_file: Path | None = None, *, env: dict[str, str] | None =
     if done.returncode != 0:
         raise DeployError(f"prefect deploy failed:\n{done.stdout}{done.stderr}")
     return done.stdout
+
+
+def _paused_note(plan: DigestPlan) -> str:
+    """How to switch the paused digest on, with its schedules' ids as deployed."""
+    from prefect.client.orchestration import get_client
+
+    from cli.digest_guard import how_to_enable
+
+    async def schedule_ids() -> list[str]:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name(plan.deployment)
+            return [str(schedule.id) for schedule in deployment.schedules]
+
+    return how_to_enable(plan, asyncio.run(schedule_ids()))
 
 
 def worker_argv(pool: str = WORK_POOL, *, healthcheck: bool = False) -> list[str]:
@@ -119,11 +174,22 @@ def register(app: typer.Typer) -> None:
         prefect_file: Annotated[
             Path | None, typer.Option("--prefect-file", help="Default: the project's.")
         ] = None,
+        digest_template_id: Annotated[
+            str | None,
+            typer.Option(
+                "--digest-template-id",
+                help="Template the daily digest sends (default: the simulator's demo one; "
+                "on a real account the digest's schedule is deployed paused without it).",
+            ),
+        ] = None,
     ) -> None:
         """Create the `wxpush` work pool and deploy push-campaign, refresh-access-token and
         daily-digest to the Prefect server of PREFECT_API_URL."""
         try:
-            typer.echo(deploy_all(prefect_file).rstrip())
+            deployed = deploy_all(prefect_file, digest_template_id=digest_template_id)
+            typer.echo(deployed.output.rstrip())
+            for note in deployed.notes:
+                typer.secho(note, fg="yellow")
         except DeployError as exc:
             typer.secho(str(exc), fg="red", err=True)
             raise typer.Exit(1) from None

@@ -156,11 +156,13 @@ def run_serve(
                 point_simulator_at(sim_url, receiver_url)
             else:
                 setup_app(app="default")
-            deploy_all()
+            deployed = deploy_all()
             typer.echo(
                 "  deployed: push-campaign, refresh-access-token (every 10 minutes), "
                 "daily-digest (09:00 Asia/Shanghai)"
             )
+            for note in deployed.notes:  # a real account's digest is deployed paused
+                typer.secho(f"  {note}", fg=typer.colors.YELLOW)
             _say(f"{next(step)}/{steps} A worker on the `{WORK_POOL}` work pool")
             stack.enter_context(_worker(db_url))
             _say(f"{next(step)}/{steps} First token refresh, through the worker")

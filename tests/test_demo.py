@@ -13,6 +13,7 @@ import psutil
 import pytest
 
 
+@pytest.mark.process
 @pytest.mark.timeout(240)
 def test_demo_closes_the_loop_and_stops_what_it_started(tmp_path: Path) -> None:
     before = {p.pid for p in psutil.process_iter()}
