@@ -31,6 +31,7 @@ from tasks.sender import (
     send_rows,
     stop_signal,
 )
+from tests.waiting import await_until, wait_until
 from wechat.client import WeChatClient
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID
 from wechat.simulator.process import SimulatorProcess
@@ -443,11 +444,13 @@ async def test_a_stop_in_one_batch_halts_a_batch_in_another_thread(
     bad_spec = SPEC.model_copy(update={"template_id": "deleted-template"})
 
     def other_batch() -> BatchResult:
-        async def go() -> BatchResult:
-            await asyncio.sleep(0.3)
-            return await run(sim, [row(i) for i in ids[:5]], spec=bad_spec, stop=stop, token=token)
-
-        return asyncio.run(go())
+        wait_until(
+            lambda: sim.admin.counters().calls["template_send"] >= 25,
+            "the first batch is under way (25 sends)",
+        )
+        return asyncio.run(
+            run(sim, [row(i) for i in ids[:5]], spec=bad_spec, stop=stop, token=token)
+        )
 
     other = asyncio.to_thread(other_batch)
     mine = run(sim, [row(i) for i in ids[5:]], stop=stop, limiter=limiter, token=token)
@@ -545,7 +548,7 @@ async def test_stop_wakes_a_sleeper_on_another_event_loop() -> None:
 
     thread = threading.Thread(target=sleeper)
     thread.start()
-    await asyncio.sleep(0.1)
+    await await_until(lambda: stop._sleepers, "the other thread sleeps on the signal")
     stop.pause(45009, "quota")
     stop.halt(40037, "bad template")  # more severe: replaces the pause
     stop.pause(45009, "quota again")  # milder: ignored
@@ -599,7 +602,7 @@ async def test_a_cancelled_batch_leaves_its_answers_with_the_caller(sim: Simulat
                 outcomes=sink,
             )
         )
-        await asyncio.sleep(0.5)
+        await await_until(lambda: len(sink) >= 10, "ten answers are in")
         batch.cancel()
         with pytest.raises(asyncio.CancelledError):
             await batch
