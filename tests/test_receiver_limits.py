@@ -25,6 +25,7 @@ from db.migrate import upgrade
 from receiver.log_limit import RateLimitFilter
 from receiver.replay import NonceCache, NonceRefused
 from tests.fixtures.database import DatabaseFactory
+from tests.waiting import wait_until
 from wechat.crypto import signed_query
 from wechat.events import to_xml
 
@@ -330,7 +331,10 @@ def test_refusal_warnings_are_rate_limited(receiver: ReceiverProcess) -> None:
         client.post(
             "/wechat/callback", params={"signature": "0" * 40, "timestamp": stamp, "nonce": "x"}
         )
-    time.sleep(0.3)
+    wait_until(
+        lambda: _lines(receiver.output()[start:], r"more like this suppressed"),
+        "the receiver logged the suppressed refusals",
+    )
     log = receiver.output()[start:]
     refused = _lines(log, r"Refused a callback")
     summary = _lines(log, r"Refused a callback.*more like this suppressed")

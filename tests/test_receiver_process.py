@@ -36,6 +36,7 @@ from bench.receiver import (
     start_receiver,
 )
 from db.engine import make_engine
+from tests.waiting import wait_until
 from wechat.crypto import signed_query
 from wechat.events import to_xml
 
@@ -98,8 +99,11 @@ def test_sigterm_ends_the_receiver_within_10_s_while_its_database_is_locked(
             assert waited < 5, "answered before WeChat's 5 s are up"
             late: list[httpx.Response] = []
             pending = threading.Thread(target=lambda: late.append(_push(receiver.base, 3)))
-            pending.start()  # a push waiting for its commit when SIGTERM comes
-            time.sleep(0.5)
+            pending.start()  # a push waiting for its commit (or refused) when SIGTERM comes
+            wait_until(
+                lambda: late or httpx.get(f"{receiver.base}/health").json()["backlog"] >= 2,
+                "the third push is queued behind the locked database, or already refused",
+            )
             took = receiver.stop(timeout=30)
             pending.join(timeout=10)
             assert took < 10, f"SIGTERM took {took:.1f} s"

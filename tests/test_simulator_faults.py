@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from tests.fixtures.simulator import WeChatHttp
+from tests.waiting import wait_until
 from wechat.simulator.defaults import DEMO_OPENID, DEMO_TEMPLATE_ID, demo_template_data
 from wechat.simulator.process import SimulatorProcess
 
@@ -100,7 +101,7 @@ def test_slow_answers_do_not_block_other_requests(sim: SimulatorProcess, wx: WeC
     with ThreadPoolExecutor(1) as pool:
         started = time.monotonic()
         slow = pool.submit(wx.send_template, token)
-        time.sleep(0.1)
+        wait_until(lambda: sim.admin.counters().faults["slow"] == 1, "the send is being slowed")
         assert "ip_list" in wx.callback_ip(token)  # not a send: never faulted
         fast_done = time.monotonic() - started
         answer = slow.result(timeout=10)
@@ -115,7 +116,7 @@ def test_a_reset_drops_slow_requests_in_flight(sim: SimulatorProcess, wx: WeChat
     sim.admin.set_faults(slow_rate=1.0, slow_seconds=0.5)
     with ThreadPoolExecutor(1) as pool:
         slow = pool.submit(wx.send_template, token)
-        time.sleep(0.15)
+        wait_until(lambda: sim.admin.counters().faults["slow"] == 1, "the send is being slowed")
         sim.admin.reset()
         with pytest.raises(httpx.TransportError):
             slow.result(timeout=10)
