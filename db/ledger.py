@@ -14,7 +14,7 @@ Precedence, enforced in the upsert's `DO UPDATE … WHERE`, so no order of write
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -287,9 +287,3 @@ def failed_rows_sql(campaign_id: str) -> str:
         f"WHERE campaign_id = {literal} AND status = 'failed'\n"
         "ORDER BY errcode, openid;"
     )
-
-
-def outcome_rows(executor: Executor, campaign_id: str) -> Mapping[str, Mapping[str, Any]]:
-    """Every ledger row of the campaign by openid (tests and small reports; not for big ones)."""
-    query = select(deliveries).where(deliveries.c.campaign_id == campaign_id)
-    return {row.openid: row._asdict() for row in executor.execute(query)}

@@ -231,6 +231,7 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
                 "write_failures": stats.failures,
                 "last_error": stats.last_error,
                 "rejected": stats.rejected,
+                "late_matches": stats.late_matches,
                 **stats.totals,
             },
             status_code=200 if down is None else 503,

@@ -73,7 +73,6 @@ DEFAULT_MAX_BACKLOG = 10_000
 class WriterStats:
     """What the writer has done so far (the /health answer and the bench read it)."""
 
-    queued: int = 0
     written: int = 0
     batches: int = 0
     failures: int = 0
@@ -223,7 +222,6 @@ class BatchWriter:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._queue.append(_Pending(record, future, time.monotonic()))
-        self.stats.queued += 1
         self._wake.set()
         return future
 

@@ -7,8 +7,8 @@ the same time, so they must share one schedule: it lives under a `threading.Lock
 caller sleeps on its own loop *outside* the lock.
 
 The algorithm is GCRA (the "virtual scheduling" form of a token bucket): the limiter keeps
-the theoretical arrival time `tat` of the next message. `acquire()` reserves the slot
-`max(now, tat - (burst - 1)/rate)`, advances `tat` by `1/rate` and sleeps until the slot.
+the theoretical arrival time `tat` of the next message. `reserve()` takes the slot
+`max(now, tat - (burst - 1)/rate)`, advances `tat` by `1/rate` and returns the wait for it.
 Slots are handed out on a fixed grid, so a late wake-up never lowers the rate over time,
 and the achieved rate equals the configured one whenever senders are waiting.
 A caller cancelled while sleeping wastes its slot (the rate dips, never overshoots).
@@ -16,7 +16,6 @@ A caller cancelled while sleeping wastes its slot (the rate dips, never overshoo
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 import weakref
@@ -26,11 +25,12 @@ __all__ = ["RateLimiter", "shared_limiter"]
 
 
 class RateLimiter:
-    """`await limiter.acquire()` before each send; at most `rate` per second on average.
+    """`reserve()` before each send, then wait the seconds it returns; at most `rate` per
+    second on average. (The sender waits on its StopSignal, so that a stop wakes it.)
 
     `burst` messages may go back to back after an idle spell (1 = evenly spaced). A rate
-    of `None` or 0 means unlimited: `acquire()` returns at once (callers can skip it
-    altogether by checking `unlimited`).
+    of `None` or 0 means unlimited: `reserve()` returns 0 (callers can skip it altogether
+    by checking `unlimited`).
     """
 
     def __init__(
@@ -70,14 +70,6 @@ class RateLimiter:
             slot = max(now, self._tat - self._tolerance)
             self._tat = max(slot, self._tat) + self._interval
         return slot - now
-
-    async def acquire(self) -> None:
-        """Wait for this caller's slot (on the caller's own event loop)."""
-        if self.rate is None:
-            return
-        delay = self.reserve()
-        if delay > 0:
-            await asyncio.sleep(delay)
 
     def __repr__(self) -> str:
         rate = "unlimited" if self.rate is None else f"{self.rate:g}/s"

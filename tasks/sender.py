@@ -47,7 +47,6 @@ __all__ = [
     "StopSignal",
     "TokenSource",
     "fix_hint",
-    "forget_stop_signal",
     "send_rows",
     "stop_signal",
 ]
@@ -148,14 +147,6 @@ class StopSignal:
         """Stop sending, resumable (quota, error ratio)."""
         return self.set("pause", reason, errcode=errcode)
 
-    def halt(self, errcode: int | None, reason: str) -> Stop:
-        """Stop sending until someone fixes something (request/config error)."""
-        return self.set("stop", reason, errcode=errcode)
-
-    def cancel(self, reason: str) -> Stop:
-        """Stop sending because an operator said so."""
-        return self.set("cancel", reason)
-
     def clear(self) -> None:
         """Forget the stop: a new run of the campaign starts sending again."""
         with self._lock:
@@ -210,21 +201,15 @@ _signals_lock = threading.Lock()
 def stop_signal(key: Hashable) -> StopSignal:
     """The campaign's one `StopSignal` in this process (created on first use).
 
-    Kept until `forget_stop_signal`: a stop must outlive the batch that raised it, so that
-    batches queued behind it see it. A new run of the same campaign in the same process
-    must `clear()` it first (the flow does, at start).
+    Kept for the life of the process: a stop must outlive the batch that raised it, so that
+    batches queued behind it, and the flow's end hooks, see it. A new run of the same
+    campaign in the same process must `clear()` it first (the flow does, at start).
     """
     with _signals_lock:
         signal = _signals.get(key)
         if signal is None:
             signal = _signals[key] = StopSignal()
         return signal
-
-
-def forget_stop_signal(key: Hashable) -> None:
-    """Drop the campaign's signal (when its flow run ends), so long-lived workers don't grow."""
-    with _signals_lock:
-        _signals.pop(key, None)
 
 
 # -- the token ---------------------------------------------------------------------------------

@@ -113,7 +113,7 @@ def test_database_errors_are_named_never_quoted() -> None:
 
 def test_an_earlier_cancel_wins_over_the_error_that_followed() -> None:
     stop = StopSignal()
-    stop.cancel("cancelled from the UI")
+    stop.set("cancel", "cancelled from the UI")
     stop.set(*stop_for_error(TransportError("x"), "c-1"))
     assert decide_status({}, stop) == (CampaignStatus.CANCELLED, "cancelled from the UI")
 

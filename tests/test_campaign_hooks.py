@@ -16,7 +16,7 @@ from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from flows.campaign import _end_abnormally, push_campaign
 from tasks import database
 from tasks.flow_runs import CANCELLED_REASON
-from tasks.sender import forget_stop_signal, stop_signal
+from tasks.sender import stop_signal
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def running(
     """Campaign `c-hook`, running under flow run `run-1`, with one answer in the ledger."""
     monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
     database.dispose_all()
-    forget_stop_signal("c-hook")
+    stop_signal("c-hook").clear()
     with db_engine.begin() as conn:
         record = campaigns.create_or_resume(
             conn,
@@ -42,7 +42,7 @@ def running(
         record_outcomes(conn, "c-hook", [DeliveryOutcome("o1", DeliveryStatus.SENT, msgid=1)])
     assert record.status is CampaignStatus.RUNNING
     yield record
-    forget_stop_signal("c-hook")
+    stop_signal("c-hook").clear()
     database.dispose_all()
 
 

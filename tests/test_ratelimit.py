@@ -88,13 +88,8 @@ def test_unlimited_costs_nothing() -> None:
         limiter = RateLimiter(rate)
         assert limiter.unlimited and limiter.reserve() == 0
         started = time.perf_counter()
-        asyncio.run(_acquire_many(limiter, 10_000))
+        assert not any(limiter.reserve() for _ in range(10_000))
         assert time.perf_counter() - started < 1.0
-
-
-async def _acquire_many(limiter: RateLimiter, n: int) -> None:
-    for _ in range(n):
-        await limiter.acquire()
 
 
 def test_bad_settings_are_refused() -> None:
@@ -112,7 +107,7 @@ def test_real_event_loops_in_two_threads_hold_the_rate() -> None:
     def batch() -> None:
         async def go() -> None:
             for _ in range(40):
-                await limiter.acquire()
+                await asyncio.sleep(limiter.reserve())  # as the sender waits for its slot
                 stamps.append(time.monotonic())
 
         asyncio.run(go())

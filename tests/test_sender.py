@@ -550,7 +550,7 @@ async def test_stop_wakes_a_sleeper_on_another_event_loop() -> None:
     thread.start()
     await await_until(lambda: stop._sleepers, "the other thread sleeps on the signal")
     stop.pause(45009, "quota")
-    stop.halt(40037, "bad template")  # more severe: replaces the pause
+    stop.set("stop", "bad template", errcode=40037)  # more severe: replaces the pause
     stop.pause(45009, "quota again")  # milder: ignored
     thread.join(5)
     assert woke and woke[0][0] is True and woke[0][1] < 5

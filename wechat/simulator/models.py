@@ -53,11 +53,6 @@ class FollowerUpsertResult(_Strict):
     total: int
 
 
-class FollowerPage(_Strict):
-    total: int
-    followers: list[FollowerOut]
-
-
 class TemplateSpec(_Strict):
     """A template of the account: the keys its `data` must fill."""
 
