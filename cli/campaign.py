@@ -12,7 +12,13 @@ from typing import Annotated, Any, TypeVar
 import typer
 from pydantic import BaseModel, ValidationError
 
-campaign_app = typer.Typer(help="Run campaigns from a terminal (the same flow the UI runs).")
+from cli.errors import BoundaryGroup, validation_problems
+
+campaign_app = typer.Typer(
+    help="Run campaigns from a terminal (the same flow the UI runs).", cls=BoundaryGroup
+)
+#: A file named on the command line: a missing one is a usage error, said before anything runs.
+ReadableFile = {"exists": True, "dir_okay": False, "readable": True}
 
 
 def _data_pairs(pairs: list[str]) -> dict[str, str]:
@@ -46,7 +52,7 @@ def run(
     url: Annotated[str | None, typer.Option("--url")] = None,
     audience_sql: Annotated[str | None, typer.Option("--audience-sql")] = None,
     audience_file: Annotated[
-        Path | None, typer.Option("--audience-file", help="Audience SQL file.")
+        Path | None, typer.Option("--audience-file", help="Audience SQL file.", **ReadableFile)
     ] = None,
     window_hours: Annotated[
         int | None, typer.Option("--window-hours", help="[default: 48]")
@@ -67,7 +73,11 @@ def run(
     retry_failed: Annotated[bool, typer.Option("--retry-failed")] = False,
     params_file: Annotated[
         Path | None,
-        typer.Option("--params-file", help="A JSON file of CampaignParams; flags override it."),
+        typer.Option(
+            "--params-file",
+            help="A JSON file of CampaignParams; flags override it.",
+            **ReadableFile,
+        ),
     ] = None,
 ) -> None:
     """Run push_campaign in this process and print its report. Ctrl-C or SIGTERM stops it
@@ -147,6 +157,7 @@ def run_here(params: Any) -> str:
     from db.campaigns import new_campaign_id
     from flows.campaign import push_campaign
 
+    refuse_before_run(params)
     if not params.campaign_id and not params.dry_run:
         # Known before the run starts, so a stopped run can still say which campaign it was.
         params = params.model_copy(update={"campaign_id": new_campaign_id()})
@@ -161,6 +172,21 @@ def run_here(params: Any) -> str:
         typer.secho(_ended_line(params.campaign_id, state), fg="red", err=True)
         raise typer.Exit(1)
     return str(state.result().campaign_id)
+
+
+def refuse_before_run(params: Any) -> None:
+    """What the flow would refuse in its first second (a message that cannot render, an app
+    block that does not exist), refused here: one line, no flow run, no logged traceback."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.campaign import message_spec
+    from tasks.token import load_app
+
+    try:
+        message_spec(params)
+    except ValidationError as exc:
+        raise typer.BadParameter(validation_problems(exc)) from None
+    run_coro_as_sync(load_app(params.app))  # AppNotConfigured, or an unreachable Prefect API
 
 
 def _ended_line(campaign_id: str | None, state: Any) -> str:
@@ -183,21 +209,17 @@ M = TypeVar("M", bound=BaseModel)
 def parameters_from(model: type[M], params_file: Path | None, flags: dict[str, Any]) -> M:
     """A flow's parameter model from a JSON file (optional) with the flags given on top;
     a validation error becomes a usage error that says which field is wrong."""
-    given: dict[str, Any] = json.loads(params_file.read_text()) if params_file else {}
+    try:
+        given: dict[str, Any] = json.loads(params_file.read_text()) if params_file else {}
+    except json.JSONDecodeError as exc:
+        raise typer.BadParameter(
+            f"{params_file} is not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})"
+        ) from None
     given.update({k: v for k, v in flags.items() if v is not None})
     try:
         return model.model_validate(given)
     except ValidationError as exc:
-        raise typer.BadParameter(_one_line(exc)) from None
-
-
-def _one_line(exc: ValidationError) -> str:
-    """Pydantic's errors as `field: message` in one line (not its multi-line dump)."""
-    problems = []
-    for error in exc.errors(include_url=False):
-        where = ".".join(str(part) for part in error["loc"])
-        problems.append(f"{where}: {error['msg']}" if where else str(error["msg"]))
-    return "; ".join(problems)
+        raise typer.BadParameter(validation_problems(exc)) from None
 
 
 def report_text(campaign: str) -> str:

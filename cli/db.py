@@ -9,6 +9,8 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import BoundaryGroup
+
 DatabaseUrl = Annotated[
     str | None,
     typer.Option(
@@ -22,7 +24,10 @@ DatabaseUrl = Annotated[
 def register(app: typer.Typer) -> None:
     """Add the `db` command group to the `wxpush` app."""
     group = typer.Typer(
-        name="db", help="The wxpush database: migrations, the audience role.", no_args_is_help=True
+        name="db",
+        help="The wxpush database: migrations, the audience role.",
+        no_args_is_help=True,
+        cls=BoundaryGroup,
     )
 
     @group.command("upgrade")
@@ -82,7 +87,7 @@ def register(app: typer.Typer) -> None:
         from sqlalchemy.exc import DBAPIError
         from sqlalchemy.pool import NullPool
 
-        from db.audience_role import AudienceRoleError, ensure_audience_role
+        from db.audience_role import ensure_audience_role  # AudienceRoleError: cli/errors.py
         from db.engine import AUDIENCE_ENV_VAR, make_engine
 
         engine = make_engine(database_url, poolclass=NullPool)
@@ -91,9 +96,6 @@ def register(app: typer.Typer) -> None:
                 typer.echo(_SQLITE_ROLES, err=True)
                 return
             role = ensure_audience_role(engine, name, password)
-        except AudienceRoleError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(1) from None
         except DBAPIError as exc:
             sqlstate = getattr(exc.orig, "sqlstate", None)
             diag = getattr(exc.orig, "diag", None)

@@ -8,7 +8,11 @@ from typing import Annotated
 
 import typer
 
-digest_app = typer.Typer(help="Send daily digests from a terminal (the daily-digest flow).")
+from cli.errors import BoundaryGroup
+
+digest_app = typer.Typer(
+    help="Send daily digests from a terminal (the daily-digest flow).", cls=BoundaryGroup
+)
 
 
 @digest_app.command("run")

@@ -2,16 +2,35 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import typer
 
 from cli import campaign, db, demo, deploy, digest, receiver, seed, serve, setup, simulator
+from cli.errors import DEBUG_ENV, BoundaryGroup
 
 app = typer.Typer(
     name="wxpush",
     help="WeChat message campaigns orchestrated by Prefect.",
     no_args_is_help=True,
     add_completion=False,
+    cls=BoundaryGroup,  # the one place an expected failure becomes a plain line
 )
+
+
+@app.callback()
+def main(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug",
+            envvar=DEBUG_ENV,
+            help="Show the full traceback of a failure instead of its one-line explanation.",
+        ),
+    ] = False,
+) -> None:
+    """WeChat message campaigns orchestrated by Prefect."""
+
 
 for module in (simulator, setup, db, seed, campaign, digest, demo, deploy, serve, receiver):
     module.register(app)

@@ -12,6 +12,7 @@ from typing import Annotated
 
 import typer
 
+from cli.errors import OperatorError
 from receiver.config import ReceiverConfig
 
 
@@ -25,12 +26,13 @@ def load_config(app: str, **overrides: object) -> ReceiverConfig:
 
     block = run_coro_as_sync(load_app(app))  # AppNotConfigured says how to create it
     if block.callback_token is None:
-        raise ValueError(
+        raise OperatorError(
             f"the wechat-app block {app!r} has no callback token: run "
             f"`wxpush setup --app {app} --callback-token …` or set WXPUSH_CALLBACK_TOKEN"
         )
     return ReceiverConfig(
         app_id=block.app_id,
+        kind=block.kind,
         token=block.callback_token,
         encoding_aes_key=block.encoding_aes_key,
         previous_encoding_aes_key=block.previous_encoding_aes_key,
@@ -113,36 +115,32 @@ def register(app: typer.Typer) -> None:
         ] = None,
     ) -> None:
         """Serve WeChat's callback URL: verify, decrypt, record receipts and interactions."""
-        from receiver.app import create_app
-        from receiver.server import serve
-        from tasks.database import engine
-        from wechat.errors import ConfigError
-
-        try:
-            config = load_config(
-                app_name,
-                timestamp_window_seconds=timestamp_window,
-                max_body_bytes=max_body_bytes,
-                max_header_bytes=max_header_bytes,
-                header_timeout_seconds=header_timeout,
-                body_timeout_seconds=body_timeout,
-                keep_alive_timeout_seconds=keep_alive_timeout,
-                max_connections=max_connections,
-                nonce_cache_entries=nonce_cache_entries,
-                refusal_log_burst=refusal_log_burst,
-                refusal_log_interval_seconds=refusal_log_interval,
-            )
-        except (ValueError, ConfigError) as exc:
-            typer.secho(f"wxpush receiver: {exc}", fg="red", err=True)
-            raise typer.Exit(1) from None
         from db.engine import database_url
+        from receiver.app import create_app
+        from receiver.server import listen, serve
+        from tasks.database import engine
 
+        # Every refusal (a bad setting, an old schema, a port in use) comes before the
+        # "Receiving" line, as one line from the CLI's error boundary (cli/errors.py).
+        config = load_config(
+            app_name,
+            timestamp_window_seconds=timestamp_window,
+            max_body_bytes=max_body_bytes,
+            max_header_bytes=max_header_bytes,
+            header_timeout_seconds=header_timeout,
+            body_timeout_seconds=body_timeout,
+            keep_alive_timeout_seconds=keep_alive_timeout,
+            max_connections=max_connections,
+            nonce_cache_entries=nonce_cache_entries,
+            refusal_log_burst=refusal_log_burst,
+            refusal_log_interval_seconds=refusal_log_interval,
+        )
         problem = schema_problem(database_url())
         if problem:
-            typer.secho(f"wxpush receiver: {problem}", fg="red", err=True)
-            raise typer.Exit(1)
+            raise OperatorError(problem)
+        sock = listen(host, port)
         typer.echo(
             f"Receiving callbacks for {config.app_id} on http://{host}:{port}/wechat/callback "
             f"({'safe mode and plaintext' if config.encoding_aes_key else 'plaintext only'})"
         )
-        serve(create_app(config, engine()), config, host, port)
+        serve(create_app(config, engine()), config, sock)

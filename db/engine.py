@@ -23,6 +23,10 @@ DEFAULT_SQLITE_FILE = "wxpush.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
 
+class UnsupportedDatabase(ValueError):
+    """The URL names a database wxpush does not support; the message says what to set."""
+
+
 def database_url(url: str | None = None) -> str:
     """The database URL: `url`, else `$WXPUSH_DATABASE_URL`, else `sqlite:///<cwd>/wxpush.db`.
 
@@ -72,7 +76,7 @@ def make_engine(url: str | None = None, **kwargs: Any) -> Engine:
         return _sqlite_engine(resolved, **kwargs)
     if backend == "postgresql":
         return _postgresql_engine(resolved, **kwargs)
-    raise ValueError(
+    raise UnsupportedDatabase(
         f"wxpush supports SQLite and PostgreSQL; {display_url(resolved)} is {backend}. "
         f"Set {ENV_VAR} to sqlite:///path/to/wxpush.db or postgresql://user@host/db."
     )

@@ -9,15 +9,33 @@ from __future__ import annotations
 
 import os
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from wechat.errors import AccountKind
+from wechat.identifiers import check_app_id, check_callback_token, check_encoding_aes_key
+
+
+class ReceiverConfigError(ValueError):
+    """The receiver lacks a setting it needs; the message names it and where to set it."""
 
 
 class ReceiverConfig(BaseModel):
     """One receiver serves one WeChat account (one AppID, one callback Token)."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(frozen=True, hide_input_in_errors=True)  # inputs may be secrets
 
     app_id: str = Field(min_length=1, description="The account's AppID (checked after decrypting).")
+    kind: AccountKind = Field(
+        "official_account", description="official_account (AppID) or wecom (CorpID)."
+    )
     token: SecretStr = Field(description="The callback Token set in WeChat's admin console.")
     encoding_aes_key: SecretStr | None = Field(
         None, description="EncodingAESKey (43 characters); required for safe mode."
@@ -68,11 +86,33 @@ class ReceiverConfig(BaseModel):
         60.0, gt=0, description="The interval of `refusal_log_burst`."
     )
 
+    # Refused here, before the receiver says it is receiving: a wrong form can never verify.
+    @field_validator("token")
+    @classmethod
+    def _token_form(cls, value: SecretStr) -> SecretStr:
+        check_callback_token(value.get_secret_value())
+        return value
+
+    @field_validator("encoding_aes_key", "previous_encoding_aes_key")
+    @classmethod
+    def _key_form(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None:
+            label = "previous EncodingAESKey" if info.field_name.startswith("previous") else None
+            check_encoding_aes_key(value.get_secret_value(), label or "EncodingAESKey")
+        return value
+
+    @model_validator(mode="after")
+    def _app_id_form(self) -> ReceiverConfig:
+        check_app_id(self.app_id, self.kind)
+        return self
+
     @classmethod
     def from_env(cls, **overrides: object) -> ReceiverConfig:
-        """The config from WXPUSH_* variables; raises ValueError naming what is missing."""
+        """The config from WXPUSH_* variables; raises ReceiverConfigError naming what is
+        missing."""
         values: dict[str, object] = {
             "app_id": os.environ.get("WXPUSH_APP_ID", ""),
+            "kind": os.environ.get("WXPUSH_ACCOUNT_KIND") or "official_account",
             "token": os.environ.get("WXPUSH_CALLBACK_TOKEN", ""),
             "encoding_aes_key": os.environ.get("WXPUSH_CALLBACK_AES_KEY") or None,
             "previous_encoding_aes_key": os.environ.get("WXPUSH_CALLBACK_PREVIOUS_AES_KEY") or None,
@@ -81,7 +121,7 @@ class ReceiverConfig(BaseModel):
         names = {"app_id": "WXPUSH_APP_ID", "token": "WXPUSH_CALLBACK_TOKEN"}
         missing = [env for name, env in names.items() if not values[name]]
         if missing:
-            raise ValueError(
+            raise ReceiverConfigError(
                 f"the receiver needs {' and '.join(missing)}: set them in the environment, "
                 "or in the wechat-app block (`wxpush setup --callback-token …`)"
             )

@@ -19,8 +19,10 @@ complete request (a real push sends its whole request at once, a slow client nev
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import resource
+import socket
 from typing import Any, ClassVar, Literal
 
 import h11
@@ -169,13 +171,28 @@ def fit_fd_limit(max_connections: int) -> int:
     return max_connections
 
 
-def serve(app: FastAPI, config: ReceiverConfig, host: str, port: int) -> None:
-    """Run `app` until SIGINT or SIGTERM, with the receiver's bounds."""
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket, bound before the receiver announces itself: a port in use is
+    an OSError (EADDRINUSE) here, not a log line from inside uvicorn after the banner."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno == errno.EADDRINUSE:
+            raise OSError(exc.errno, f"{host}:{port} is already in use (see --port)") from None
+        raise
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(app: FastAPI, config: ReceiverConfig, sock: socket.socket) -> None:
+    """Run `app` on the bound `sock` until SIGINT or SIGTERM, with the receiver's bounds."""
     config = config.model_copy(update={"max_connections": fit_fd_limit(config.max_connections)})
     server_config = uvicorn.Config(
         app,
-        host=host,
-        port=port,
         http=guarded_protocol(config),
         h11_max_incomplete_event_size=config.max_header_bytes,
         timeout_keep_alive=config.keep_alive_timeout_seconds,
@@ -196,4 +213,4 @@ def serve(app: FastAPI, config: ReceiverConfig, host: str, port: int) -> None:
         burst=config.refusal_log_burst,
         interval=config.refusal_log_interval_seconds,
     )
-    uvicorn.Server(server_config).run()
+    uvicorn.Server(server_config).run(sockets=[sock])

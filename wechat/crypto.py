@@ -24,15 +24,15 @@ import binascii
 import hashlib
 import hmac
 import os
-import re
 import struct
 from xml.sax.saxutils import escape
 
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from wechat.identifiers import encoding_aes_key_problem
+
 #: PKCS#7 block size WeChat uses (32, not AES's 16: wechatpy and WxJava agree).
 PAD_BLOCK = 32
-_KEY_RE = re.compile(r"[A-Za-z0-9]{43}")
 
 
 class CallbackError(Exception):
@@ -168,14 +168,9 @@ def cdata(value: str) -> str:
 
 def _aes_key(encoding_aes_key: str, which: str) -> bytes:
     """The 32-byte key from a 43-char EncodingAESKey; the error names the problem, not the key."""
-    if not isinstance(encoding_aes_key, str):
-        raise EncodingAESKeyError(f"{which} EncodingAESKey must be a str")
-    if len(encoding_aes_key) != 43:
-        raise EncodingAESKeyError(
-            f"{which} EncodingAESKey must be 43 characters, got {len(encoding_aes_key)}"
-        )
-    if not _KEY_RE.fullmatch(encoding_aes_key):
-        raise EncodingAESKeyError(f"{which} EncodingAESKey must contain only A-Z, a-z and 0-9")
+    problem = encoding_aes_key_problem(encoding_aes_key)  # the one rule: wechat/identifiers.py
+    if problem is not None:
+        raise EncodingAESKeyError(f"{which} EncodingAESKey {problem}")
     key = base64.b64decode(encoding_aes_key + "=")
     if len(key) != 32:  # pragma: no cover - 43 base64 chars always give 32 bytes
         raise EncodingAESKeyError(f"{which} EncodingAESKey does not decode to 32 bytes")

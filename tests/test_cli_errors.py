@@ -1,0 +1,245 @@
+"""The CLI's one error boundary (cli/errors.py): each broken configuration an operator can
+meet ends in one plain line naming what is wrong and how to fix it, exit 1 (usage errors 2),
+and no traceback unless `--debug` or WXPUSH_DEBUG=1 asks for one.
+
+Commands run through typer's CliRunner where no server is needed; the receiver's port and
+a child service that cannot start are real processes."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from sqlalchemy.exc import OperationalError
+from typer.testing import CliRunner
+
+from cli.errors import explain
+from cli.main import app
+from cli.services import pick_port
+from tasks.database import dispose_all
+from wechat.simulator import defaults
+
+runner = CliRunner()
+KEY = defaults.DEMO_ENCODING_AES_KEY
+ACCOUNT = {
+    "WXPUSH_APP_ID": defaults.DEMO_APP_ID,
+    "WXPUSH_CALLBACK_TOKEN": "callback-token-for-tests",
+    "WXPUSH_CALLBACK_AES_KEY": KEY,
+}
+SEND = ["campaign", "run", "--name", "n", "--template-id", "t", "--data", "thing1=x"]
+
+
+@pytest.fixture(autouse=True)
+def _fresh_engines() -> Iterator[None]:
+    """Engines are cached per URL; each case must connect anew."""
+    dispose_all()
+    yield
+    dispose_all()
+
+
+def _one_line(args: list[str], env: dict[str, str] | None = None, code: int = 1) -> str:
+    """Run `wxpush args`; assert the exit code, no traceback, and one line; return it."""
+    result = runner.invoke(app, args, env=env)
+    output = result.output
+    assert result.exit_code == code, output
+    assert "Traceback" not in output
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    if code == 1:
+        lines = [line for line in output.splitlines() if line.strip()]
+        assert len(lines) == 1, output
+    return " ".join(output.translate(_BOX).split())  # a usage error comes in a rich box
+
+
+_BOX = str.maketrans(dict.fromkeys("│╭╮╰╯─", " "))
+
+
+# -- the database --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [["report", "x"], ["campaign", "list"]])
+def test_an_unmigrated_database_says_run_db_upgrade(tmp_path: Path, args: list[str]) -> None:
+    url = f"sqlite:///{tmp_path / 'empty.db'}"
+    line = _one_line(args, {"WXPUSH_DATABASE_URL": url})
+    assert "is not migrated" in line and "run `wxpush db upgrade`" in line
+    assert line.startswith(f"wxpush {' '.join(args[:2]) if args[0] == 'campaign' else args[0]}:")
+
+
+def test_an_unsupported_database_url_names_the_choices_and_masks_the_password() -> None:
+    line = _one_line(["campaign", "list"], {"WXPUSH_DATABASE_URL": "mysql://u:pw-9x@h/db"})
+    assert "wxpush supports SQLite and PostgreSQL" in line
+    assert "pw-9x" not in line and "***" in line
+
+
+def test_a_garbage_database_url_says_what_a_url_looks_like() -> None:
+    line = _one_line(["report", "x"], {"WXPUSH_DATABASE_URL": "garbage:pw-9x"})
+    assert "not one wxpush can use" in line and "postgresql://" in line
+    assert "pw-9x" not in line
+
+
+def test_a_sqlite_file_in_a_missing_directory(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'no-such-dir' / 'wxpush.db'}"
+    line = _one_line(["campaign", "list"], {"WXPUSH_DATABASE_URL": url})
+    assert "unable to open database file" in line and "directory exists" in line
+
+
+def _postgres_url(**parts: object) -> str:
+    base = os.environ.get("WXPUSH_TEST_POSTGRES_URL")
+    if not base:
+        pytest.skip("needs WXPUSH_TEST_POSTGRES_URL")
+    from sqlalchemy.engine import make_url
+
+    return make_url(base).set(password="pw-9x", **parts).render_as_string(hide_password=False)
+
+
+def test_a_postgresql_database_that_does_not_exist() -> None:
+    url = _postgres_url(database="wxpush_no_such_db")
+    line = _one_line(["campaign", "list"], {"WXPUSH_DATABASE_URL": url})
+    assert 'database "wxpush_no_such_db" does not exist' in line
+    assert "check WXPUSH_DATABASE_URL" in line and "pw-9x" not in line
+
+
+def test_a_postgresql_port_where_nothing_listens() -> None:
+    port = pick_port(0)
+    line = _one_line(["report", "x"], {"WXPUSH_DATABASE_URL": _postgres_url(port=port)})
+    assert f"port {port} failed" in line and "pw-9x" not in line
+
+
+def test_debug_and_wxpush_debug_keep_the_traceback(tmp_path: Path) -> None:
+    env = {"WXPUSH_DATABASE_URL": f"sqlite:///{tmp_path / 'empty.db'}"}
+    for args, extra in ((["--debug", "report", "x"], {}), (["report", "x"], {"WXPUSH_DEBUG": "1"})):
+        result = runner.invoke(app, args, env={**env, **extra})
+        assert result.exit_code == 1
+        assert isinstance(result.exception, OperationalError)  # not translated: re-raised
+
+
+def test_a_bug_is_not_explained_away() -> None:
+    assert explain(RuntimeError("a bug")) is None
+    assert explain(KeyError("x")) is None
+
+
+# -- campaign flags --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("pair", "reason"),
+    [(" =x", "a data field key cannot be empty"), ("thing1={bad", "unbalanced '{'")],
+)
+def test_a_bad_data_flag_is_a_usage_error_before_any_run(pair: str, reason: str) -> None:
+    line = _one_line(
+        ["campaign", "run", "--name", "n", "--template-id", "t", "--data", pair], code=2
+    )
+    assert reason in line
+
+
+def test_a_missing_audience_file_is_a_usage_error(tmp_path: Path) -> None:
+    missing = tmp_path / "audience.sql"
+    line = _one_line([*SEND, "--audience-file", str(missing)], code=2)
+    assert "does not exist" in line
+
+
+def test_bad_json_in_params_file_names_the_file_and_the_place(tmp_path: Path) -> None:
+    params = tmp_path / "params.json"
+    params.write_text('{"name": "n",')
+    line = _one_line(["campaign", "run", "--name", "n", "--params-file", str(params)], code=2)
+    assert "params.json is not valid JSON" in line and "line 1" in line
+
+
+def test_an_unreachable_prefect_api_says_how_to_start_one() -> None:
+    api = f"http://127.0.0.1:{pick_port(0)}/api"
+    with temporary_settings(updates={PREFECT_API_URL: api}):
+        line = _one_line(SEND)
+    assert f"cannot reach the Prefect API at {api}" in line and "wxpush serve" in line
+
+
+def test_a_missing_app_block_says_how_to_create_it(prefect_harness: object) -> None:
+    line = _one_line([*SEND, "--app", "nosuchblock"])
+    assert line.startswith("wxpush campaign run: There is no wechat-app block named 'nosuchblock'")
+    assert "wxpush setup --app nosuchblock" in line
+    receiver = _one_line(["receiver", "--app", "nosuchblock"], {"WXPUSH_CALLBACK_TOKEN": ""})
+    assert "There is no wechat-app block named 'nosuchblock'" in receiver
+
+
+# -- the receiver -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("setting", "value", "reason"),
+    [
+        ("WXPUSH_CALLBACK_AES_KEY", KEY[:-1], "EncodingAESKey must be 43 characters, got 42"),
+        ("WXPUSH_CALLBACK_AES_KEY", KEY[:-1] + "+", "must contain only A-Z, a-z and 0-9"),
+        ("WXPUSH_CALLBACK_TOKEN", "  ", "the callback Token is empty"),
+        ("WXPUSH_APP_ID", "wxapp", "AppID 'wxapp' is not wx followed by 16"),
+    ],
+)
+def test_the_receiver_refuses_a_malformed_setting_before_it_says_receiving(
+    tmp_path: Path, setting: str, value: str, reason: str
+) -> None:
+    env = {**ACCOUNT, setting: value, "WXPUSH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}"}
+    line = _one_line(["receiver", "--port", "1"], env)
+    assert reason in line and "Receiving" not in line
+    if setting == "WXPUSH_CALLBACK_AES_KEY":
+        assert value not in line  # a secret is never echoed
+
+
+def test_the_receiver_says_its_port_is_in_use(migrated_db_url: str) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {**ACCOUNT, "WXPUSH_DATABASE_URL": migrated_db_url}
+        line = _one_line(["receiver", "--port", str(port)], env)
+    assert f"127.0.0.1:{port} is already in use" in line and "Receiving" not in line
+
+
+@pytest.mark.process
+def test_a_receiver_process_with_a_bad_key_prints_one_line(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        **ACCOUNT,
+        "WXPUSH_CALLBACK_AES_KEY": "short",
+        "WXPUSH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "receiver", "--port", str(pick_port(0))],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stdout == ""  # nothing announced
+    assert done.stderr.strip().splitlines() == [
+        "wxpush receiver: encoding_aes_key: EncodingAESKey must be 43 characters, got 5 "
+        "(copy it from the server configuration page)"
+    ]
+
+
+# -- a child service ---------------------------------------------------------------------------
+
+
+@pytest.mark.process
+def test_a_child_service_that_fails_to_start_names_its_log(tmp_path: Path) -> None:
+    env = {
+        **os.environ,
+        "WXPUSH_STATE_DIR": str(tmp_path / "state"),
+        "WXPUSH_DATABASE_URL": f"sqlite:///{tmp_path / 'wxpush.db'}",
+        # The Prefect server child cannot open this database, so it exits at start-up.
+        "PREFECT_SERVER_DATABASE_CONNECTION_URL": "sqlite+aiosqlite:////nonexistent/dir/p.db",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", "serve", "--no-simulator", "--ui-port", "0"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "prefect-server exited with code" in done.stderr
+    assert str(tmp_path / "state" / "logs" / "prefect-server.log") in done.stderr
