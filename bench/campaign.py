@@ -97,7 +97,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PARTS = ("ceiling", "e2e", "rate", "rss", "map")
 APP = "bench"  # wechat-app block of the sending population (the simulator's app)
 RSS_APP = "bench-rss"  # block of the dry-run population (no simulator followers needed)
-RSS_APP_ID = "wxbench0rss0000000"
+RSS_APP_ID = "wx00000000000000b1"  # an AppID of the right form (wechat/identifiers.py)
 #: Every seeded interaction is at most 240 h old: a wider window keeps every row inside it
 #: while the window CASE still runs on each row.
 WINDOW_HOURS = 264

@@ -23,6 +23,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr, ValidationError
 
+from cli.errors import OperatorError, validation_problems
 from tasks.blocks import APP_NAME_PATTERN, AccountKind, TokenMode, WeChatAccessToken, WeChatApp
 from tasks.token import lock_name
 
@@ -30,8 +31,8 @@ Change = Literal["created", "updated", "unchanged"]
 BLOCK_TYPES: tuple[type[Block], ...] = (WeChatApp, WeChatAccessToken)
 
 
-class SetupError(Exception):
-    """A problem the operator must fix; the message says how."""
+class SetupError(OperatorError):
+    """A problem the operator must fix; the message says how (cli/errors.py prints it)."""
 
 
 @dataclass
@@ -103,14 +104,6 @@ async def _register(client: PrefectClient, block_type: type[Block]) -> Change:
 _REQUIRED = {"app_id": "--app-id", "app_secret": "--app-secret"}
 
 
-def _problems(exc: ValidationError) -> str:
-    """Where and what, never the input (it may be a secret)."""
-    return "; ".join(
-        f"{'.'.join(map(str, err['loc']))}: {err['msg']}"
-        for err in exc.errors(include_input=False, include_url=False)
-    )
-
-
 def _plain(value: Any) -> Any:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
@@ -123,7 +116,7 @@ async def _write_app_block(
     except ValidationError as exc:
         raise SetupError(
             f"wechat-app/{app} exists but does not fit the current block schema "
-            f"({_problems(exc)}); fix or delete it in the Prefect UI."
+            f"({validation_problems(exc)}); fix or delete it in the Prefect UI."
         ) from None
     except ValueError as exc:
         if not isinstance(exc.__cause__, ObjectNotFound):
@@ -144,7 +137,9 @@ async def _write_app_block(
     try:
         block = WeChatApp(**merged)
     except ValidationError as exc:
-        raise SetupError(f"Invalid settings for wechat-app/{app}: {_problems(exc)}") from None
+        raise SetupError(
+            f"Invalid settings for wechat-app/{app}: {validation_problems(exc)}"
+        ) from None
     if existing is None:
         await block.asave(app, client=client)
         return "created", []
@@ -284,22 +279,19 @@ def setup(
         ),
     ] = None,
 ) -> None:
-    """Register wxpush's block types, create or update the app's block, create its limits."""
-    try:
-        report = setup_app(
-            app,
-            app_id=app_id,
-            app_secret=app_secret,
-            api_base_url=api_base_url,
-            kind=kind,
-            token_mode=token_mode,
-            callback_token=callback_token,
-            encoding_aes_key=encoding_aes_key,
-            previous_encoding_aes_key=previous_encoding_aes_key,
-        )
-    except SetupError as exc:
-        typer.echo(f"wxpush setup: {exc}", err=True)
-        raise typer.Exit(code=1) from None
+    """Register wxpush's block types, create or update the app's block, create its limits.
+    A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason."""
+    report = setup_app(
+        app,
+        app_id=app_id,
+        app_secret=app_secret,
+        api_base_url=api_base_url,
+        kind=kind,
+        token_mode=token_mode,
+        callback_token=callback_token,
+        encoding_aes_key=encoding_aes_key,
+        previous_encoding_aes_key=previous_encoding_aes_key,
+    )
     for line in report.lines():
         typer.echo(line)
 

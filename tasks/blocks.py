@@ -17,9 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
-from pydantic import Field, SecretStr, field_validator
+from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
 
 from wechat.errors import AccountKind
+from wechat.identifiers import check_app_id, check_callback_token, check_encoding_aes_key
 from wechat.models import AccessToken
 
 __all__ = ["APP_NAME_PATTERN", "AccountKind", "TokenMode", "WeChatAccessToken", "WeChatApp"]
@@ -37,6 +38,9 @@ class WeChatApp(Block):
     Create one per account in the Prefect UI (Blocks → WeChat App) or with `wxpush setup`.
     The block's name (e.g. `default`) is the `app` parameter of every wxpush flow.
     """
+
+    # A refused value is a secret as often as not: keep it out of the error's text.
+    model_config = ConfigDict(hide_input_in_errors=True)
 
     _block_type_name: ClassVar[str] = "WeChat App"
     _block_type_slug: ClassVar[str] = "wechat-app"
@@ -107,6 +111,28 @@ class WeChatApp(Block):
             "a while: callbacks still encrypted with it are accepted."
         ),
     )
+
+    # The forms of wechat/identifiers.py, so a typo is refused when the block is saved, with
+    # its reason, not discovered by the first token fetch or the first callback.
+    @field_validator("callback_token")
+    @classmethod
+    def _token_form(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            check_callback_token(value.get_secret_value())
+        return value
+
+    @field_validator("encoding_aes_key", "previous_encoding_aes_key")
+    @classmethod
+    def _key_form(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is not None:
+            label = "previous EncodingAESKey" if info.field_name.startswith("previous") else None
+            check_encoding_aes_key(value.get_secret_value(), label or "EncodingAESKey")
+        return value
+
+    @model_validator(mode="after")
+    def _app_id_form(self) -> WeChatApp:
+        check_app_id(self.app_id, self.kind)
+        return self
 
     @field_validator("api_base_url")
     @classmethod

@@ -123,3 +123,32 @@ async def test_round_trip_through_the_server(prefect_harness: object) -> None:
         )
     assert TOKEN not in str(doc.data) and SECRET not in str(app_doc.data)
     assert app_doc.data["app_id"] == "wx0123456789abcdef"
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"app_id": "wxapp"}, "AppID 'wxapp' is not wx followed by 16 lowercase hex"),
+        ({"app_id": "wx0123456789ABCDEF"}, "is not wx followed by 16 lowercase hex"),
+        ({"app_id": "ww0123456789abcdef"}, "is not wx followed by 16"),  # a CorpID
+        ({"encoding_aes_key": "A" * 42}, "EncodingAESKey must be 43 characters, got 42"),
+        ({"encoding_aes_key": "A" * 42 + "="}, "must contain only A-Z, a-z and 0-9"),
+        ({"previous_encoding_aes_key": "short"}, "previous EncodingAESKey must be 43"),
+        ({"callback_token": ""}, "the callback Token is empty"),
+        ({"callback_token": " cb-secret-9 "}, "leading or trailing spaces"),
+    ],
+)
+def test_a_malformed_identifier_is_refused_with_its_reason(
+    overrides: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(ValidationError, match=reason) as info:
+        make_app(**overrides)
+    secret = str(next(iter(overrides.values()))).strip()
+    if "app_id" not in overrides and secret:
+        assert secret not in str(info.value)  # a secret never reaches the error's text
+
+
+def test_a_wecom_corp_id_is_accepted_for_a_wecom_account() -> None:
+    assert make_app(kind="wecom", app_id="ww0123456789abcdef").app_id == "ww0123456789abcdef"
+    with pytest.raises(ValidationError, match="CorpID"):
+        make_app(kind="wecom", app_id="corp-1")

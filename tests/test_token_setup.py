@@ -39,7 +39,7 @@ def count_app_blocks(name: str) -> int:
 def test_setup_twice_is_idempotent(prefect_harness: object) -> None:
     # Sync test: the command runs its own event loop (asyncio.run), as from a shell.
     name = new_app()
-    env = {"WXPUSH_APP_ID": "wx-setup-1", "WXPUSH_APP_SECRET": SECRET}
+    env = {"WXPUSH_APP_ID": "wx00000000000000a1", "WXPUSH_APP_SECRET": SECRET}
 
     first = runner.invoke(wxpush, ["setup", "--app", name], env=env)
     assert first.exit_code == 0, first.output
@@ -61,14 +61,14 @@ def test_setup_twice_is_idempotent(prefect_harness: object) -> None:
             assert client.read_block_type_by_slug(slug).slug == slug
     assert limit.limit == 1 and limit.active
     block = WeChatApp.load(name)
-    assert block.app_id == "wx-setup-1" and block.app_secret.get_secret_value() == SECRET
+    assert block.app_id == "wx00000000000000a1" and block.app_secret.get_secret_value() == SECRET
     assert SECRET not in first.output + second.output
 
 
 @pytest.mark.harness
 async def test_changes_are_named_and_other_fields_kept(prefect_harness: object) -> None:
     name = new_app()
-    await asetup_app(name, app_id="wx-setup-2", app_secret=SECRET, callback_token="cb-1")
+    await asetup_app(name, app_id="wx00000000000000a2", app_secret=SECRET, callback_token="cb-1")
     report = await asetup_app(name, token_mode="classic", app_secret="new-secret-value")
     assert report.app_block == "updated"
     assert report.changed_fields == ["app_secret", "token_mode"]
@@ -76,7 +76,7 @@ async def test_changes_are_named_and_other_fields_kept(prefect_harness: object) 
     text = "\n".join(report.lines())
     assert "new-secret-value" not in text and SECRET not in text
     block = await WeChatApp.aload(name)
-    assert block.token_mode == "classic" and block.app_id == "wx-setup-2"
+    assert block.token_mode == "classic" and block.app_id == "wx00000000000000a2"
     assert block.callback_token is not None and block.callback_token.get_secret_value() == "cb-1"
 
 
@@ -85,7 +85,7 @@ async def test_setup_restores_a_tampered_limit(prefect_harness: object) -> None:
     from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
     name = new_app()
-    await asetup_app(name, app_id="wx-setup-3", app_secret=SECRET)
+    await asetup_app(name, app_id="wx00000000000000a3", app_secret=SECRET)
     async with get_client() as client:
         await client.update_global_concurrency_limit(
             lock_name(name), GlobalConcurrencyLimitUpdate(limit=5, active=False)
@@ -100,7 +100,9 @@ async def test_setup_restores_a_tampered_limit(prefect_harness: object) -> None:
 @pytest.mark.harness
 def test_new_app_without_credentials_is_a_clear_error(prefect_harness: object) -> None:
     name = new_app()
-    result = runner.invoke(wxpush, ["setup", "--app", name, "--app-id", "wx-only-id"], env={})
+    result = runner.invoke(
+        wxpush, ["setup", "--app", name, "--app-id", "wx00000000000000a4"], env={}
+    )
     assert result.exit_code == 1
     assert f"wechat-app/{name} does not exist yet" in result.output
     assert "--app-secret" in result.output and "WXPUSH_APP_SECRET" in result.output
@@ -128,3 +130,28 @@ def test_unreachable_prefect_api_is_a_clear_error() -> None:
     assert f"Cannot reach the Prefect API at {url}" in result.output
     assert "prefect server start" in result.output
     assert SECRET not in result.output
+
+
+@pytest.mark.harness
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--app-id", "wxapp"], "AppID 'wxapp' is not wx followed by 16 lowercase hex"),
+        (["--encoding-aes-key", "k" * 42], "EncodingAESKey must be 43 characters, got 42"),
+        (["--encoding-aes-key", "k" * 42 + "/"], "must contain only A-Z, a-z and 0-9"),
+        (["--callback-token", " "], "the callback Token is empty"),
+    ],
+)
+def test_setup_refuses_a_malformed_identifier_in_one_line(
+    prefect_harness: object, flags: list[str], reason: str
+) -> None:
+    name = new_app()
+    args = ["setup", "--app", name, "--app-id", "wx00000000000000a5", *flags]
+    result = runner.invoke(wxpush, args, env={"WXPUSH_APP_SECRET": SECRET})
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("wxpush setup: Invalid settings"), lines
+    assert reason in lines[0] and "Traceback" not in result.output
+    if flags[0] != "--app-id" and flags[1].strip():
+        assert flags[1] not in lines[0]  # a secret is never echoed
+    assert count_app_blocks(name) == 0
