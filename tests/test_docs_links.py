@@ -18,6 +18,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+pytestmark = pytest.mark.process  # `git ls-files` lists the repository (a subprocess)
 
 #: Notes that exist only beside a developer's checkout, never in it (issue 10, point 7).
 OUTSIDE_NOTES = re.compile(
