@@ -177,16 +177,22 @@ def run_here(params: Any) -> str:
 def refuse_before_run(params: Any) -> None:
     """What the flow would refuse in its first second (a message that cannot render, an app
     block that does not exist), refused here: one line, no flow run, no logged traceback."""
-    from prefect.utilities.asyncutils import run_coro_as_sync
-
     from flows.campaign import message_spec
-    from tasks.token import load_app
 
     try:
         message_spec(params)
     except ValidationError as exc:
         raise typer.BadParameter(validation_problems(exc)) from None
-    run_coro_as_sync(load_app(params.app))  # AppNotConfigured, or an unreachable Prefect API
+    require_app(params.app)
+
+
+def require_app(app: str) -> None:
+    """Raise AppNotConfigured (or the unreachable Prefect API) before a flow run exists."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from tasks.token import load_app
+
+    run_coro_as_sync(load_app(app))
 
 
 def _ended_line(campaign_id: str | None, state: Any) -> str:

@@ -35,17 +35,30 @@ def run(
         str | None, typer.Option("--timezone", help="IANA time zone; default Asia/Shanghai.")
     ] = None,
     digest_file: Annotated[
-        Path | None, typer.Option("--digest-file", help="A file holding your digest SQL.")
+        Path | None,
+        typer.Option(
+            "--digest-file",
+            help="A file holding your digest SQL.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed")] = False,
     params_file: Annotated[
         Path | None,
-        typer.Option("--params-file", help="A JSON file of DigestParams; flags override it."),
+        typer.Option(
+            "--params-file",
+            help="A JSON file of DigestParams; flags override it.",
+            exists=True,
+            dir_okay=False,
+            readable=True,
+        ),
     ] = None,
 ) -> None:
     """Run the daily-digest flow in this process and print the day's campaign report."""
-    from cli.campaign import parameters_from, report_text
+    from cli.campaign import parameters_from, report_text, require_app
     from flows.digest import daily_digest
     from tasks.params import DigestParams
 
@@ -59,6 +72,7 @@ def run(
         "retry_failed": retry_failed or None,
     }
     params = parameters_from(DigestParams, params_file, flags)
+    require_app(params.app)
     state = daily_digest(params, return_state=True)
     if not state.is_completed():
         typer.secho(f"The digest run ended {state.name}: {state.message}", fg="red", err=True)

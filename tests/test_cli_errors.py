@@ -161,6 +161,8 @@ def test_a_missing_app_block_says_how_to_create_it(prefect_harness: object) -> N
     line = _one_line([*SEND, "--app", "nosuchblock"])
     assert line.startswith("wxpush campaign run: There is no wechat-app block named 'nosuchblock'")
     assert "wxpush setup --app nosuchblock" in line
+    digest = _one_line(["digest", "run", "--app", "nosuchblock", "--dry-run"])
+    assert digest.startswith("wxpush digest run: There is no wechat-app block named")
     receiver = _one_line(["receiver", "--app", "nosuchblock"], {"WXPUSH_CALLBACK_TOKEN": ""})
     assert "There is no wechat-app block named 'nosuchblock'" in receiver
 
