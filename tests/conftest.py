@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.campaign",
     "tests.fixtures.tiers",
+    "pytester",  # test_tiers runs pytest on a small suite of its own
 ]
