@@ -13,12 +13,24 @@ import typer
 from pydantic import BaseModel, ValidationError
 
 from cli.errors import BoundaryGroup, validation_problems
+from cli.help import model_default, model_help
+from tasks.params import CampaignParams
 
 campaign_app = typer.Typer(
     help="Run campaigns from a terminal (the same flow the UI runs).", cls=BoundaryGroup
 )
 #: A file named on the command line: a missing one is a usage error, said before anything runs.
 ReadableFile = {"exists": True, "dir_okay": False, "readable": True}
+
+
+def _param(flag: str, field: str, unit: str = "", none: str = "none", **extra: Any) -> Any:
+    """An option for a CampaignParams field: its description and real default (cli/help.py)."""
+    return typer.Option(
+        flag,
+        help=model_help(CampaignParams, field),
+        show_default=model_default(CampaignParams, field, unit, none),
+        **extra,
+    )
 
 
 def _data_pairs(pairs: list[str]) -> dict[str, str]:
@@ -33,57 +45,64 @@ def _data_pairs(pairs: list[str]) -> dict[str, str]:
 
 @campaign_app.command("run")
 def run(
-    name: Annotated[str, typer.Option("--name", help="Campaign name.")],
-    template_id: Annotated[str | None, typer.Option("--template-id")] = None,
+    name: Annotated[str, typer.Option("--name", help=model_help(CampaignParams, "name"))],
+    # Flags without a value default to None, so a --params-file value is not overridden
+    # by a flag the operator never gave; CampaignParams holds the real defaults, shown here.
+    template_id: Annotated[str | None, _param("--template-id", "template_id")] = None,
     data: Annotated[
         list[str] | None,
-        typer.Option("--data", help="Template field KEY=TEXT; {column} comes from the row."),
+        typer.Option(
+            "--data",
+            help="A template field as KEY=TEXT (repeat it); {column} comes from the row.",
+            show_default="none",
+        ),
     ] = None,
-    # Flags without a value default to None, so a --params-file value is not overridden
-    # by a flag the operator never gave; CampaignParams holds the real defaults.
-    app: Annotated[
-        str | None, typer.Option("--app", help="wechat-app block name [default: default].")
+    app: Annotated[str | None, _param("--app", "app")] = None,
+    kind: Annotated[str | None, _param("--kind", "kind")] = None,
+    text: Annotated[str | None, _param("--text", "text")] = None,
+    url: Annotated[str | None, _param("--url", "url")] = None,
+    audience_sql: Annotated[
+        str | None, _param("--audience-sql", "audience_sql", none="every follower")
     ] = None,
-    kind: Annotated[
-        str | None,
-        typer.Option("--kind", help="template (default) | customer_service | subscribe"),
-    ] = None,
-    text: Annotated[str | None, typer.Option("--text", help="customer_service text.")] = None,
-    url: Annotated[str | None, typer.Option("--url")] = None,
-    audience_sql: Annotated[str | None, typer.Option("--audience-sql")] = None,
     audience_file: Annotated[
-        Path | None, typer.Option("--audience-file", help="Audience SQL file.", **ReadableFile)
+        Path | None,
+        typer.Option(
+            "--audience-file",
+            help="A file holding the audience SQL.",
+            show_default="none",
+            **ReadableFile,
+        ),
     ] = None,
-    window_hours: Annotated[
-        int | None, typer.Option("--window-hours", help="[default: 48]")
+    window_hours: Annotated[int | None, _param("--window-hours", "window_hours", "h")] = None,
+    batch_size: Annotated[int | None, _param("--batch-size", "batch_size", "recipients")] = None,
+    concurrency: Annotated[
+        int | None, _param("--concurrency", "concurrency", "messages in flight")
     ] = None,
-    batch_size: Annotated[int | None, typer.Option("--batch-size", help="[default: 500]")] = None,
-    concurrency: Annotated[int | None, typer.Option("--concurrency", help="[default: 16]")] = None,
     rate: Annotated[
-        float | None,
-        typer.Option("--rate", help="Messages per second, campaign-wide (at least 0.1)."),
+        float | None, _param("--rate", "rate_per_second", "per s", none="no limit")
     ] = None,
-    max_error_ratio: Annotated[
-        float | None, typer.Option("--max-error-ratio", help="[default: 0.5]")
-    ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    max_error_ratio: Annotated[float | None, _param("--max-error-ratio", "max_error_ratio")] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help=model_help(CampaignParams, "dry_run"))
+    ] = False,
     campaign_id: Annotated[
-        str | None, typer.Option("--campaign-id", help="Continue this campaign.")
+        str | None, _param("--campaign-id", "campaign_id", none="a new campaign")
     ] = None,
-    retry_failed: Annotated[bool, typer.Option("--retry-failed")] = False,
+    retry_failed: Annotated[
+        bool, typer.Option("--retry-failed", help=model_help(CampaignParams, "retry_failed"))
+    ] = False,
     params_file: Annotated[
         Path | None,
         typer.Option(
             "--params-file",
             help="A JSON file of CampaignParams; flags override it.",
+            show_default="none",
             **ReadableFile,
         ),
     ] = None,
 ) -> None:
     """Run push_campaign in this process and print its report. Ctrl-C or SIGTERM stops it
     cleanly: answers received are recorded, the campaign is paused, resumable."""
-    from tasks.params import CampaignParams
-
     if audience_file is not None:
         audience_sql = audience_file.read_text()
     flags = {

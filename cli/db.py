@@ -15,8 +15,8 @@ DatabaseUrl = Annotated[
     str | None,
     typer.Option(
         "--database-url",
-        help="SQLAlchemy URL (default: $WXPUSH_DATABASE_URL, else sqlite:///./wxpush.db).",
-        show_default=False,
+        help="SQLAlchemy URL of the database.",
+        show_default="$WXPUSH_DATABASE_URL, else sqlite:///./wxpush.db",
     ),
 ]
 
@@ -76,8 +76,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--password",
-                help="Its password (default: a new random one).",
-                show_default=False,
+                help="Its password.",
+                show_default="a new random one",
             ),
         ] = None,
     ) -> None:

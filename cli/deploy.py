@@ -172,14 +172,20 @@ def register(app: typer.Typer) -> None:
     @app.command("deploy")
     def deploy(
         prefect_file: Annotated[
-            Path | None, typer.Option("--prefect-file", help="Default: the project's.")
+            Path | None,
+            typer.Option(
+                "--prefect-file",
+                help="The deployments file.",
+                show_default="the project's prefect.yaml",
+            ),
         ] = None,
         digest_template_id: Annotated[
             str | None,
             typer.Option(
                 "--digest-template-id",
-                help="Template the daily digest sends (default: the simulator's demo one; "
-                "on a real account the digest's schedule is deployed paused without it).",
+                help="Template the daily digest sends (on a real account the digest's "
+                "schedule is deployed paused without it).",
+                show_default="the simulator's demo template",
             ),
         ] = None,
     ) -> None:

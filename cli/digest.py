@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from cli.errors import BoundaryGroup
+from cli.help import model_default
+from tasks.params import DigestParams
 
 digest_app = typer.Typer(
     help="Send daily digests from a terminal (the daily-digest flow).", cls=BoundaryGroup
@@ -23,22 +25,38 @@ def run(
             "--day",
             formats=["%Y-%m-%d"],
             metavar="YYYY-MM-DD",
-            help="YYYY-MM-DD, in the digest's time zone; default: yesterday there.",
+            help="The day to report, in the digest's time zone.",
+            show_default="yesterday there",
         ),
     ] = None,
     name: Annotated[
         str | None,
-        typer.Option("--name", help="Digest name (with the day, it makes the campaign ID)."),
+        typer.Option(
+            "--name",
+            help="Digest name (with the day, it makes the campaign ID).",
+            show_default=model_default(DigestParams, "name"),
+        ),
     ] = None,
-    app: Annotated[str | None, typer.Option("--app", help="wechat-app block name.")] = None,
+    app: Annotated[
+        str | None,
+        typer.Option(
+            "--app", help="wechat-app block name.", show_default=model_default(DigestParams, "app")
+        ),
+    ] = None,
     timezone: Annotated[
-        str | None, typer.Option("--timezone", help="IANA time zone; default Asia/Shanghai.")
+        str | None,
+        typer.Option(
+            "--timezone",
+            help="IANA time zone of the day.",
+            show_default=model_default(DigestParams, "timezone"),
+        ),
     ] = None,
     digest_file: Annotated[
         Path | None,
         typer.Option(
             "--digest-file",
             help="A file holding your digest SQL.",
+            show_default="the built-in digest SQL",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -51,6 +69,7 @@ def run(
         typer.Option(
             "--params-file",
             help="A JSON file of DigestParams; flags override it.",
+            show_default="none",
             exists=True,
             dir_okay=False,
             readable=True,
@@ -60,7 +79,6 @@ def run(
     """Run the daily-digest flow in this process and print the day's campaign report."""
     from cli.campaign import parameters_from, report_text, require_app
     from flows.digest import daily_digest
-    from tasks.params import DigestParams
 
     flags = {
         "day": day.date().isoformat() if day else None,

@@ -8,11 +8,12 @@ there, else from the `wechat-app` block (`wxpush setup --callback-token …`).
 from __future__ import annotations
 
 import os
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from cli.errors import OperatorError
+from cli.help import model_default, model_help
 from receiver.config import ReceiverConfig
 
 
@@ -62,56 +63,60 @@ def schema_problem(url: str) -> str | None:
     return f"{where} {state}, not {head}: run `wxpush db upgrade` first"
 
 
+def _limit(flag: str, field: str, unit: str) -> Any:
+    """An option for a ReceiverConfig field: its description, its default and unit, and its
+    lower bound, all read from the model (cli/help.py)."""
+    bound = next(
+        (m.ge for m in ReceiverConfig.model_fields[field].metadata if hasattr(m, "ge")), None
+    )
+    return typer.Option(
+        flag,
+        help=model_help(ReceiverConfig, field),
+        show_default=model_default(ReceiverConfig, field, unit),
+        min=bound,
+    )
+
+
 def register(app: typer.Typer) -> None:
     """Add `wxpush receiver` to the app."""
 
     @app.command("receiver")
     def receiver(
-        host: Annotated[str, typer.Option("--host")] = "127.0.0.1",
-        port: Annotated[int, typer.Option("--port")] = 8902,
+        host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8902,
         app_name: Annotated[
             str, typer.Option("--app", help="wechat-app block to read when the env has none.")
         ] = "default",
+        # None = ReceiverConfig's default (shown by `_limit`), so the model is the one source.
         timestamp_window: Annotated[
-            int | None,
-            typer.Option("--timestamp-window", help="Seconds a push's timestamp may be off."),
+            int | None, _limit("--timestamp-window", "timestamp_window_seconds", "s")
         ] = None,
-        max_body_bytes: Annotated[int | None, typer.Option("--max-body-bytes")] = None,
+        max_body_bytes: Annotated[
+            int | None, _limit("--max-body-bytes", "max_body_bytes", "bytes")
+        ] = None,
         max_header_bytes: Annotated[
-            int | None,
-            typer.Option("--max-header-bytes", min=1024, help="Request line and headers [16384]."),
+            int | None, _limit("--max-header-bytes", "max_header_bytes", "bytes")
         ] = None,
         header_timeout: Annotated[
-            float | None,
-            typer.Option("--header-timeout", min=0.1, help="Seconds to send a request head [10]."),
+            float | None, _limit("--header-timeout", "header_timeout_seconds", "s")
         ] = None,
         body_timeout: Annotated[
-            float | None,
-            typer.Option("--body-timeout", min=0.1, help="Seconds to send a body [10]."),
+            float | None, _limit("--body-timeout", "body_timeout_seconds", "s")
         ] = None,
         keep_alive_timeout: Annotated[
-            int | None,
-            typer.Option("--keep-alive-timeout", min=1, help="Idle seconds between requests [5]."),
+            int | None, _limit("--keep-alive-timeout", "keep_alive_timeout_seconds", "s")
         ] = None,
         max_connections: Annotated[
-            int | None,
-            typer.Option("--max-connections", min=2, help="Open connections at most [1000]."),
+            int | None, _limit("--max-connections", "max_connections", "connections")
         ] = None,
         nonce_cache_entries: Annotated[
-            int | None,
-            typer.Option(
-                "--nonce-cache-entries", min=3, help="Nonces kept against replays [600000]."
-            ),
+            int | None, _limit("--nonce-cache-entries", "nonce_cache_entries", "entries")
         ] = None,
         refusal_log_burst: Annotated[
-            int | None,
-            typer.Option(
-                "--refusal-log-burst", min=1, help="Refusal lines per reason and interval [10]."
-            ),
+            int | None, _limit("--refusal-log-burst", "refusal_log_burst", "lines")
         ] = None,
         refusal_log_interval: Annotated[
-            float | None,
-            typer.Option("--refusal-log-interval", min=0.1, help="That interval, in seconds [60]."),
+            float | None, _limit("--refusal-log-interval", "refusal_log_interval_seconds", "s")
         ] = None,
     ) -> None:
         """Serve WeChat's callback URL: verify, decrypt, record receipts and interactions."""

@@ -41,8 +41,8 @@ def register(app: typer.Typer) -> None:
             str | None,
             typer.Option(
                 "--app-id",
-                help="AppID they follow (default: $WXPUSH_APP_ID, else the simulator's demo app).",
-                show_default=False,
+                help="AppID they follow.",
+                show_default="$WXPUSH_APP_ID, else the simulator's demo app",
             ),
         ] = None,
         simulator_url: Annotated[
@@ -51,6 +51,7 @@ def register(app: typer.Typer) -> None:
                 "--simulator-url",
                 help="Also register them as followers in this simulator, e.g. "
                 "http://127.0.0.1:8900.",
+                show_default="none: the database only",
             ),
         ] = None,
         seed_value: Annotated[

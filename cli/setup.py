@@ -24,6 +24,7 @@ from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr, ValidationError
 
 from cli.errors import OperatorError, validation_problems
+from cli.help import model_default
 from tasks.blocks import APP_NAME_PATTERN, AccountKind, TokenMode, WeChatAccessToken, WeChatApp
 from tasks.token import lock_name
 
@@ -236,8 +237,13 @@ def setup_app(app: str = "default", **values: Any) -> SetupReport:
 # -- the command ---------------------------------------------------------------------------
 
 
-def _env(flag: str, envvar: str, help_text: str) -> Any:
-    return typer.Option(flag, envvar=envvar, show_envvar=True, help=help_text)
+def _env(flag: str, envvar: str, help_text: str, field: str | None = None) -> Any:
+    """A flag that falls back on `envvar`, then on the block's current value, then on the
+    WeChatApp default (shown in help, read from the block's model: cli/help.py)."""
+    shown = "the block's current value"
+    if field is not None:
+        shown += f", else {model_default(WeChatApp, field)}"
+    return typer.Option(flag, envvar=envvar, show_envvar=True, help=help_text, show_default=shown)
 
 
 def setup(
@@ -251,16 +257,14 @@ def setup(
     ] = None,
     api_base_url: Annotated[
         str | None,
-        _env(
-            "--api-base-url", "WXPUSH_API_BASE_URL", "WeChat API base URL (default: the real one)."
-        ),
+        _env("--api-base-url", "WXPUSH_API_BASE_URL", "WeChat API base URL.", "api_base_url"),
     ] = None,
     kind: Annotated[
-        AccountKind | None, _env("--kind", "WXPUSH_ACCOUNT_KIND", "Account kind.")
+        AccountKind | None, _env("--kind", "WXPUSH_ACCOUNT_KIND", "Account kind.", "kind")
     ] = None,
     token_mode: Annotated[
         TokenMode | None,
-        _env("--token-mode", "WXPUSH_TOKEN_MODE", "stable (recommended) or classic."),
+        _env("--token-mode", "WXPUSH_TOKEN_MODE", "stable (recommended) or classic.", "token_mode"),
     ] = None,
     callback_token: Annotated[
         str | None,

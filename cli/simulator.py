@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import typer
 
+PROG = "wxpush simulator"
+
 
 def register(app: typer.Typer) -> None:
     """Add this module's commands to the `wxpush` app."""
@@ -24,4 +26,41 @@ def register(app: typer.Typer) -> None:
         """
         from wechat.simulator.__main__ import main
 
-        raise typer.Exit(main(ctx.args, prog="wxpush simulator"))
+        if any(arg in ("--help", "-h") for arg in ctx.args):
+            print_help(PROG)
+            raise typer.Exit(0)
+        raise typer.Exit(main(ctx.args, prog=PROG))
+
+
+def print_help(prog: str) -> None:
+    """The simulator's flags in the same panels as every other command's help, rendered
+    from its own argparse parser (one parser, so the flags and defaults cannot differ)."""
+    from rich import box
+    from rich.console import Console
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
+
+    from wechat.simulator.__main__ import build_parser
+
+    parser = build_parser(prog)
+    console = Console()
+    console.print(Text.assemble("\n ", ("Usage: ", "yellow"), (f"{prog} [OPTIONS]", "bold"), "\n"))
+    console.print(Text(f" {parser.description}\n"))
+    for group in parser._action_groups:  # argparse keeps its groups in this one list
+        actions = [action for action in group._group_actions if action.option_strings]
+        if not actions:
+            continue
+        table = Table(box=None, show_header=False, pad_edge=False, padding=(0, 1))
+        table.add_column(style="bold cyan", no_wrap=True)
+        table.add_column(style="yellow", no_wrap=True)
+        table.add_column()
+        for action in actions:
+            kind = action.metavar or getattr(action.type, "__name__", "text")
+            metavar = "" if action.nargs == 0 else f"<{kind.lower()}>"
+            text = (action.help or "").replace("%(default)s", str(action.default))
+            if "-h" in action.option_strings:
+                text = "Show this message and exit."
+            table.add_row(", ".join(action.option_strings), metavar, Text(text))
+        title = "Options" if group.title == "options" else group.title.capitalize()
+        console.print(Panel(table, title=title, title_align="left", box=box.ROUNDED))
