@@ -245,3 +245,22 @@ def test_a_child_service_that_fails_to_start_names_its_log(tmp_path: Path) -> No
     assert "Traceback" not in done.stdout + done.stderr
     assert "prefect-server exited with code" in done.stderr
     assert str(tmp_path / "state" / "logs" / "prefect-server.log") in done.stderr
+
+
+@pytest.mark.process
+def test_the_simulator_says_its_port_is_in_use_and_nothing_else() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "cli.main", "simulator", "--port", str(port)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert done.returncode == 1
+    lines = (done.stdout + done.stderr).strip().splitlines()
+    assert len(lines) == 1, lines  # no "Unclosed client session" after it
+    assert lines[0].startswith("wxpush simulator: error while attempting to bind")
+    assert "address already in use: stop what listens there, or choose another port" in lines[0]

@@ -52,7 +52,11 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, SimulatorState
     state = new_state(settings)
     runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False)
     await runner.setup()
-    await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
+    try:
+        await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
+    except OSError:  # e.g. the port is in use: close what setup() opened (the pusher's session)
+        await runner.cleanup()
+        raise
     return runner, state
 
 
