@@ -43,24 +43,16 @@ def load_config(app: str, **overrides: object) -> ReceiverConfig:
 
 def schema_problem(url: str) -> str | None:
     """None when the database is at the newest schema; else the one line to print. The
-    receiver refuses to start on an older one: every push would fail to be written."""
+    receiver refuses to start on an older one: every push would fail to be written. A
+    database that cannot be reached raises: cli/errors.py names host, port and the fix."""
     from db.engine import display_url
     from db.migrate import current_revision, head_revision
-    from receiver.writer import describe
 
-    where = display_url(url)
-    try:
-        current = current_revision(url)
-    except Exception as exc:  # unreachable, wrong password, …: the driver's class says which
-        return (
-            f"cannot read the schema of {where} ({describe(exc)}): check WXPUSH_DATABASE_URL "
-            "and that the database is running"
-        )
-    head = head_revision()
+    current, head = current_revision(url), head_revision()
     if current == head:
         return None
     state = "is not migrated" if current is None else f"is at schema {current}"
-    return f"{where} {state}, not {head}: run `wxpush db upgrade` first"
+    return f"{display_url(url)} {state}, not {head}: run `wxpush db upgrade` first"
 
 
 def _limit(flag: str, field: str, unit: str) -> Any:

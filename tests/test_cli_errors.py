@@ -264,3 +264,10 @@ def test_the_simulator_says_its_port_is_in_use_and_nothing_else() -> None:
     assert len(lines) == 1, lines  # no "Unclosed client session" after it
     assert lines[0].startswith("wxpush simulator: error while attempting to bind")
     assert "address already in use: stop what listens there, or choose another port" in lines[0]
+
+
+def test_the_receiver_names_an_unreachable_database(tmp_path: Path) -> None:
+    env = {**ACCOUNT, "WXPUSH_DATABASE_URL": f"sqlite:///{tmp_path / 'no-dir' / 'x.db'}"}
+    line = _one_line(["receiver", "--port", "1"], env)
+    assert line.startswith("wxpush receiver: cannot open the database sqlite:///")
+    assert "directory exists" in line and "Receiving" not in line
