@@ -187,20 +187,22 @@ def _is_httpx_connect_error(exc: BaseException) -> bool:
 
 
 def _unreachable(exc: Any) -> str:
-    """An HTTP connection that failed: the Prefect API says how to start one."""
+    """An HTTP connection that failed: the Prefect API says how to start one. Only the
+    scheme, host and port are shown: a URL's query can carry an access_token."""
     from prefect.settings import PREFECT_API_URL
 
     try:
-        url = str(exc.request.url)
+        url = exc.request.url
     except RuntimeError:  # no request attached
-        url = ""
+        url = None
     api = PREFECT_API_URL.value() or ""
-    if not url or (api and url.startswith(api.rstrip("/"))):
+    where = f"{url.scheme}://{url.netloc.decode()}" if url is not None else ""
+    if not where or (api and api.startswith(where)):
         return (
             f"cannot reach the Prefect API at {api or '(PREFECT_API_URL not set)'}: start it "
             "(`wxpush serve`, or `prefect server start`) or point PREFECT_API_URL at a running one"
         )
-    return f"cannot connect to {url}: {exc}; check that it is running"
+    return f"cannot connect to {where} ({type(exc).__name__}): check that it is running"
 
 
 def _os_error(exc: OSError) -> str | None:

@@ -271,3 +271,13 @@ def test_the_receiver_names_an_unreachable_database(tmp_path: Path) -> None:
     line = _one_line(["receiver", "--port", "1"], env)
     assert line.startswith("wxpush receiver: cannot open the database sqlite:///")
     assert "directory exists" in line and "Receiving" not in line
+
+
+def test_an_unreachable_url_is_named_without_its_query_or_password() -> None:
+    import httpx
+
+    url = "https://user:pw-9x@api.example.test:8443/cgi-bin/send?access_token=tok-9x"
+    line = explain(httpx.ConnectError("refused", request=httpx.Request("POST", url)))
+    assert line == (
+        "cannot connect to https://api.example.test:8443 (ConnectError): check that it is running"
+    )
