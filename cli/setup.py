@@ -114,15 +114,19 @@ async def _write_app_block(
 ) -> tuple[Change, list[str]]:
     try:
         existing: WeChatApp | None = await WeChatApp.aload(app, client=client)
-    except ValidationError as exc:
-        raise SetupError(
-            f"wechat-app/{app} exists but does not fit the current block schema "
-            f"({validation_problems(exc)}); fix or delete it in the Prefect UI."
-        ) from None
     except ValueError as exc:
         if not isinstance(exc.__cause__, ObjectNotFound):
             raise
         existing = None
+    except RuntimeError as exc:  # Prefect's "failed validation", caused by a ValidationError
+        if not isinstance(exc.__cause__, ValidationError):
+            raise
+        # Saved before a rule it breaks (e.g. the AppID's form): read it as it is, so the
+        # flags given now can repair it; the merged block below is validated as usual.
+        document = await client.read_block_document_by_name(
+            app, WeChatApp.get_block_type_slug(), include_secrets=True
+        )
+        existing = WeChatApp.model_construct(**document.data)
     given = {key: value for key, value in values.items() if value is not None}
     if existing is None:
         missing = [flag for key, flag in _REQUIRED.items() if not given.get(key)]

@@ -8,6 +8,7 @@ import uuid
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
+from pydantic import SecretStr
 from typer.testing import CliRunner
 
 from cli.main import app as wxpush
@@ -155,3 +156,27 @@ def test_setup_refuses_a_malformed_identifier_in_one_line(
     if flags[0] != "--app-id" and flags[1].strip():
         assert flags[1] not in lines[0]  # a secret is never echoed
     assert count_app_blocks(name) == 0
+
+
+@pytest.mark.harness
+async def test_a_block_saved_before_the_appid_rule_is_repaired_by_setup(
+    prefect_harness: object,
+) -> None:
+    name = new_app()
+    old = WeChatApp.model_construct(
+        app_id="wx-old-form",
+        app_secret=SecretStr(SECRET),
+        api_base_url="https://api.weixin.qq.com",
+        kind="official_account",
+        token_mode="stable",
+        callback_token=None,
+        encoding_aes_key=None,
+        previous_encoding_aes_key=None,
+    )
+    await old.asave(name)
+    with pytest.raises(SetupError, match="AppID 'wx-old-form' is not wx followed by 16"):
+        await asetup_app(name, token_mode="classic")
+    report = await asetup_app(name, app_id="wx00000000000000a6")
+    assert report.app_block == "updated" and report.changed_fields == ["app_id"]
+    block = await WeChatApp.aload(name)
+    assert block.app_id == "wx00000000000000a6" and block.app_secret.get_secret_value() == SECRET
