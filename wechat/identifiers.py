@@ -5,7 +5,7 @@ the callback crypto, so a typo is refused with its reason instead of failing lat
 - AppID (Official Account, mini program): `wx` + 16 lowercase hex characters, as WeChat
   issues them (e.g. `wx8c4e1f0a7d3b9265`); a WeCom CorpID is `ww` + 16 hex (older ones `wx`).
 - EncodingAESKey: 43 characters of A-Z, a-z and 0-9 (the base64 of a 32-byte AES key
-  without its `=`), as the console generates it; sources in docs/wechat-protocol.md.
+  without its `=`), as the console generates it (docs/wechat-protocol.md, safe mode).
 - Callback Token: not empty (the console asks for 3-32 letters and digits).
 
 Messages name the problem, never a secret's value.
