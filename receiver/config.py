@@ -14,13 +14,12 @@ from pydantic import (
     ConfigDict,
     Field,
     SecretStr,
-    ValidationInfo,
     field_validator,
     model_validator,
 )
 
 from wechat.errors import AccountKind
-from wechat.identifiers import check_app_id, check_callback_token, check_encoding_aes_key
+from wechat.identifiers import callback_token_form, check_app_id, encoding_aes_key_form
 
 
 class ReceiverConfigError(ValueError):
@@ -87,19 +86,10 @@ class ReceiverConfig(BaseModel):
     )
 
     # Refused here, before the receiver says it is receiving: a wrong form can never verify.
-    @field_validator("token")
-    @classmethod
-    def _token_form(cls, value: SecretStr) -> SecretStr:
-        check_callback_token(value.get_secret_value())
-        return value
-
-    @field_validator("encoding_aes_key", "previous_encoding_aes_key")
-    @classmethod
-    def _key_form(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is not None:
-            label = "previous EncodingAESKey" if info.field_name.startswith("previous") else None
-            check_encoding_aes_key(value.get_secret_value(), label or "EncodingAESKey")
-        return value
+    _token_form = field_validator("token")(callback_token_form)
+    _key_form = field_validator("encoding_aes_key", "previous_encoding_aes_key")(
+        encoding_aes_key_form
+    )
 
     @model_validator(mode="after")
     def _app_id_form(self) -> ReceiverConfig:

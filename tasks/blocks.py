@@ -17,10 +17,10 @@ from datetime import UTC, datetime, timedelta
 from typing import ClassVar, Literal
 
 from prefect.blocks.core import Block
-from pydantic import ConfigDict, Field, SecretStr, ValidationInfo, field_validator, model_validator
+from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from wechat.errors import AccountKind
-from wechat.identifiers import check_app_id, check_callback_token, check_encoding_aes_key
+from wechat.identifiers import callback_token_form, check_app_id, encoding_aes_key_form
 from wechat.models import AccessToken
 
 __all__ = ["APP_NAME_PATTERN", "AccountKind", "TokenMode", "WeChatAccessToken", "WeChatApp"]
@@ -114,20 +114,10 @@ class WeChatApp(Block):
 
     # The forms of wechat/identifiers.py, so a typo is refused when the block is saved, with
     # its reason, not discovered by the first token fetch or the first callback.
-    @field_validator("callback_token")
-    @classmethod
-    def _token_form(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None:
-            check_callback_token(value.get_secret_value())
-        return value
-
-    @field_validator("encoding_aes_key", "previous_encoding_aes_key")
-    @classmethod
-    def _key_form(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
-        if value is not None:
-            label = "previous EncodingAESKey" if info.field_name.startswith("previous") else None
-            check_encoding_aes_key(value.get_secret_value(), label or "EncodingAESKey")
-        return value
+    _token_form = field_validator("callback_token")(callback_token_form)
+    _key_form = field_validator("encoding_aes_key", "previous_encoding_aes_key")(
+        encoding_aes_key_form
+    )
 
     @model_validator(mode="after")
     def _app_id_form(self) -> WeChatApp:

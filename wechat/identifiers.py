@@ -16,6 +16,8 @@ from __future__ import annotations
 import re
 from typing import Literal
 
+from pydantic import SecretStr, ValidationInfo
+
 ENCODING_AES_KEY_LENGTH = 43
 _APP_ID = re.compile(r"wx[0-9a-f]{16}")
 _CORP_ID = re.compile(r"w[wx][0-9a-f]{16}")
@@ -71,4 +73,24 @@ def check_callback_token(value: str) -> str:
         )
     if value != value.strip():
         raise IdentifierError("the callback Token has leading or trailing spaces")
+    return value
+
+
+# Pydantic field validators, shared by the `wechat-app` block and the receiver's config:
+# `field_validator("token")(callback_token_form)`.
+
+
+def callback_token_form(value: SecretStr | None) -> SecretStr | None:
+    """Check a callback Token field's form (None: not configured)."""
+    if value is not None:
+        check_callback_token(value.get_secret_value())
+    return value
+
+
+def encoding_aes_key_form(value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+    """Check an EncodingAESKey field's form; a field named `previous…` is the previous key."""
+    if value is not None:
+        previous = (info.field_name or "").startswith("previous")
+        which = "previous EncodingAESKey" if previous else "EncodingAESKey"
+        check_encoding_aes_key(value.get_secret_value(), which)
     return value
