@@ -33,14 +33,49 @@ def _param(flag: str, field: str, unit: str = "", none: str = "none", **extra: A
     )
 
 
-def _data_pairs(pairs: list[str]) -> dict[str, str]:
+def _data_pairs(pairs: list[str], flag: str = "--data") -> dict[str, str]:
     data: dict[str, str] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise typer.BadParameter(f"--data takes KEY=TEXT, got {pair!r}")
+            raise typer.BadParameter(f"{flag} takes KEY=TEXT, got {pair!r}")
         data[key.strip()] = value
     return data
+
+
+# The message options `campaign run` and `campaign test` share: one declaration each.
+TemplateIdOption = Annotated[str | None, _param("--template-id", "template_id")]
+DataOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--data",
+        help="A template field as KEY=TEXT (repeat it); {column} comes from the row.",
+        show_default="none",
+    ),
+]
+AppOption = Annotated[str | None, _param("--app", "app")]
+KindOption = Annotated[str | None, _param("--kind", "kind")]
+TextOption = Annotated[str | None, _param("--text", "text")]
+UrlOption = Annotated[str | None, _param("--url", "url")]
+
+
+def _message_flags(
+    app: str | None,
+    kind: str | None,
+    template_id: str | None,
+    data: list[str] | None,
+    text: str | None,
+    url: str | None,
+) -> dict[str, Any]:
+    """The shared message options as parameter values (None: not given on the command line)."""
+    return {
+        "app": app,
+        "kind": kind,
+        "template_id": template_id,
+        "data": _data_pairs(data or []) or None,
+        "text": text,
+        "url": url,
+    }
 
 
 @campaign_app.command("run")
@@ -48,19 +83,12 @@ def run(
     name: Annotated[str, typer.Option("--name", help=model_help(CampaignParams, "name"))],
     # Flags without a value default to None, so a --params-file value is not overridden
     # by a flag the operator never gave; CampaignParams holds the real defaults, shown here.
-    template_id: Annotated[str | None, _param("--template-id", "template_id")] = None,
-    data: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--data",
-            help="A template field as KEY=TEXT (repeat it); {column} comes from the row.",
-            show_default="none",
-        ),
-    ] = None,
-    app: Annotated[str | None, _param("--app", "app")] = None,
-    kind: Annotated[str | None, _param("--kind", "kind")] = None,
-    text: Annotated[str | None, _param("--text", "text")] = None,
-    url: Annotated[str | None, _param("--url", "url")] = None,
+    template_id: TemplateIdOption = None,
+    data: DataOption = None,
+    app: AppOption = None,
+    kind: KindOption = None,
+    text: TextOption = None,
+    url: UrlOption = None,
     audience_sql: Annotated[
         str | None, _param("--audience-sql", "audience_sql", none="every follower")
     ] = None,
@@ -107,12 +135,7 @@ def run(
         audience_sql = audience_file.read_text()
     flags = {
         "name": name,
-        "app": app,
-        "kind": kind,
-        "template_id": template_id,
-        "data": _data_pairs(data or []) or None,
-        "text": text,
-        "url": url,
+        **_message_flags(app, kind, template_id, data, text, url),
         "audience_sql": audience_sql,
         "window_hours": window_hours,
         "batch_size": batch_size,
@@ -125,6 +148,64 @@ def run(
     }
     params = parameters_from(CampaignParams, params_file, flags)
     typer.echo(report_text(run_here(params)))
+
+
+@campaign_app.command("test")
+def test_send(
+    openid: Annotated[
+        list[str],
+        typer.Option(
+            "--openid", help="A follower to get the test message (repeat it), e.g. your own."
+        ),
+    ],
+    template_id: TemplateIdOption = None,
+    data: DataOption = None,
+    app: AppOption = None,
+    kind: KindOption = None,
+    text: TextOption = None,
+    url: UrlOption = None,
+    sample: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sample",
+            help="COLUMN=TEXT for a placeholder the follower's recipients row does not fill "
+            "(repeat it); other columns get an example that fits the field.",
+            show_default="none",
+        ),
+    ] = None,
+) -> None:
+    """Send the campaign's message to a few OpenIDs first (the send-test-message flow, run
+    here): one line per OpenID, exit 0 only if WeChat accepted every one. No ledger row."""
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from flows.test_message import send_test_message
+    from tasks.params import TestSendParams
+    from tasks.test_send import TestSendReport, message_of
+
+    flags = {
+        **_message_flags(app, kind, template_id, data, text, url),
+        "openids": openid,
+        "sample_values": _data_pairs(sample or [], "--sample"),
+    }
+    params = parameters_from(TestSendParams, None, flags)
+    try:
+        message_of(params)  # a placeholder form wxpush refuses, before any flow run
+    except ValidationError as exc:
+        raise typer.BadParameter(validation_problems(exc)) from None
+    require_app(params.app)
+
+    async def answered() -> tuple[Any, Any]:
+        state = await send_test_message(params, return_state=True)
+        return state, await state.aresult(raise_on_failure=False)
+
+    state, report = run_coro_as_sync(answered())
+    if not isinstance(report, TestSendReport):
+        typer.secho(f"The test send ended {state.name}: {state.message}", fg="red", err=True)
+        raise typer.Exit(1)
+    for answer in report.answers:
+        typer.secho(answer.line(), fg=None if answer.sent else "red")
+    if not report.all_sent:
+        raise typer.Exit(1)
 
 
 class _Stopped(KeyboardInterrupt):

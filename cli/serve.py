@@ -158,8 +158,8 @@ def run_serve(
                 setup_app(app="default")
             deployed = deploy_all()
             typer.echo(
-                "  deployed: push-campaign, refresh-access-token (every 10 minutes), "
-                "daily-digest (09:00 Asia/Shanghai)"
+                "  deployed: push-campaign, send-test-message, refresh-access-token (every 10 "
+                "minutes), daily-digest (09:00 Asia/Shanghai)"
             )
             for note in deployed.notes:  # a real account's digest is deployed paused
                 typer.secho(f"  {note}", fg=typer.colors.YELLOW)

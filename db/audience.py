@@ -462,6 +462,17 @@ def has_nothing_to_send(row: Mapping[str, Any]) -> bool:
     return value is not None and str(value).lower() in _TRUE_TEXTS
 
 
+def recipient_row(connection: Connection, app_id: str, openid: str) -> dict[str, Any] | None:
+    """One follower's row as the default audience returns it (its columns, the same plain
+    values), or None if `recipients` has no such follower: what a test send renders with."""
+    result = connection.execute(
+        text(DEFAULT_AUDIENCE_SQL + " AND openid = :openid"), {"app_id": app_id, "openid": openid}
+    )
+    columns = list(result.keys())
+    row = result.first()
+    return None if row is None else _plain_row(columns, row)
+
+
 # -- preview --------------------------------------------------------------------------------------
 
 

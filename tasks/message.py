@@ -270,6 +270,11 @@ class MessageSpec(BaseModel):
             names |= _names(parts)
         return names
 
+    def field_placeholders(self) -> dict[str, set[str]]:
+        """Each template field key → the columns its text uses (a test send picks sample
+        values that fit the field's type)."""
+        return {key: _names(parts) for key, parts in self._plan.data.items()}
+
     def check_columns(self, columns: Iterable[str]) -> list[str]:
         """Columns the message needs that the audience lacks (`openid` included), sorted."""
         have = set(columns)

@@ -61,8 +61,9 @@ def _data_field(default: dict[str, str]) -> Any:
     )
 
 
-class MessageParams(BaseModel):
-    """What every recipient gets and how it is sent: the knobs campaigns and digests share."""
+class MessageFields(BaseModel):
+    """The message itself, before a row fills its placeholders: what a campaign, a digest
+    and a test send share."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -107,6 +108,21 @@ class MessageParams(BaseModel):
     miniprogram_pagepath: str | None = Field(
         None, title="Mini-program page", json_schema_extra={"position": 8}
     )
+
+    @model_validator(mode="after")
+    def _fits_the_kind(self) -> Self:
+        if self.kind in ("template", "subscribe") and not self.template_id:
+            raise ValueError(f"a {self.kind} campaign needs a template_id")
+        if self.kind in ("template", "subscribe") and not self.data:
+            raise ValueError(f"a {self.kind} campaign needs at least one template field in data")
+        if self.kind == "customer_service" and not self.text:
+            raise ValueError("a customer_service campaign needs a text")
+        return self
+
+
+class MessageParams(MessageFields):
+    """What every recipient gets and how it is sent: the knobs campaigns and digests share."""
+
     window_hours: int = Field(
         48,
         ge=0,
@@ -193,16 +209,6 @@ class MessageParams(BaseModel):
         description="Render and check every message and report the counts; send nothing.",
         json_schema_extra={"position": 15},
     )
-
-    @model_validator(mode="after")
-    def _fits_the_kind(self) -> Self:
-        if self.kind in ("template", "subscribe") and not self.template_id:
-            raise ValueError(f"a {self.kind} campaign needs a template_id")
-        if self.kind in ("template", "subscribe") and not self.data:
-            raise ValueError(f"a {self.kind} campaign needs at least one template field in data")
-        if self.kind == "customer_service" and not self.text:
-            raise ValueError("a customer_service campaign needs a text")
-        return self
 
 
 class CampaignParams(MessageParams):
@@ -354,3 +360,38 @@ class DigestParams(MessageParams):
             campaign_id=digest_campaign_id(self.name, day),
             retry_failed=self.retry_failed,
         )
+
+
+class TestSendParams(MessageFields):
+    """A test send: the campaign's message to a few followers first, outside any campaign."""
+
+    __test__ = False  # not a pytest test class
+
+    openids: list[str] = Field(
+        min_length=1,
+        max_length=20,
+        title="Send to (OpenIDs)",
+        description=(
+            "One or more followers to get the test message, e.g. your own OpenID. Each gets the "
+            "message filled from their row in `recipients`, or from sample values."
+        ),
+        json_schema_extra={"position": 0},
+    )
+    sample_values: dict[str, str] = Field(
+        default_factory=dict,
+        title="Sample values",
+        description=(
+            "Column → text for placeholders the follower's row does not fill (a follower not in "
+            "`recipients`, a column from your audience SQL). Columns left out get an example "
+            "that fits the field's type."
+        ),
+        json_schema_extra={"position": 9},
+    )
+
+    @field_validator("openids")
+    @classmethod
+    def _real_openids(cls, value: list[str]) -> list[str]:
+        openids = [openid.strip() for openid in value]
+        if any(not openid for openid in openids):
+            raise ValueError("an OpenID cannot be empty")
+        return list(dict.fromkeys(openids))  # each follower once

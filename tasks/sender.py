@@ -288,8 +288,19 @@ _FIX: dict[int, str] = {
     89507: "an administrator rejected this IP: retry after 1 h",
     45009: "the daily quota is used up: resume after Beijing midnight (or after clear_quota)",
     48006: "clear_quota was used too often this month: resume after Beijing midnight",
+    # A recipient's refusal never stops a campaign; these say what a test send can change.
+    40003: "use the OpenID of a follower of this account (OpenIDs differ per AppID)",
+    43004: "this user must follow the account first",
+    50005: "this user must follow the account first",
+    46004: "check the OpenID: no such user",
+    43019: "this user is in the account's blacklist: remove them in the MP console",
+    48002: "this user turned off messages from the account; only they can turn them back on",
+    43101: "this user has no subscription authorization left for the template",
+    45015: "the user must write to the account first (48-hour window)",
+    45047: "wait until the user writes to the account again",
 }
 _FIX_BY_CLASS: dict[ErrorClass, str] = {
+    ErrorClass.RECIPIENT: "this user cannot get the message: try another OpenID",
     ErrorClass.REQUEST: "WeChat refused the request itself: read the errmsg, fix, then resume",
     ErrorClass.CONFIG: "fix the account's configuration, then resume",
     ErrorClass.QUOTA: "a quota is used up: resume when it resets",
@@ -297,7 +308,8 @@ _FIX_BY_CLASS: dict[ErrorClass, str] = {
 
 
 def fix_hint(errcode: int | None, error_class: ErrorClass) -> str:
-    """What an operator should do about a campaign-stopping errcode."""
+    """What an operator should do about an errcode that stops a campaign or refuses a test
+    send."""
     if errcode is not None and errcode in _FIX:
         return _FIX[errcode]
     return _FIX_BY_CLASS.get(error_class, "read the errmsg")

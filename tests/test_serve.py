@@ -28,7 +28,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
 from sqlalchemy import Engine, create_engine, text
 
-from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN
+from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN, SEND_TEST_MESSAGE
 from cli.services import pick_port
 from tasks.message import client_msg_id_for
 from wechat.simulator import defaults
@@ -210,7 +210,7 @@ def test_deployments_carry_their_schedules_and_limits(served: Served) -> None:
     async def work(client: PrefectClient) -> dict[str, Any]:
         return {
             name: await client.read_deployment_by_name(name)
-            for name in (PUSH_CAMPAIGN, REFRESH_TOKEN, DAILY_DIGEST)
+            for name in (PUSH_CAMPAIGN, SEND_TEST_MESSAGE, REFRESH_TOKEN, DAILY_DIGEST)
         }
 
     found = served.call(work)
@@ -226,6 +226,13 @@ def test_deployments_carry_their_schedules_and_limits(served: Served) -> None:
     assert campaign.global_concurrency_limit is not None
     assert campaign.global_concurrency_limit.limit == 1
     assert campaign.concurrency_options.collision_strategy == "ENQUEUE"
+    test_send = found[SEND_TEST_MESSAGE]
+    assert test_send.schedules == [], "manual, like push-campaign"
+    assert test_send.entrypoint == "flows.test_message.send_test_message"
+    assert (
+        "openids"
+        in test_send.parameter_openapi_schema["definitions"]["TestSendParams"]["properties"]
+    )
     for deployment in found.values():
         assert deployment.work_pool_name == "wxpush"
         assert deployment.enforce_parameter_schema
