@@ -147,7 +147,7 @@ def run(
         "retry_failed": retry_failed or None,
     }
     params = parameters_from(CampaignParams, params_file, flags)
-    typer.echo(report_text(run_here(params)))
+    typer.echo(outcome_text(run_here(params)))
 
 
 @campaign_app.command("test")
@@ -249,8 +249,8 @@ def _stopped_line(campaign_id: str, signum: int) -> str:
     )
 
 
-def run_here(params: Any) -> str:
-    """Run push_campaign in this process; returns the campaign id. A run that did not
+def run_here(params: Any) -> Any:
+    """Run push_campaign in this process; returns its CampaignResult. A run that did not
     complete, or a Ctrl-C / SIGTERM, ends the command with one line and a non-zero code."""
     from prefect.exceptions import TerminationSignal
 
@@ -266,12 +266,19 @@ def run_here(params: Any) -> str:
             state = push_campaign(params, return_state=True)
         except (KeyboardInterrupt, TerminationSignal) as exc:
             signum = received[0] if received else getattr(exc, "signal", signal.SIGINT)
-            typer.secho(_stopped_line(params.campaign_id, signum), fg="yellow", err=True)
+            line = (
+                "The dry run was stopped; nothing was sent or recorded."
+                if params.dry_run
+                else _stopped_line(params.campaign_id, signum)
+            )
+            typer.secho(line, fg="yellow", err=True)
             raise typer.Exit(128 + signum) from None
     if not state.is_completed():
-        typer.secho(_ended_line(params.campaign_id, state), fg="red", err=True)
+        # A dry run of an existing campaign must not report that campaign's stored status.
+        stored = None if params.dry_run else params.campaign_id
+        typer.secho(_ended_line(stored, state), fg="red", err=True)
         raise typer.Exit(1)
-    return str(state.result().campaign_id)
+    return state.result()
 
 
 def refuse_before_run(params: Any) -> None:
@@ -347,6 +354,14 @@ def report_text(campaign: str) -> str:
     return report.markdown()
 
 
+def outcome_text(result: Any) -> str:
+    """What a finished run prints: a dry run's plan (it stored nothing to report on), else
+    the campaign's report from the ledger."""
+    if result.plan is not None:
+        return str(result.plan.markdown())
+    return report_text(result.campaign_id)
+
+
 def report(campaign: str = typer.Argument(..., help="Campaign id or name.")) -> None:
     """Print a campaign's figures from the ledger."""
     typer.echo(report_text(campaign))
@@ -393,7 +408,7 @@ def _continue(campaign: str, *, retry_failed: bool, here: bool, wait: bool) -> N
     what = "Re-sending the retryable failures of" if retry_failed else "Resuming"
     typer.echo(f"{what} campaign {record.id} ({record.name!r}, {record.status}).")
     if here:
-        typer.echo(report_text(run_here(params)))
+        typer.echo(outcome_text(run_here(params)))
         return
     try:
         run = run_deployment(

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from cli.errors import BoundaryGroup
-from cli.help import model_default
+from cli.help import model_default, model_help
 from tasks.params import DigestParams
 
 digest_app = typer.Typer(
@@ -62,7 +62,9 @@ def run(
             readable=True,
         ),
     ] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run")] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help=model_help(DigestParams, "dry_run"))
+    ] = False,
     retry_failed: Annotated[bool, typer.Option("--retry-failed")] = False,
     params_file: Annotated[
         Path | None,
@@ -77,7 +79,7 @@ def run(
     ] = None,
 ) -> None:
     """Run the daily-digest flow in this process and print the day's campaign report."""
-    from cli.campaign import parameters_from, report_text, require_app
+    from cli.campaign import outcome_text, parameters_from, require_app
     from flows.digest import daily_digest
 
     flags = {
@@ -95,12 +97,7 @@ def run(
     if not state.is_completed():
         typer.secho(f"The digest run ended {state.name}: {state.message}", fg="red", err=True)
         raise typer.Exit(1)
-    result = state.result()
-    if result.dry_run:
-        counts = ", ".join(f"{v} {k}" for k, v in sorted(result.counts.items()))
-        typer.echo(f"Dry run of {result.campaign_id}: {counts or 'no recipients'}.")
-        return
-    typer.echo(report_text(result.campaign_id))
+    typer.echo(outcome_text(state.result()))
 
 
 def register(app: typer.Typer) -> None:

@@ -44,6 +44,7 @@ from tasks.ending import CampaignFailed, stop_for_error
 from tasks.flow_runs import CANCELLED_REASON
 from tasks.message import MessageSpec, client_msg_id_for, render
 from tasks.params import CampaignParams
+from tasks.plan import DryRunPlan
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report
 from tasks.sender import RetryPolicy, StopKind, StopSignal, stop_signal
@@ -76,6 +77,8 @@ class CampaignResult(BaseModel):
     seconds: float
     messages_per_second: float
     dry_run: bool = False
+    #: A dry run's plan (skip and invalid reasons, example messages): it stores nothing else.
+    plan: DryRunPlan | None = None
 
 
 # -- stage 1: the campaign row --------------------------------------------------------------
@@ -198,7 +201,8 @@ def _skipped(rows: list[Any], now: datetime) -> list[DeliveryOutcome]:
 class _Tally:
     """Running totals across batches, for progress and the error-ratio pause."""
 
-    def __init__(self) -> None:
+    def __init__(self, plan: DryRunPlan | None = None) -> None:
+        self.plan = plan  # a dry run's, filled instead of sending
         self.counts: Counter[str] = Counter()
         self.errcodes: Counter[str] = Counter()
         self.rows = 0
@@ -243,15 +247,11 @@ def _collect(
         )
 
 
-def _dry_run(spec: MessageSpec, campaign_id: str, batch: list[Any], tally: _Tally) -> None:
+def _dry_run(
+    spec: MessageSpec, campaign_id: str, batch: list[Any], tally: _Tally, plan: DryRunPlan
+) -> None:
     for row in batch:
-        if row.skip_reason:
-            tally.counts[f"skipped:{row.skip_reason}"] += 1
-            continue
-        rendered = render(
-            spec, row.values, client_msg_id=client_msg_id_for(campaign_id, row.openid)
-        )
-        tally.counts["invalid" if isinstance(rendered, list) else "would_send"] += 1
+        tally.counts[plan.add(spec, campaign_id, row.values, row.skip_reason)] += 1
 
 
 def _send_all(
@@ -273,7 +273,9 @@ def _send_all(
         retry_failed=params.retry_failed,
         retry=RetryPolicy(max_attempts=params.max_attempts),
     )
-    tally = _Tally()
+    tally = _Tally(
+        DryRunPlan(name=params.name, campaign_id=params.campaign_id) if params.dry_run else None
+    )
     in_flight: deque[PrefectFuture[BatchSummary]] = deque()
     batches = stream_audience(
         audience_engine(),
@@ -292,8 +294,8 @@ def _send_all(
             if stop.is_set():
                 break
             tally.rows += len(batch)
-            if params.dry_run:
-                _dry_run(spec, campaign_id, batch, tally)
+            if tally.plan is not None:
+                _dry_run(spec, campaign_id, batch, tally, tally.plan)
                 progress.update(tally.rows, tally.counts)
                 continue
             skipped = [row for row in batch if row.skip_reason]
@@ -492,6 +494,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
         seconds=round(seconds, 2),
         messages_per_second=round(sent_now / seconds, 1) if seconds else 0.0,
         dry_run=params.dry_run,
+        plan=tally.plan,
     )
     progress.finish()
     publish_report(
@@ -507,6 +510,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
             http_attempts=tally.http_attempts,
             dry_run=params.dry_run,
             receipts=receipts,
+            plan=tally.plan,
         )
     )
     log.info(

@@ -18,6 +18,7 @@ from prefect.artifacts import (
 from pydantic import BaseModel
 
 from db.ledger import AWAITING_RECEIPT, failed_rows_sql
+from tasks.plan import DryRunPlan
 from wechat.errors import lookup
 
 if TYPE_CHECKING:
@@ -95,6 +96,8 @@ class CampaignReport(BaseModel):
     # db.ledger.receipt_counts at the time of the report; None when the caller has none
     # (a dry run sends nothing, so nothing can come back).
     receipts: dict[str, int] | None = None
+    # A dry run's plan: its report is the plan, less the example messages (no content here).
+    plan: DryRunPlan | None = None
 
     @classmethod
     def build(
@@ -111,6 +114,7 @@ class CampaignReport(BaseModel):
         http_attempts: int = 0,
         dry_run: bool = False,
         receipts: Mapping[str, int] | None = None,
+        plan: DryRunPlan | None = None,
     ) -> CampaignReport:
         """The report, with each errcode's class and meaning from the one errcode table.
 
@@ -142,6 +146,7 @@ class CampaignReport(BaseModel):
             failed_sql=failed_rows_sql(campaign_id),
             dry_run=dry_run,
             receipts=dict(receipts) if receipts is not None else None,
+            plan=plan,
         )
 
     @classmethod
@@ -225,6 +230,8 @@ class CampaignReport(BaseModel):
 
     def markdown(self) -> str:
         """The report as markdown (also what `wxpush report` prints)."""
+        if self.plan is not None:
+            return self.plan.markdown(examples=False)
         lines = [
             f"# Campaign {self.name}",
             "",
