@@ -6,5 +6,6 @@ pytest_plugins = [
     "tests.fixtures.database",
     "tests.fixtures.campaign",
     "tests.fixtures.tiers",
+    "tests.fixtures.syspath",
     "pytester",  # test_tiers runs pytest on a small suite of its own
 ]

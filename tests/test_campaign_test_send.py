@@ -104,7 +104,10 @@ def test_the_deployment_is_declared_like_push_campaign() -> None:
     from prefect.flows import load_flow_from_entrypoint
     from prefect.utilities.callables import parameter_schema
 
-    flow = load_flow_from_entrypoint("flows/test_message.py:send_test_message")
+    # The module form, as the deployment names it: the file form (`flows/x.py:f`) would put
+    # flows/ on sys.path for the rest of the session, and flows/token.py would then shadow
+    # the standard library's `token` module in every child process spawned after it.
+    flow = load_flow_from_entrypoint("flows.test_message.send_test_message")
     schema = parameter_schema(flow).model_dump()
     assert schema["required"] == ["params"]
     fields = schema["definitions"]["TestSendParams"]["properties"]
