@@ -97,7 +97,9 @@ def register(app: typer.Typer) -> None:
                 return
             role = ensure_audience_role(engine, name, password)
         except DBAPIError as exc:
-            sqlstate = getattr(exc.orig, "sqlstate", None)
+            from db.errors import error_code
+
+            sqlstate = error_code(exc)
             diag = getattr(exc.orig, "diag", None)
             primary = getattr(diag, "message_primary", None) or "the database refused"
             typer.echo(

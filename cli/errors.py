@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-from collections.abc import Iterator
 from typing import Any
 
 import typer
@@ -69,19 +68,12 @@ def _group_path(ctx: Any) -> list[str]:
     return names[::-1]
 
 
-def _chain(exc: BaseException) -> Iterator[BaseException]:
-    """`exc`, then what caused it (Prefect wraps an unreachable API in a RuntimeError)."""
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 def explain(exc: BaseException) -> str | None:
-    """The line for an expected failure (`exc` or one of its causes); None for a bug."""
-    for link in _chain(exc):
+    """The line for an expected failure (`exc` or one of its causes, e.g. what Prefect wrapped
+    in a RuntimeError); None for a bug."""
+    from db.errors import causes
+
+    for link in causes(exc):
         message = _explain_one(link)
         if message is not None:
             return message
@@ -165,7 +157,7 @@ def _bad_url() -> str:
 
 def _database_error(exc: Any) -> str | None:
     """A missing table, or a connection that failed; other database errors are bugs."""
-    from db.errors import _driver_error, is_missing_table
+    from db.errors import driver_error, is_missing_table
 
     where = _configured_database()
     if is_missing_table(exc):
@@ -173,7 +165,7 @@ def _database_error(exc: Any) -> str | None:
     if exc.statement is not None:
         return None  # a statement failed: its message may quote values; keep the traceback
     # Failed to connect: the driver's text names host, port and database, never a password.
-    text = " ".join(str(_driver_error(exc)).split())
+    text = " ".join(str(driver_error(exc)).split())
     hint = "check WXPUSH_DATABASE_URL and that the database is running"
     if "unable to open database file" in text:
         hint = "check that the SQLite file's directory exists and is writable"

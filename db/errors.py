@@ -5,12 +5,25 @@ and its code, never its message."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 from sqlalchemy.exc import StatementError
 
 MISSING_TABLE_HINT = "a table is missing; run `wxpush db upgrade`"
 
 
-def _driver_error(exc: BaseException) -> BaseException:
+def causes(exc: BaseException) -> Iterator[BaseException]:
+    """`exc`, then what caused it, and so on: a database error often arrives wrapped (in an
+    AudienceQueryError, or in Prefect's RuntimeError)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        yield current
+        current = current.__cause__ or current.__context__
+
+
+def driver_error(exc: BaseException) -> BaseException:
     """The driver's own exception that SQLAlchemy wrapped, else `exc` itself."""
     if isinstance(exc, StatementError) and isinstance(exc.orig, BaseException):
         return exc.orig
@@ -19,14 +32,14 @@ def _driver_error(exc: BaseException) -> BaseException:
 
 def error_code(exc: BaseException) -> str | None:
     """PostgreSQL's SQLSTATE or SQLite's error name (`SQLITE_BUSY`), when the driver gives one."""
-    orig = _driver_error(exc)
+    orig = driver_error(exc)
     code = getattr(orig, "sqlstate", None) or getattr(orig, "sqlite_errorname", None)
     return str(code) if code else None
 
 
 def error_name(exc: BaseException) -> str:
     """`OperationalError (UndefinedTable, SQLSTATE 42P01)`: what failed, value-free."""
-    orig = _driver_error(exc)
+    orig = driver_error(exc)
     details = [type(orig).__name__] if type(orig).__name__ != type(exc).__name__ else []
     code = error_code(exc)
     if code:
@@ -36,4 +49,4 @@ def error_name(exc: BaseException) -> str:
 
 def is_missing_table(exc: BaseException) -> bool:
     """Whether the database says a table does not exist (an unmigrated database)."""
-    return error_code(exc) == "42P01" or str(_driver_error(exc)).startswith("no such table")
+    return error_code(exc) == "42P01" or str(driver_error(exc)).startswith("no such table")

@@ -11,7 +11,6 @@ can carry row values, so it is never quoted: the reason names the error class an
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
 
 import httpx
 from prefect.exceptions import TerminationSignal
@@ -19,7 +18,7 @@ from sqlalchemy.exc import DBAPIError, DisconnectionError, InterfaceError, Opera
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from db.audience import AudienceQueryError
-from db.errors import error_name
+from db.errors import causes, error_name
 from tasks.sender import StopKind
 from wechat.errors import QuotaError, RetryableError, TransportError, WeChatError
 
@@ -31,15 +30,6 @@ class CampaignFailed(RuntimeError):
     """The campaign stopped before or while sending; the message says what to fix."""
 
 
-def _causes(exc: BaseException) -> Iterator[BaseException]:
-    seen: set[int] = set()
-    current: BaseException | None = exc
-    while current is not None and id(current) not in seen:
-        seen.add(id(current))
-        yield current
-        current = current.__cause__ or current.__context__
-
-
 #: A quote of a database message is recognised by its first this many characters, so a
 #: shortened quote is caught too.
 _QUOTE_PREFIX = 12
@@ -48,7 +38,7 @@ _QUOTE_PREFIX = 12
 def _value_free(message: str, exc: BaseException) -> str:
     """`message` cut where it starts quoting a database error of `exc`'s chain, which is
     named instead (class and SQLSTATE): the database's text can carry row values."""
-    for cause in _causes(exc):
+    for cause in causes(exc):
         if not isinstance(cause, DBAPIError):
             continue
         for text in (str(cause.orig).strip(), str(cause).strip()):

@@ -19,6 +19,7 @@ from sqlalchemy import Engine, text
 from cli.seed import follower_payload
 from db.seed import seed_recipients
 from tasks.params import CampaignParams
+from tests.waiting import wait_until
 from wechat.fields import validate_template_data
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
 
@@ -166,11 +167,12 @@ def start_cli_campaign(
 
 def wait_until_accepted(proc: subprocess.Popen[str], sim: Any, count: int) -> None:
     """Block until the simulator accepted `count` messages; the process must stay alive."""
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and sim.admin.counters().accepted < count:
+
+    def sending() -> bool:
         assert proc.poll() is None, proc.stdout.read()[-3000:] if proc.stdout else ""
-        time.sleep(0.05)
-    assert sim.admin.counters().accepted >= count, "the campaign was sending"
+        return sim.admin.counters().accepted >= count
+
+    wait_until(sending, f"the campaign was sending ({count} accepted)", timeout=90, poll=0.05)
 
 
 def stop_cli(proc: subprocess.Popen[str], signum: int) -> tuple[str, float]:
