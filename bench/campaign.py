@@ -84,8 +84,9 @@ from sqlalchemy.pool import NullPool
 from bench.sender import stable_token, workers
 from bench.simulator import STACKS, Outcome, Send, cpu_seconds
 from cli.seed import follower_payload
+from config import overridden
 from db.audience_role import ensure_audience_role
-from db.engine import AUDIENCE_ENV_VAR, database_url, make_engine
+from db.engine import AUDIENCE_ENV_VAR, ENV_VAR, audience_database_url, database_url, make_engine
 from db.migrate import upgrade
 from db.models import deliveries
 from db.seed import seed_recipients
@@ -385,14 +386,15 @@ def tail(path: Path, chars: int = 3000) -> str:
 def bench_database(url: str | None, folder: Path) -> Iterator[str]:
     """A fresh, migrated database: a SQLite file in `folder`, or a new schema on the
     PostgreSQL server of `url` (reached through search_path, dropped on exit) with its own
-    audience role, which WXPUSH_AUDIENCE_DATABASE_URL names for this process and its
-    children (campaigns run as they should in production, not as the server's superuser)."""
+    audience role, the audience URL of this process while the block runs (`overridden`) and
+    of its children (`Bench.child_env`): campaigns run as they should in production, not as
+    the server's superuser."""
     if not url:
         path = folder / "wxpush-bench.db"
         resolved = f"sqlite:///{path}"
         upgrade(resolved)
-        os.environ[AUDIENCE_ENV_VAR] = resolved
-        yield resolved
+        with overridden(audience_database_url=resolved):
+            yield resolved
         return
     server_url = database_url(url)
     schema = f"wxpush_bench_{uuid.uuid4().hex[:10]}"
@@ -408,10 +410,11 @@ def bench_database(url: str | None, folder: Path) -> Iterator[str]:
         upgrade(resolved)
         owner = make_engine(resolved, poolclass=NullPool)
         try:
-            os.environ[AUDIENCE_ENV_VAR] = ensure_audience_role(owner, schema).url
+            audience = ensure_audience_role(owner, schema).url
         finally:
             owner.dispose()
-        yield resolved
+        with overridden(audience_database_url=audience):
+            yield resolved
     finally:
         with admin.begin() as conn:
             conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
@@ -443,7 +446,12 @@ class Bench:
         return self.engine.dialect.name == "postgresql"
 
     def child_env(self) -> dict[str, str]:
-        env = {**os.environ, **self.server.env(), "WXPUSH_DATABASE_URL": self.db_url}
+        env = {
+            **os.environ,
+            **self.server.env(),
+            ENV_VAR: self.db_url,
+            AUDIENCE_ENV_VAR: audience_database_url(),  # bench_database's, explicitly
+        }
         env["PYTHONUNBUFFERED"] = "1"
         return env
 

@@ -13,7 +13,6 @@ executemany and as one multi-VALUES statement. Stream: seeds N recipients once (
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -27,9 +26,9 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from config import overridden
 from db import ledger
 from db.audience import DEFAULT_AUDIENCE_SQL, stream_audience
-from db.audience_role import ALLOW_SUPERUSER_ENV
 from db.campaigns import create_or_resume
 from db.engine import make_engine
 from db.migrate import upgrade
@@ -198,13 +197,13 @@ def main() -> None:
     args = parser.parse_args()
     # The stream's speed on the URL given, often a superuser; campaigns run the audience SQL
     # as a read-only role (docs/database.md), which reads at the same speed.
-    os.environ.setdefault(ALLOW_SUPERUSER_ENV, "1")
     upgrade(args.url)
     engine = make_engine(args.url)
     try:
         bench_ledger(engine, args.batches)
-        for n in args.stream:
-            bench_stream(engine, n)
+        with overridden(allow_superuser_audience=True):
+            for n in args.stream:
+                bench_stream(engine, n)
     finally:
         engine.dispose()
 

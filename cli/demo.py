@@ -22,16 +22,17 @@ import httpx
 import typer
 
 from cli.services import (
-    PREFECT_HOME,
-    STATE_DIR,
     Service,
+    local_database_url,
     pick_port,
     point_simulator_at,
+    prefect_home,
     prefect_server,
     python_module,
     receiver,
     simulator,
 )
+from config import env_var, overridden
 
 
 def _say(text: str) -> None:
@@ -57,8 +58,14 @@ RECEIPT_QUIET_SECONDS = 5.0
 
 
 def run_demo(*, keep_running: bool = False) -> None:
-    """Everything `make demo` does; raises on any failure so `make` exits non-zero."""
-    # Imported here: they pull in Prefect, which should read the settings we set below.
+    """Everything `make demo` does; raises on any failure so `make` exits non-zero. The demo's
+    database (`local_database_url()`) is what this process's flows and the report use, and
+    what the seed and the receiver are handed; the environment is left as it is."""
+    with overridden(database_url=local_database_url()):
+        _run_demo(keep_running=keep_running)
+
+
+def _run_demo(*, keep_running: bool) -> None:
     from cli.setup import setup_app
     from db.engine import database_url
     from flows.campaign import push_campaign
@@ -67,7 +74,6 @@ def run_demo(*, keep_running: bool = False) -> None:
     from wechat.simulator import defaults
     from wechat.simulator.admin import SimulatorAdmin
 
-    os.environ.setdefault("WXPUSH_DATABASE_URL", f"sqlite:///{(STATE_DIR / 'wxpush.db').resolve()}")
     sim_port, ui_port = pick_port(8900), pick_port(4200)
     sim_url = f"http://127.0.0.1:{sim_port}"
     ui_url = f"http://127.0.0.1:{ui_port}"
@@ -77,7 +83,7 @@ def run_demo(*, keep_running: bool = False) -> None:
     with simulator(sim_port) as sim:
         with SimulatorAdmin(sim_url) as admin:
             admin.set_faults(**DEMO_FAULTS)
-        _say(f"2/7 Starting a Prefect server on {ui_url} (PREFECT_HOME={PREFECT_HOME})")
+        _say(f"2/7 Starting a Prefect server on {ui_url} (PREFECT_HOME={prefect_home()})")
         with prefect_server(ui_port) as server:
             _say("3/7 wxpush setup: block types, the wechat-app block, the token lock")
             setup_app(
@@ -89,7 +95,7 @@ def run_demo(*, keep_running: bool = False) -> None:
                 encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
             )
             _say(f"4/7 Seeding {DEMO_RECIPIENTS:,} recipients in SQL and in the simulator")
-            seed_recipients(sim_url, DEMO_RECIPIENTS)
+            seed_recipients(sim_url, DEMO_RECIPIENTS, database_url())
             _say("5/7 Starting the callback receiver; the simulator pushes its receipts to it")
             with receiver(pick_port(8902), database_url()) as callbacks:
                 point_simulator_at(sim_url, callbacks.url)
@@ -117,12 +123,15 @@ def run_demo(*, keep_running: bool = False) -> None:
                     _wait_for_ctrl_c(ui_url)
 
 
-def seed_recipients(sim_url: str, count: int) -> None:
-    """`wxpush seed`: sample recipients in SQL, registered as followers in the simulator."""
+def seed_recipients(sim_url: str, count: int, database_url: str) -> None:
+    """`wxpush seed`: sample recipients in the database at `database_url` (handed to the
+    child in its environment: a URL's password stays out of argv), registered as followers
+    in the simulator."""
     done = subprocess.run(
         python_module("cli.main", "seed", "--recipients", str(count), "--simulator-url", sim_url),
         capture_output=True,
         text=True,
+        env={**os.environ, env_var("database_url"): database_url},
     )
     if done.returncode != 0:
         raise typer.Exit(f"wxpush seed failed:\n{done.stdout}{done.stderr}")

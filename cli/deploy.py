@@ -21,6 +21,7 @@ import typer
 
 import flows
 from cli.services import python_module
+from config import env_var
 
 if TYPE_CHECKING:
     from cli.digest_guard import DigestPlan
@@ -162,8 +163,8 @@ def worker_env(home: Path, database_url: str) -> dict[str, str]:
     pull step reads WXPUSH_HOME at run time) and which database to use."""
     return {
         "PREFECT_API_URL": api_url(),
-        "WXPUSH_HOME": str(home.resolve()),
-        "WXPUSH_DATABASE_URL": database_url,
+        env_var("home"): str(home.resolve()),
+        env_var("database_url"): database_url,
     }
 
 
@@ -201,18 +202,19 @@ def register(app: typer.Typer) -> None:
     def worker(
         pool: Annotated[str, typer.Option("--pool")] = WORK_POOL,
         home: Annotated[
-            Path,
+            Path | None,
             typer.Option(
                 "--home",
-                envvar="WXPUSH_HOME",
                 help="Folder the flow runs work in (default database: its wxpush.db).",
+                show_default="$WXPUSH_HOME, else the working directory",
             ),
-        ] = Path("."),
+        ] = None,
     ) -> None:
         """Start a Prefect worker that runs wxpush's deployments on this machine."""
+        from config import settings
         from db.engine import database_url
 
-        os.chdir(home)
+        os.chdir(home or settings().home)
         env = {**os.environ, **worker_env(Path.cwd(), database_url())}  # DeployError: one line
         argv = worker_argv(pool)
         os.execve(argv[0], argv, env)

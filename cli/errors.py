@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 from typing import Any
 
 import typer
@@ -24,7 +23,9 @@ import typer
 from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
-DEBUG_ENV = "WXPUSH_DEBUG"
+from config import ConfigurationError, env_var, settings
+
+DEBUG_ENV = env_var("debug")
 
 
 class OperatorError(Exception):
@@ -32,10 +33,14 @@ class OperatorError(Exception):
 
 
 def debug_requested(ctx: typer.Context | None = None) -> bool:
-    """`--debug` on the command line, or WXPUSH_DEBUG set to something true."""
+    """`--debug` on the command line, or WXPUSH_DEBUG set to something true (a WXPUSH_DEBUG
+    that is not a boolean is itself the failure to explain: no traceback then)."""
     if ctx is not None and ctx.find_root().params.get("debug"):
         return True
-    return os.environ.get(DEBUG_ENV, "").strip().lower() in {"1", "true", "yes", "on"}
+    try:
+        return settings().debug
+    except ConfigurationError:
+        return False
 
 
 class BoundaryGroup(TyperGroup):
@@ -114,6 +119,7 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
 
     return (
         OperatorError,
+        ConfigurationError,  # a WXPUSH_* variable with a bad value
         ConfigError,  # AppNotConfigured, TokenLockMissing, a refused AppSecret…
         AudienceQueryError,
         AudienceRoleError,

@@ -7,7 +7,8 @@ from typing import Annotated
 import typer
 
 from cli import campaign, db, demo, deploy, digest, receiver, seed, serve, setup, simulator
-from cli.errors import DEBUG_ENV, BoundaryGroup
+from cli.errors import BoundaryGroup
+from config import reload
 
 app = typer.Typer(
     name="wxpush",
@@ -24,12 +25,15 @@ def main(
         bool,
         typer.Option(
             "--debug",
-            envvar=DEBUG_ENV,
-            help="Show the full traceback of a failure instead of its one-line explanation.",
+            help="Show the full traceback of a failure instead of its one-line explanation "
+            "(or set WXPUSH_DEBUG=1).",
         ),
     ] = False,
 ) -> None:
     """WeChat message campaigns orchestrated by Prefect."""
+    # Each command reads the WXPUSH_* settings afresh, when it first needs them (never at
+    # import); a process that runs several commands (typer's CliRunner) sees each one's.
+    reload()
 
 
 for module in (simulator, setup, db, seed, campaign, digest, demo, deploy, serve, receiver):

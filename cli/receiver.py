@@ -1,26 +1,26 @@
 """`wxpush receiver`: the callback web app under uvicorn.
 
-Configuration comes from the environment (`WXPUSH_APP_ID`, `WXPUSH_CALLBACK_TOKEN`,
-`WXPUSH_CALLBACK_AES_KEY`, `WXPUSH_CALLBACK_PREVIOUS_AES_KEY`) when the token is set
-there, else from the `wechat-app` block (`wxpush setup --callback-token …`).
+Configuration comes from the settings (`WXPUSH_APP_ID`, `WXPUSH_CALLBACK_TOKEN`,
+`WXPUSH_CALLBACK_AES_KEY`, `WXPUSH_CALLBACK_PREVIOUS_AES_KEY`: docs/configuration.md) when the
+token is set there, else from the `wechat-app` block (`wxpush setup --callback-token …`).
 """
 
 from __future__ import annotations
 
-import os
 from typing import Annotated, Any
 
 import typer
 
 from cli.errors import OperatorError
 from cli.help import model_default, model_help
+from config import settings
 from receiver.config import ReceiverConfig
 
 
 def load_config(app: str, **overrides: object) -> ReceiverConfig:
-    """The receiver's config: the environment if it names a token, else the block."""
-    if os.environ.get("WXPUSH_CALLBACK_TOKEN"):
-        return ReceiverConfig.from_env(**overrides)
+    """The receiver's config: the settings if they name a token, else the block."""
+    if settings().callback_token is not None:
+        return ReceiverConfig.from_settings(**overrides)
     from prefect.utilities.asyncutils import run_coro_as_sync
 
     from tasks.token import load_app

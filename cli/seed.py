@@ -69,14 +69,13 @@ def register(app: typer.Typer) -> None:
         too long for a `thing` field. Running it again with the same seed updates the same
         recipients instead of adding more.
         """
-        import os
-
+        from config import settings
         from db.engine import display_url, make_engine
         from db.migrate import upgrade
         from db.seed import seed_recipients
         from wechat.simulator.defaults import DEMO_APP_ID
 
-        app_id = app_id or os.environ.get("WXPUSH_APP_ID") or DEMO_APP_ID
+        app_id = app_id or settings().app_id or DEMO_APP_ID
         admin = None
         now: datetime | None = None
         if simulator_url:  # checked first: a wrong URL or app changes nothing

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import signal
 import time
 from collections.abc import Iterator
@@ -30,14 +29,15 @@ from cli.deploy import (
     worker_env,
 )
 from cli.services import (
-    STATE_DIR,
     Service,
+    local_database_url,
     pick_port,
     point_simulator_at,
     prefect_server,
     receiver,
     running,
     simulator,
+    state_dir,
 )
 
 DEFAULT_RECIPIENTS = 1000
@@ -52,7 +52,7 @@ def _worker(database_url: str) -> Iterator[Service]:
     port = pick_port(0)  # only serve itself polls the worker's health
     url = f"http://127.0.0.1:{port}"
     env = {
-        **worker_env(STATE_DIR, database_url),
+        **worker_env(state_dir(), database_url),
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_WEBSERVER_PORT": str(port),
     }
@@ -100,7 +100,7 @@ def _first_refresh() -> None:
         state = run.state.name if run.state else "unknown"
         raise typer.Exit(
             f"The first refresh-access-token run ended {state}; "
-            f"see {STATE_DIR / 'logs' / 'prefect-worker.log'}"
+            f"see {state_dir() / 'logs' / 'prefect-worker.log'}"
         )
 
 
@@ -120,9 +120,9 @@ def run_serve(
     from wechat.simulator import defaults
 
     _stop_on_signals()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("WXPUSH_DATABASE_URL", f"sqlite:///{(STATE_DIR / 'wxpush.db').resolve()}")
-    db_url = database_url()
+    state_dir().mkdir(parents=True, exist_ok=True)
+    # Handed explicitly to everything that uses it (the seed, the receiver, the worker).
+    db_url = database_url(local_database_url())
     ui_port = pick_port(ui_port)
     ui_url = f"http://127.0.0.1:{ui_port}"
     steps = 7 if with_simulator else 5
@@ -150,7 +150,7 @@ def run_serve(
                     encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
                 )
                 if recipients:
-                    seed_recipients(sim_url, recipients)
+                    seed_recipients(sim_url, recipients, db_url)
                 _say(f"{next(step)}/{steps} Callback receiver, and the simulator pushing to it")
                 receiver_url = stack.enter_context(receiver(pick_port(8902), db_url)).url
                 point_simulator_at(sim_url, receiver_url)
@@ -203,7 +203,7 @@ def _banner(
         f"  Runs and reports     {ui_url}/runs  (each campaign run has a report artifact)",
         f"  Database             {display_url(db_url)}  (views: campaign_stats, "
         "delivery_failures; docs/analytics.md)",
-        f"  Logs                 {STATE_DIR / 'logs'}/",
+        f"  Logs                 {state_dir() / 'logs'}/",
     ]
     if sim_url:
         lines.insert(3, f"  WeChat simulator     {sim_url}/_sim/messages  (what was 'sent')")

@@ -21,8 +21,24 @@ from pathlib import Path
 import httpx
 import psutil
 
-#: Where the local services keep their state and logs (`WXPUSH_STATE_DIR`, default `.wxpush`).
-STATE_DIR = Path(os.environ.get("WXPUSH_STATE_DIR") or ".wxpush")
+from config import env_var, settings
+
+
+def state_dir() -> Path:
+    """Where the local services keep their state and logs (`WXPUSH_STATE_DIR`, default
+    `.wxpush`)."""
+    return settings().state_dir
+
+
+def prefect_home() -> Path:
+    """The Prefect server's home (its SQLite database: the run history the UI shows)."""
+    return state_dir() / "prefect"
+
+
+def local_database_url() -> str:
+    """The database `wxpush demo` and `wxpush serve` use: `WXPUSH_DATABASE_URL`, else a
+    SQLite file in the state folder (not the working directory's `wxpush.db`)."""
+    return settings().database_url or f"sqlite:///{(state_dir() / 'wxpush.db').resolve()}"
 
 
 class ServiceError(RuntimeError):
@@ -113,7 +129,7 @@ def running(
     startup_timeout: float = 60.0,
 ) -> Iterator[Service]:
     """Run `argv` in the background for the duration of the block."""
-    logs = STATE_DIR / "logs"
+    logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
     with log_path.open("wb") as log:
@@ -138,10 +154,6 @@ def python_module(module: str, *args: str) -> list[str]:
     return [sys.executable, "-m", module, *args]
 
 
-#: The Prefect server's home (its SQLite database: the run history the UI shows).
-PREFECT_HOME = STATE_DIR / "prefect"
-
-
 @contextlib.contextmanager
 def simulator(port: int) -> Iterator[Service]:
     """The local WeChat API simulator on 127.0.0.1:`port`."""
@@ -153,15 +165,16 @@ def simulator(port: int) -> Iterator[Service]:
 
 @contextlib.contextmanager
 def prefect_server(port: int) -> Iterator[Service]:
-    """`prefect server start` on 127.0.0.1:`port` with its history under PREFECT_HOME (not
-    ephemeral mode, which loses run history), and this process's client pointed at it."""
+    """`prefect server start` on 127.0.0.1:`port` with its history under `prefect_home()`
+    (not ephemeral mode, which loses run history), and this process's client pointed at it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    PREFECT_HOME.mkdir(parents=True, exist_ok=True)
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
     url = f"http://127.0.0.1:{port}"
     argv = python_module("prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port))
     env = {
-        "PREFECT_HOME": str(PREFECT_HOME.resolve()),
+        "PREFECT_HOME": str(home.resolve()),
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"{url}/api",
     }
@@ -190,7 +203,7 @@ def receiver(port: int, database_url: str, app: str = "default") -> Iterator[Ser
     from cli.deploy import api_url
 
     url = f"http://127.0.0.1:{port}"
-    env = {"WXPUSH_DATABASE_URL": database_url, "PREFECT_API_URL": api_url()}
+    env = {env_var("database_url"): database_url, "PREFECT_API_URL": api_url()}
     argv = python_module("cli.main", "receiver", "--port", str(port), "--app", app)
     with running("receiver", argv, url=url, health_url=f"{url}/health", env=env) as service:
         yield service

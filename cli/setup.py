@@ -1,7 +1,8 @@
 """`wxpush setup`: register the block types, write the app block, create the limits.
 
 Idempotent: a second run with the same values changes nothing and says so. Values come
-from flags, else from `WXPUSH_*` environment variables, else from the existing block.
+from flags, else from the `WXPUSH_*` settings (docs/configuration.md), else from the existing
+block.
 Secrets are never printed (only the names of the fields that changed).
 """
 
@@ -25,6 +26,7 @@ from pydantic import SecretStr, ValidationError
 
 from cli.errors import OperatorError, validation_problems
 from cli.help import model_default
+from config import env_var, settings
 from tasks.blocks import APP_NAME_PATTERN, AccountKind, TokenMode, WeChatAccessToken, WeChatApp
 from tasks.token import lock_name
 
@@ -241,64 +243,64 @@ def setup_app(app: str = "default", **values: Any) -> SetupReport:
 # -- the command ---------------------------------------------------------------------------
 
 
-def _env(flag: str, envvar: str, help_text: str, field: str | None = None) -> Any:
-    """A flag that falls back on `envvar`, then on the block's current value, then on the
-    WeChatApp default (shown in help, read from the block's model: cli/help.py)."""
-    shown = "the block's current value"
+def _env(flag: str, setting: str, help_text: str, field: str | None = None) -> Any:
+    """A flag that falls back on its WXPUSH_* setting (config/), then on the block's current
+    value, then on the WeChatApp default (shown in help, read from the block's model:
+    cli/help.py)."""
+    shown = f"${env_var(setting)}, else the block's current value"
     if field is not None:
         shown += f", else {model_default(WeChatApp, field)}"
-    return typer.Option(flag, envvar=envvar, show_envvar=True, help=help_text, show_default=shown)
+    return typer.Option(flag, help=help_text, show_default=shown)
 
 
 def setup(
     app: Annotated[str, typer.Option("--app", help="Block name of the app to set up.")] = "default",
-    app_id: Annotated[
-        str | None, _env("--app-id", "WXPUSH_APP_ID", "AppID (WeCom: CorpID).")
-    ] = None,
+    app_id: Annotated[str | None, _env("--app-id", "app_id", "AppID (WeCom: CorpID).")] = None,
     app_secret: Annotated[
         str | None,
-        _env("--app-secret", "WXPUSH_APP_SECRET", "AppSecret (prefer the environment variable)."),
+        _env("--app-secret", "app_secret", "AppSecret (prefer the environment variable)."),
     ] = None,
     api_base_url: Annotated[
         str | None,
-        _env("--api-base-url", "WXPUSH_API_BASE_URL", "WeChat API base URL.", "api_base_url"),
+        _env("--api-base-url", "api_base_url", "WeChat API base URL.", "api_base_url"),
     ] = None,
     kind: Annotated[
-        AccountKind | None, _env("--kind", "WXPUSH_ACCOUNT_KIND", "Account kind.", "kind")
+        AccountKind | None, _env("--kind", "account_kind", "Account kind.", "kind")
     ] = None,
     token_mode: Annotated[
         TokenMode | None,
-        _env("--token-mode", "WXPUSH_TOKEN_MODE", "stable (recommended) or classic.", "token_mode"),
+        _env("--token-mode", "token_mode", "stable (recommended) or classic.", "token_mode"),
     ] = None,
     callback_token: Annotated[
         str | None,
-        _env("--callback-token", "WXPUSH_CALLBACK_TOKEN", "Callback Token (for the receiver)."),
+        _env("--callback-token", "callback_token", "Callback Token (for the receiver)."),
     ] = None,
     encoding_aes_key: Annotated[
         str | None,
-        _env("--encoding-aes-key", "WXPUSH_CALLBACK_AES_KEY", "EncodingAESKey (for the receiver)."),
+        _env("--encoding-aes-key", "callback_aes_key", "EncodingAESKey (for the receiver)."),
     ] = None,
     previous_encoding_aes_key: Annotated[
         str | None,
         _env(
             "--previous-encoding-aes-key",
-            "WXPUSH_CALLBACK_PREVIOUS_AES_KEY",
+            "callback_previous_aes_key",
             "The EncodingAESKey before a rotation (still accepted by the receiver).",
         ),
     ] = None,
 ) -> None:
     """Register wxpush's block types, create or update the app's block, create its limits.
     A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason."""
+    env = settings()
     report = setup_app(
         app,
-        app_id=app_id,
-        app_secret=app_secret,
-        api_base_url=api_base_url,
-        kind=kind,
-        token_mode=token_mode,
-        callback_token=callback_token,
-        encoding_aes_key=encoding_aes_key,
-        previous_encoding_aes_key=previous_encoding_aes_key,
+        app_id=app_id or env.app_id,
+        app_secret=app_secret or env.app_secret,
+        api_base_url=api_base_url or env.api_base_url,
+        kind=kind or env.account_kind,
+        token_mode=token_mode or env.token_mode,
+        callback_token=callback_token or env.callback_token,
+        encoding_aes_key=encoding_aes_key or env.callback_aes_key,
+        previous_encoding_aes_key=previous_encoding_aes_key or env.callback_previous_aes_key,
     )
     for line in report.lines():
         typer.echo(line)

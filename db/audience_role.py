@@ -11,7 +11,6 @@ tables other than wxpush's ledger (docs/database.md, "Who the audience SQL runs 
 
 from __future__ import annotations
 
-import os
 import re
 import secrets
 import sqlite3
@@ -20,6 +19,7 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, text
 from sqlalchemy.engine import make_url
 
+from config import env_var, settings
 from db.models import Base
 
 #: The tables audience and digest SQL are meant to read (the digest reads both).
@@ -32,14 +32,14 @@ LEDGER_TABLES = tuple(
         - set(AUDIENCE_TABLES)
     )
 )
-ALLOW_SUPERUSER_ENV = "WXPUSH_ALLOW_SUPERUSER_AUDIENCE"
+ALLOW_SUPERUSER_ENV = env_var("allow_superuser_audience")
 DEFAULT_ROLE_NAME = "wxpush_audience"
 _ROLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def superuser_allowed() -> bool:
     """Whether the operator allowed audience SQL to run as a PostgreSQL superuser."""
-    return os.environ.get(ALLOW_SUPERUSER_ENV, "").strip().lower() in ("1", "true", "yes")
+    return settings().allow_superuser_audience
 
 
 def superuser_behind(connection: Connection) -> str | None:

@@ -1,6 +1,7 @@
 """Where the database is and how to connect to it: `database_url()` and `make_engine()`.
 
-One settings source (`WXPUSH_DATABASE_URL`) for the app, the CLI, Alembic and the tests.
+One settings source (`WXPUSH_DATABASE_URL`, read through config/) for the app, the CLI,
+Alembic and the tests.
 The default is a SQLite file next to the operator (docs/architecture.md, decision 10);
 PostgreSQL is the same code with a different URL. Audience and digest SQL run through their
 own connection, `WXPUSH_AUDIENCE_DATABASE_URL` (default: the ledger's URL), ideally a
@@ -9,7 +10,6 @@ read-only role (docs/database.md, "Who the audience SQL runs as").
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +17,10 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.pool import NullPool
 
-ENV_VAR = "WXPUSH_DATABASE_URL"
-AUDIENCE_ENV_VAR = "WXPUSH_AUDIENCE_DATABASE_URL"
+from config import env_var, settings
+
+ENV_VAR = env_var("database_url")
+AUDIENCE_ENV_VAR = env_var("audience_database_url")
 DEFAULT_SQLITE_FILE = "wxpush.db"
 SQLITE_BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -33,7 +35,7 @@ def database_url(url: str | None = None) -> str:
     `postgresql://` and `postgres://` (what most tools print) become `postgresql+psycopg://`,
     the driver wxpush ships with.
     """
-    raw = url or os.environ.get(ENV_VAR, "").strip()
+    raw = url or settings().database_url
     if not raw:
         return f"sqlite:///{Path.cwd() / DEFAULT_SQLITE_FILE}"
     for prefix in ("postgresql://", "postgres://"):
@@ -46,7 +48,7 @@ def audience_database_url(url: str | None = None) -> str:
     """The URL audience and digest SQL run through: `url`, else
     `$WXPUSH_AUDIENCE_DATABASE_URL`, else the ledger's `database_url()` (zero configuration
     on SQLite; on PostgreSQL a superuser there is refused, see db/audience_role.py)."""
-    raw = url or os.environ.get(AUDIENCE_ENV_VAR, "").strip()
+    raw = url or settings().audience_database_url
     return database_url(raw) if raw else database_url()
 
 

@@ -1,13 +1,11 @@
 """What the callback receiver needs to know: the account, its callback secrets, its limits.
 
-Built from environment variables (`WXPUSH_APP_ID`, `WXPUSH_CALLBACK_TOKEN`,
-`WXPUSH_CALLBACK_AES_KEY`, `WXPUSH_CALLBACK_PREVIOUS_AES_KEY`) or, by `wxpush receiver`,
+Built from the settings (`WXPUSH_APP_ID`, `WXPUSH_CALLBACK_TOKEN`, `WXPUSH_CALLBACK_AES_KEY`,
+`WXPUSH_CALLBACK_PREVIOUS_AES_KEY`, `WXPUSH_ACCOUNT_KIND`: config/) or, by `wxpush receiver`,
 from the `wechat-app` block. Secrets stay `SecretStr`: they never reach a log or a repr.
 """
 
 from __future__ import annotations
-
-import os
 
 from pydantic import (
     BaseModel,
@@ -18,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from config import Settings, env_var, settings
 from wechat.errors import AccountKind
 from wechat.identifiers import callback_token_form, check_app_id, encoding_aes_key_form
 
@@ -97,18 +96,19 @@ class ReceiverConfig(BaseModel):
         return self
 
     @classmethod
-    def from_env(cls, **overrides: object) -> ReceiverConfig:
-        """The config from WXPUSH_* variables; raises ReceiverConfigError naming what is
-        missing."""
+    def from_settings(cls, given: Settings | None = None, **overrides: object) -> ReceiverConfig:
+        """The config from the WXPUSH_* settings (default: this process's); raises
+        ReceiverConfigError naming what is missing."""
+        given = given or settings()
         values: dict[str, object] = {
-            "app_id": os.environ.get("WXPUSH_APP_ID", ""),
-            "kind": os.environ.get("WXPUSH_ACCOUNT_KIND") or "official_account",
-            "token": os.environ.get("WXPUSH_CALLBACK_TOKEN", ""),
-            "encoding_aes_key": os.environ.get("WXPUSH_CALLBACK_AES_KEY") or None,
-            "previous_encoding_aes_key": os.environ.get("WXPUSH_CALLBACK_PREVIOUS_AES_KEY") or None,
+            "app_id": given.app_id or "",
+            "kind": given.account_kind or "official_account",
+            "token": given.callback_token or "",
+            "encoding_aes_key": given.callback_aes_key,
+            "previous_encoding_aes_key": given.callback_previous_aes_key,
         }
         values.update({k: v for k, v in overrides.items() if v is not None})
-        names = {"app_id": "WXPUSH_APP_ID", "token": "WXPUSH_CALLBACK_TOKEN"}
+        names = {"app_id": env_var("app_id"), "token": env_var("callback_token")}
         missing = [env for name, env in names.items() if not values[name]]
         if missing:
             raise ReceiverConfigError(

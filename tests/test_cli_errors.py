@@ -78,7 +78,7 @@ def test_an_unsupported_database_url_names_the_choices_and_masks_the_password() 
 
 def test_a_garbage_database_url_says_what_a_url_looks_like() -> None:
     line = _one_line(["report", "x"], {"WXPUSH_DATABASE_URL": "garbage:pw-9x"})
-    assert "not one wxpush can use" in line and "postgresql://" in line
+    assert "WXPUSH_DATABASE_URL: not a database URL" in line and "postgresql://" in line
     assert "pw-9x" not in line
 
 

@@ -30,7 +30,9 @@ MD_LINK = re.compile(r"!?\[[^\]]*\]\(\s*<?([^)\s>]+)>?(?:\s+\"[^\"]*\")?\s*\)")
 MD_REF_DEF = re.compile(r"^\s{0,3}\[[^\]]+\]:\s*<?(\S+?)>?(?:\s|$)", re.MULTILINE)
 #: Files the docs and code may cite by path. Runtime artefacts (`.wxpush/…`) are not files
 #: of the repository and are not in this list.
-SOURCE_TOPS = ("docs", "tasks", "flows", "wechat", "db", "receiver", "cli", "bench", "tests", ".ci")
+SOURCE_TOPS = (
+    "docs", "config", "tasks", "flows", "wechat", "db", "receiver", "cli", "bench", "tests", ".ci"
+)
 PATH_REF = re.compile(
     r"(?<![\w./:@~-])((?:" + "|".join(map(re.escape, SOURCE_TOPS)) + r")/[\w./-]*[\w/])"
 )

@@ -1,14 +1,18 @@
 """The layer table holds for every module of every package, new ones included.
 
-| package     | may import (this repository)            | never imports                          |
-|-------------|-----------------------------------------|----------------------------------------|
-| `wechat/`   | —                                       | prefect, sqlalchemy, alembic, psycopg  |
-| `db/`       | —                                       | prefect, httpx, httpx_aiohttp, aiohttp |
-| `tasks/`    | wechat, db                              |                                        |
-| `flows/`    | tasks, wechat, db                       |                                        |
-| `receiver/` | wechat, db                              | prefect                                |
-| `cli/`      | flows, tasks, receiver, wechat, db      |                                        |
-| `bench/`    | cli, flows, tasks, receiver, wechat, db |                                        |
+| package     | may import (this repository)                    | never imports                |
+|-------------|-------------------------------------------------|------------------------------|
+| `config/`   | —                                               | prefect, sqlalchemy, httpx,  |
+|             |                                                 | typer                        |
+| `wechat/`   | config                                          | prefect, sqlalchemy,         |
+|             |                                                 | alembic, psycopg             |
+| `db/`       | config                                          | prefect, httpx,              |
+|             |                                                 | httpx_aiohttp, aiohttp       |
+| `tasks/`    | config, wechat, db                              |                              |
+| `flows/`    | config, tasks, wechat, db                       |                              |
+| `receiver/` | config, wechat, db                              | prefect                      |
+| `cli/`      | config, flows, tasks, receiver, wechat, db      |                              |
+| `bench/`    | config, cli, flows, tasks, receiver, wechat, db |                              |
 
 No package imports `tests`. The send engine (`PREFECT_FREE`) never reaches Prefect, through
 anything it imports here either. Checked on the source with `ast`, imports inside functions
@@ -38,14 +42,17 @@ class Layer:
     never: frozenset[str] = frozenset()
 
 
+#: The settings (config/) sit under everything: any package may read them.
+_C = "config"
 LAYERS: dict[str, Layer] = {
-    "wechat": Layer(frozenset(), frozenset({"prefect", "sqlalchemy", "alembic", "psycopg"})),
-    "db": Layer(frozenset(), frozenset({"prefect", "httpx", "httpx_aiohttp", "aiohttp"})),
-    "tasks": Layer(frozenset({"wechat", "db"})),
-    "flows": Layer(frozenset({"tasks", "wechat", "db"})),
-    "receiver": Layer(frozenset({"wechat", "db"}), frozenset({"prefect"})),
-    "cli": Layer(frozenset({"flows", "tasks", "receiver", "wechat", "db"})),
-    "bench": Layer(frozenset({"cli", "flows", "tasks", "receiver", "wechat", "db"})),
+    "config": Layer(frozenset(), frozenset({"prefect", "sqlalchemy", "httpx", "typer"})),
+    "wechat": Layer(frozenset({_C}), frozenset({"prefect", "sqlalchemy", "alembic", "psycopg"})),
+    "db": Layer(frozenset({_C}), frozenset({"prefect", "httpx", "httpx_aiohttp", "aiohttp"})),
+    "tasks": Layer(frozenset({_C, "wechat", "db"})),
+    "flows": Layer(frozenset({_C, "tasks", "wechat", "db"})),
+    "receiver": Layer(frozenset({_C, "wechat", "db"}), frozenset({"prefect"})),
+    "cli": Layer(frozenset({_C, "flows", "tasks", "receiver", "wechat", "db"})),
+    "bench": Layer(frozenset({_C, "cli", "flows", "tasks", "receiver", "wechat", "db"})),
 }
 #: Our own top-level names: importing one is governed by `may_import`.
 OURS = frozenset(LAYERS) | {"tests"}

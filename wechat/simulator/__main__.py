@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import types
 from collections.abc import Sequence
@@ -15,6 +14,7 @@ from typing import Any, Final, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from config import settings
 from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
 from wechat.simulator.defaults import (
     APP_SECRET_ENV,
@@ -43,7 +43,11 @@ def _scalar(annotation: Any) -> Any:
 
 def _account_defaults() -> dict[str, str]:
     """The demo account, with the secret taken from $WXPUSH_SIMULATOR_APP_SECRET if set."""
-    return {"app_id": DEMO_APP_ID, "app_secret": os.environ.get(APP_SECRET_ENV, DEMO_APP_SECRET)}
+    secret = settings().simulator_app_secret
+    return {
+        "app_id": DEMO_APP_ID,
+        "app_secret": secret.get_secret_value() if secret else DEMO_APP_SECRET,
+    }
 
 
 def _add_model_flags(parser: argparse.ArgumentParser, model: type[BaseModel], title: str) -> None:
@@ -104,10 +108,11 @@ def _callbacks(url: str | None) -> CallbackConfig:
     """The callback config of the command line; secrets only from the environment."""
     if url is None:
         return CallbackConfig()
+    given = settings()
     return CallbackConfig(
         callback_url=url,
-        callback_token=os.environ.get(CALLBACK_TOKEN_ENV) or None,
-        encoding_aes_key=os.environ.get(ENCODING_AES_KEY_ENV) or None,
+        callback_token=given.simulator_callback_token,
+        encoding_aes_key=given.simulator_encoding_aes_key,
     )
 
 

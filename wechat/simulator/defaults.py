@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from typing import Final
 
+from config import env_var
+
 DEMO_APP_ID: Final = "wx8c4e1f0a7d3b9265"
 DEMO_APP_SECRET: Final = "5e0b7a9c3d1f46e8a2c94b7d06f1e3a5"
 # Read by `python -m wechat.simulator` when --app-secret is not given (keeps it out of argv).
-APP_SECRET_ENV: Final = "WXPUSH_SIMULATOR_APP_SECRET"
+APP_SECRET_ENV: Final = env_var("simulator_app_secret")
 
 DEMO_TEMPLATE_ID: Final = "Oq3nR8tB2kXo9LmWc4ZpYh7GdJ1sUeFa6NbQyTiKx0E"
 DEMO_TEMPLATE_TITLE: Final = "订单发货通知"
@@ -28,8 +30,8 @@ DEMO_ORIGINAL_ID: Final = "gh_7f083739789a"
 DEMO_CALLBACK_TOKEN: Final = "wxpushDemoCallbackToken2026"
 DEMO_ENCODING_AES_KEY: Final = "kWxPushDemoEncodingAESKey0123456789abcdefgh"
 # Read by `python -m wechat.simulator` for the callback secrets (kept out of argv).
-CALLBACK_TOKEN_ENV: Final = "WXPUSH_SIMULATOR_CALLBACK_TOKEN"
-ENCODING_AES_KEY_ENV: Final = "WXPUSH_SIMULATOR_ENCODING_AES_KEY"
+CALLBACK_TOKEN_ENV: Final = env_var("simulator_callback_token")
+ENCODING_AES_KEY_ENV: Final = env_var("simulator_encoding_aes_key")
 
 
 def demo_template_data() -> dict[str, dict[str, str]]:
