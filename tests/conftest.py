@@ -1,6 +1,7 @@
 """Shared fixtures: each family lives in its own module under tests/fixtures/."""
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,10 +19,21 @@ pytest_plugins = [
 
 
 @pytest.fixture(autouse=True)
-def _settings_read_afresh() -> Iterator[None]:
-    """Each test reads the WXPUSH_* settings anew (config/ caches them per process), so a
-    `monkeypatch.setenv` made before the test's first read counts; one made after a read
-    needs `config.reload()`."""
+def _settings_follow_the_test_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test reads the WXPUSH_* settings anew (config/ keeps them once read), and a
+    `monkeypatch.setenv` / `delenv` in the test counts at once, wherever in the test it
+    comes: the settings are read again after it (a `wxpush` command run through CliRunner
+    reads them afresh by itself)."""
+
+    def again(method: Any) -> Any:
+        def patched(self: pytest.MonkeyPatch, name: str, *args: Any, **kwargs: Any) -> None:
+            method(self, name, *args, **kwargs)
+            config.reload()
+
+        return patched
+
+    for name in ("setenv", "delenv"):
+        monkeypatch.setattr(pytest.MonkeyPatch, name, again(getattr(pytest.MonkeyPatch, name)))
     config.reload()
     yield
     config.reload()

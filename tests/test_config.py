@@ -211,11 +211,24 @@ def test_values_are_parsed_and_typed(bare_environment: pytest.MonkeyPatch) -> No
 
 
 def test_read_once_until_reloaded(bare_environment: pytest.MonkeyPatch) -> None:
+    """(Not through monkeypatch.setenv: tests/conftest.py makes that reload.)"""
+    import os
+    from unittest import mock
+
     first = settings()
+    with mock.patch.dict(os.environ, {"WXPUSH_DEBUG": "1"}):
+        assert settings() is first and not settings().debug
+        config.reload()
+        assert settings().debug
+
+
+def test_a_monkeypatched_variable_counts_at_once(bare_environment: pytest.MonkeyPatch) -> None:
+    """tests/conftest.py: a test's setenv after a read is seen, without a reload."""
+    assert not settings().debug
     bare_environment.setenv("WXPUSH_DEBUG", "1")
-    assert settings() is first and not settings().debug
-    config.reload()
     assert settings().debug
+    bare_environment.delenv("WXPUSH_DEBUG")
+    assert not settings().debug
 
 
 @pytest.mark.parametrize(

@@ -13,7 +13,6 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
 from typer.testing import CliRunner
 
-from config import reload
 from db.engine import database_url, make_engine
 from db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
 from db.models import Base, campaigns, deliveries
@@ -118,7 +117,6 @@ def test_database_url_defaults_and_normalises(
     monkeypatch.chdir(tmp_path)
     assert database_url() == f"sqlite:///{tmp_path / 'wxpush.db'}"
     monkeypatch.setenv("WXPUSH_DATABASE_URL", "postgresql://u@h:5432/d")
-    reload()  # the settings were read above
     assert database_url() == "postgresql+psycopg://u@h:5432/d"
     assert database_url("postgres://u@h/d") == "postgresql+psycopg://u@h/d"
     assert database_url("sqlite:///x.db") == "sqlite:///x.db"
