@@ -23,10 +23,11 @@ A row gets one skip reason, the first that applies: `unsubscribed`, then `nothin
 then `outside_window`.
 
 Skipped rows are streamed too (annotated, not dropped) so the ledger records them. Rows already
-final in the ledger for this campaign are left out batch by batch, asking the ledger's own
-engine by (campaign_id, openid) (the audience connection may not read the ledger); `pending`
-rows always come back, and with `retry_failed` so do `failed` rows whose error class is RETRY
-or QUOTA.
+final in the ledger for this campaign when the stream opens are left out batch by batch: they
+are copied once into a temporary table of the ledger's own connection and asked by openid
+(`final_snapshot`; the audience connection may not read the ledger, and no statement of the
+stream joins it); `pending` rows always come back, and with `retry_failed` so do `failed` rows
+whose error class is RETRY or QUOTA.
 
 **Duplicates**: one row per openid. When the query returns an openid more than once, one of
 its rows is kept and which one is not defined; if it matters, deduplicate in the query
@@ -51,15 +52,28 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
+import uuid
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, bindparam, select, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    and_,
+    bindparam,
+    column,
+    func,
+    insert,
+    or_,
+    select,
+    table,
+    text,
+)
 from sqlalchemy.exc import DBAPIError, StatementError
-from sqlalchemy.sql.elements import TextClause
+from sqlalchemy.sql.elements import ColumnElement, TextClause
 
 from db.audience_role import (
     sqlite_authorizer,
@@ -68,7 +82,7 @@ from db.audience_role import (
     superuser_refusal,
 )
 from db.models import deliveries
-from db.outcomes import SkipReason
+from db.outcomes import FINAL_STATUSES, DeliveryStatus, SkipReason
 from db.types import UTCDateTime
 from db.watchdog import Watchdog, canceller
 
@@ -596,9 +610,9 @@ def _stream_statement(
     # ORDER BY here (or a second window to remember "first") costs a full sort first (12 s at
     # 1M rows on SQLite, measured), and a final ORDER BY costs SQLite another one. No join
     # with the ledger: the audience role cannot read it, and a join planned on an empty
-    # ledger scanned the campaign's rows for every audience row (issue 15); the ledger is
-    # asked per batch instead, by (campaign_id, openid). `:wx_first` keeps a bind parameter in
-    # the statement (see count_audience).
+    # ledger scanned the campaign's rows for every audience row (issue 15); final rows are
+    # left out through `final_snapshot` instead. `:wx_first` keeps a bind parameter in the
+    # statement (see count_audience).
     statement = f"""\
 SELECT _wx_w.*, {_skip_reason_sql(columns, dialect, window_hours)} AS _wx_skip_reason
 FROM (
@@ -614,25 +628,84 @@ WHERE _wx_w._wx_dup = :wx_first AND _wx_w.openid IS NOT NULL"""
     return clause
 
 
-def _has_ledger_rows(ledger: Engine, campaign_id: str) -> bool:
-    """Whether the ledger holds any row of the campaign (one index probe)."""
-    query = select(deliveries.c.openid).where(deliveries.c.campaign_id == campaign_id).limit(1)
-    with ledger.connect() as connection:
-        return connection.execute(query).first() is not None
+#: Openids per lookup statement in the snapshot (SQLite's bind limit is 32,766 nowadays, but
+#: was 999 before 3.32).
+_LOOKUP_CHUNK = 500
 
 
-def _not_final(
-    ledger: Engine, campaign_id: str, batch: list[AudienceRow], retry_failed: bool
-) -> list[AudienceRow]:
-    """The rows of `batch` the ledger does not mark final for the campaign (read through the
-    ledger's engine: the audience connection may not read `deliveries`)."""
-    from db.ledger import final_openids  # db.ledger imports this module's constants
+def _final_condition(retry_failed: bool) -> ColumnElement[bool]:
+    """A ledger row final for a re-run: every status but `pending`; with `retry_failed`, a
+    failure of a RETRY or QUOTA class is not (db.ledger.final_openids judges the same)."""
+    final = deliveries.c.status.in_([str(status) for status in FINAL_STATUSES])
+    if not retry_failed:
+        return final
+    return and_(
+        final,
+        or_(
+            deliveries.c.status != str(DeliveryStatus.FAILED),
+            func.coalesce(deliveries.c.error_class, "").not_in(RETRYABLE_ERROR_CLASSES),
+        ),
+    )
 
-    with ledger.connect() as connection:
-        done = final_openids(
-            connection, campaign_id, [row.openid for row in batch], retry_failed=retry_failed
+
+@contextmanager
+def final_snapshot(
+    ledger: Engine, campaign_id: str, *, retry_failed: bool
+) -> Iterator[Callable[[list[str]], set[str]] | None]:
+    """The ledger's part of the stream, evaluated once when it opens (issue 15).
+
+    The campaign's final openids are copied, in one statement, into a temporary table of
+    one ledger connection (a primary key on openid, analyzed at once, never changed after),
+    and each batch asks that table by openid alone. So a batch costs the same at the first
+    and the last batch whatever the ledger's statistics say: asked per batch, `deliveries`
+    was read through its `(campaign_id, status)` index by campaign_id alone whenever its
+    statistics did not know the campaign yet, i.e. every row of the campaign per batch.
+    Rows final after the snapshot are this stream's own (it yields each openid once).
+
+    Yields a function giving which of the openids are final, or None when none of the
+    campaign's rows was final (a new campaign: no question per batch at all). The
+    connection stays checked out while the block runs (session state: PostgreSQL behind a
+    pooler needs session pooling) and the table is dropped at the end.
+    """
+    name = f"_wx_final_{uuid.uuid4().hex[:12]}"
+    snapshot = table(name, column("openid"))
+    connection = ledger.connect()
+    try:
+        with connection.begin():
+            connection.exec_driver_sql(
+                f"CREATE TEMPORARY TABLE {name} (openid VARCHAR(64) PRIMARY KEY)"
+            )
+            query = select(deliveries.c.openid).where(
+                deliveries.c.campaign_id == campaign_id, _final_condition(retry_failed)
+            )
+            copied = connection.execute(insert(snapshot).from_select(["openid"], query)).rowcount
+            if copied:
+                # Autovacuum never analyzes temporary tables; without statistics PostgreSQL
+                # would guess and could scan the whole snapshot per batch.
+                connection.exec_driver_sql(f"ANALYZE {name}")
+        if not copied:
+            yield None
+            return
+        lookup = select(snapshot.c.openid).where(
+            snapshot.c.openid.in_(bindparam("openids", expanding=True))
         )
-    return [row for row in batch if row.openid not in done] if done else batch
+
+        def final(openids: list[str]) -> set[str]:
+            found: set[str] = set()
+            with connection.begin():
+                for start in range(0, len(openids), _LOOKUP_CHUNK):
+                    chunk = openids[start : start + _LOOKUP_CHUNK]
+                    found.update(connection.execute(lookup, {"openids": chunk}).scalars())
+            return found
+
+        yield final
+    finally:
+        with suppress(DBAPIError):  # a broken connection takes its temporary table with it
+            if connection.in_transaction():
+                connection.rollback()
+            with connection.begin():
+                connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
+        connection.close()
 
 
 def stream_audience(
@@ -654,12 +727,11 @@ def stream_audience(
 
     The SQL runs through `engine` (the audience connection) in one read-only transaction (a
     server-side cursor on PostgreSQL) until exhausted or closed; `timeout_seconds` bounds the
-    query's start and each batch's fetch, enforced by a watchdog. Rows already final for
-    `campaign_id` are dropped per batch by asking `ledger` (the main engine), unless the ledger
-    held no row of the campaign when the stream started (a new campaign: the rows written
-    since are this stream's own); `pending` rows always come back, and with `retry_failed` so
-    do failures of a RETRY or QUOTA class. A batch left empty is not yielded. Close the
-    generator (or exhaust it) to release the connection.
+    query's start and each batch's fetch, enforced by a watchdog. Rows final for
+    `campaign_id` when the stream opens are dropped, batch by batch, through `final_snapshot`
+    of `ledger` (the main engine; nothing to ask for a new campaign); `pending` rows always
+    come back, and with `retry_failed` so do failures of a RETRY or QUOTA class. A batch left
+    empty is not yielded. Close the generator (or exhaust it) to release the connections.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -669,8 +741,10 @@ def stream_audience(
     binds: dict[str, Any] = {**params, "wx_first": 1}
     if window_hours > 0:
         binds["wx_cutoff"] = now - timedelta(hours=window_hours)
-    resuming = _has_ledger_rows(ledger, campaign_id)
-    with engine.connect() as connection:
+    with (
+        final_snapshot(ledger, campaign_id, retry_failed=retry_failed) as final,
+        engine.connect() as connection,
+    ):
         try:
             with read_only(connection, timeout_seconds) as limit:
                 if connection.dialect.name == "postgresql":
@@ -697,8 +771,9 @@ def stream_audience(
                         if not rows:
                             return
                         batch = [_audience_row(names, row, skip_at) for row in rows]
-                        if resuming:
-                            batch = _not_final(ledger, campaign_id, batch, retry_failed)
+                        if final is not None:
+                            done = final([row.openid for row in batch])
+                            batch = [row for row in batch if row.openid not in done]
                         if batch:
                             yield batch
                 finally:

@@ -1,8 +1,10 @@
 """`send_batch`: one Prefect task per batch of recipients (docs/architecture.md, decision 1).
 
-A batch re-reads the ledger first and drops rows that are already final, so a Prefect
-retry of the task (or a re-run of the campaign) never sends twice; it sends through the
-send engine, then writes every outcome in one upsert, after the answers.
+Its rows come from the audience stream, which already left out the rows final when it
+opened (db.audience.final_snapshot) and yields each openid once, so a first attempt reads
+nothing from the ledger; a Prefect retry of the task re-reads it, by (campaign_id, openid),
+and drops the rows its earlier attempt recorded, so it never sends them twice. It sends
+through the send engine, then writes every outcome in one upsert, after the answers.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.client.schemas.objects import State, TaskRun
+from prefect.runtime import task_run as current_task_run
 from pydantic import BaseModel, Field
 
 from db.callbacks import match_pending_receipts
@@ -102,10 +105,15 @@ async def send_batch(
     """Send one batch of eligible audience rows and record every answer in the ledger."""
     started = time.monotonic()
     stop = stop_signal(campaign_id)
-    with engine().connect() as conn:
-        done = final_openids(
-            conn, campaign_id, [row["openid"] for row in rows], retry_failed=settings.retry_failed
-        )
+    done: set[str] = set()
+    if current_task_run.run_count > 1:  # a retry: the first attempt may have recorded some
+        with engine().connect() as conn:
+            done = final_openids(
+                conn,
+                campaign_id,
+                [row["openid"] for row in rows],
+                retry_failed=settings.retry_failed,
+            )
     todo = [row for row in rows if row["openid"] not in done]
     counts: dict[str, int] = {}
     errcodes: dict[str, int] = {}

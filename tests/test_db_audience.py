@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import time
 import tracemalloc
+from collections import Counter
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from sqlalchemy import Engine, event, func, select, text
 from sqlalchemy.exc import DBAPIError
 
 from db.audience import (
@@ -52,6 +55,12 @@ def _stream(
     engines: tuple[Engine, Engine], sql: str = DEFAULT_AUDIENCE_SQL, **options: Any
 ) -> list[list[Any]]:
     """Stream through the audience engine, the ledger read through the main one."""
+    return list(_stream_iter(engines, sql, **options))
+
+
+def _stream_iter(
+    engines: tuple[Engine, Engine], sql: str = DEFAULT_AUDIENCE_SQL, **options: Any
+) -> Iterator[list[Any]]:
     audience, ledger = engines
     settings: dict[str, Any] = {
         "ledger": ledger,
@@ -61,7 +70,7 @@ def _stream(
         "batch_size": 100,
     }
     params = options.pop("params", {"app_id": APP})
-    return list(stream_audience(audience, sql, params, **(settings | options)))
+    return stream_audience(audience, sql, params, **(settings | options))
 
 
 def _flat(batches: list[list[Any]]) -> dict[str, Any]:
@@ -328,10 +337,10 @@ def test_final_ledger_rows_are_left_out_and_retry_failed_brings_some_back(
     db_engine: Engine, audience_engine: Engine
 ) -> None:
     engines = (audience_engine, db_engine)
-    _add(db_engine, *({"openid": name} for name in "abcdefgh"))
+    _add(db_engine, *({"openid": name} for name in "abcdefghi"))
     _campaign(db_engine)
 
-    def failed(openid: str, error_class: str) -> DeliveryOutcome:
+    def failed(openid: str, error_class: str | None) -> DeliveryOutcome:
         return DeliveryOutcome(openid, DeliveryStatus.FAILED, errcode=1, error_class=error_class)
 
     with db_engine.begin() as connection:
@@ -346,11 +355,12 @@ def test_final_ledger_rows_are_left_out_and_retry_failed_brings_some_back(
                 failed("e", "RECIPIENT"),
                 DeliveryOutcome("f", DeliveryStatus.PENDING, attempts=1),
                 DeliveryOutcome("g", DeliveryStatus.INVALID, reason="thing1 too long"),
+                failed("i", None),  # a failure of no known class is not retried
             ],
         )
     assert sorted(_flat(_stream(engines))) == ["f", "h"]
     assert sorted(_flat(_stream(engines, retry_failed=True))) == ["c", "d", "f", "h"]
-    assert sorted(_flat(_stream(engines, campaign_id="other"))) == list("abcdefgh")
+    assert sorted(_flat(_stream(engines, campaign_id="other"))) == list("abcdefghi")
     # Batches are filtered one by one: final rows leave no empty batch behind.
     assert [len(b) for b in _stream(engines, batch_size=2)] == [1, 1]
 
@@ -464,3 +474,133 @@ def test_worker_threads_write_the_ledger_while_the_audience_streams(
     assert written == 400
     assert time.monotonic() - started < 10
     assert _flat(_stream((audience_engine, db_engine))) == {}  # everything is final now
+
+
+# -- a batch costs the same at the end of a campaign as at its start (issue 15) -----------------
+
+
+@contextmanager
+def _planned(*engines: Engine) -> Iterator[list[tuple[str, Any]]]:
+    """Every SELECT or INSERT the engines run, with the plan the database chose for it, read
+    on the same connection right after it ran (the stream's temporary table exists only
+    there): PostgreSQL's EXPLAIN (FORMAT JSON), SQLite's EXPLAIN QUERY PLAN lines."""
+    seen: list[tuple[str, Any]] = []
+
+    def explain(conn: Any, cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if not statement.lstrip().upper().startswith(("SELECT", "INSERT", "WITH")):
+            return
+        raw = conn.connection.driver_connection
+        if conn.dialect.name == "postgresql":
+            plan = raw.execute("EXPLAIN (FORMAT JSON) " + statement, parameters).fetchone()[0]
+        else:
+            plan = [row[-1] for row in raw.execute("EXPLAIN QUERY PLAN " + statement, parameters)]
+        seen.append((statement, plan))
+
+    for engine in engines:
+        event.listen(engine, "after_cursor_execute", explain)
+    try:
+        yield seen
+    finally:
+        for engine in engines:
+            event.remove(engine, "after_cursor_execute", explain)
+
+
+def _ledger_reads(plan: Any) -> list[tuple[str, bool]]:
+    """Each read of `deliveries` in a plan: (what it is, whether it sits inside a loop over
+    the rows of another table). PostgreSQL: the scan nodes on deliveries and their index
+    condition, inside a loop when on the inner side of a Nested Loop. SQLite: its
+    SCAN/SEARCH lines; every join there is a nested loop, so a read beside another table's
+    read is inside one."""
+    if all(isinstance(line, str) for line in plan):  # SQLite (an empty plan too)
+        reads = [line for line in plan if line.startswith(("SCAN ", "SEARCH "))]
+        ledger = [line for line in reads if line.split()[1] == "deliveries"]
+        return [(line, len(reads) > 1) for line in ledger]
+    found: list[tuple[str, bool]] = []
+
+    def walk(node: dict[str, Any], inner: bool) -> None:
+        if node.get("Relation Name") == "deliveries":
+            condition = node.get("Index Cond") or node.get("Recheck Cond") or "no condition"
+            found.append((f"{node['Node Type']} on deliveries: {condition}", inner))
+        for child in node.get("Plans", []):
+            looped = node["Node Type"] == "Nested Loop" and child["Parent Relationship"] == "Inner"
+            walk(child, inner or looped)
+
+    walk(plan[0]["Plan"], False)
+    return found
+
+
+def _by_openid(read: str) -> bool:
+    return "openid" in read
+
+
+def _assert_batches_do_not_read_the_campaign(seen: list[tuple[str, Any]]) -> None:
+    """No statement reads the ledger by campaign_id alone inside a loop over other rows, and
+    no statement run per batch (more than once) reads it other than by openid."""
+    runs = Counter(statement for statement, _ in seen)
+    for statement, plan in seen:
+        for read, looped in _ledger_reads(plan):
+            assert _by_openid(read) or not looped, f"{read} inside a loop:\n{statement}"
+            assert _by_openid(read) or runs[statement] == 1, f"{read} per batch:\n{statement}"
+
+
+def _analyze(engine: Engine) -> None:
+    with engine.begin() as connection:
+        connection.exec_driver_sql("ANALYZE deliveries")
+
+
+def test_a_batch_never_reads_the_ledger_by_campaign_alone(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
+    """The plans of every statement the stream runs, on an empty ledger and on a half-done
+    one whose statistics know another campaign only (the state in which PostgreSQL read the
+    whole campaign per batch through `(campaign_id, status)`)."""
+    engines = (audience_engine, db_engine)
+    _add(db_engine, *({"openid": f"o-{i:03d}"} for i in range(300)))
+    _campaign(db_engine)
+    _analyze(db_engine)  # the statistics say: no ledger rows at all
+    with _planned(*engines) as seen:
+        batches = _stream(engines, batch_size=50)
+    assert [len(batch) for batch in batches] == [50] * 6
+    assert any("_wx_w" in statement for statement, _ in seen), "the stream statement was read"
+    _assert_batches_do_not_read_the_campaign(seen)
+
+    _campaign(db_engine, "old")
+    old = [DeliveryOutcome(f"x-{i:04d}", DeliveryStatus.SENT, msgid=i) for i in range(2000)]
+    half = [DeliveryOutcome(f"o-{i:03d}", DeliveryStatus.SENT, msgid=i) for i in range(0, 300, 2)]
+    with db_engine.begin() as connection:
+        record_outcomes(connection, "old", old)
+    _analyze(db_engine)  # the statistics know "old" only
+    with db_engine.begin() as connection:
+        record_outcomes(connection, "camp", half)
+    with _planned(*engines) as seen:
+        batches = _stream(engines, batch_size=50)
+    assert sorted(_flat(batches)) == [f"o-{i:03d}" for i in range(1, 300, 2)]
+    per_batch = [s for s, n in Counter(s for s, _ in seen).items() if n > 1]
+    assert per_batch, "final rows were asked batch by batch"
+    _assert_batches_do_not_read_the_campaign(seen)
+
+
+def test_closing_a_resumed_stream_gives_the_snapshot_connection_back(
+    db_url: str, db_engine: Engine, audience_engine: Engine
+) -> None:
+    """The snapshot of final rows lives in a temporary table of one ledger connection: a
+    stream closed half-way returns that connection to the pool without its table."""
+    _add(db_engine, *({"openid": f"o-{i:03d}"} for i in range(100)))
+    _campaign(db_engine)
+    with db_engine.begin() as connection:
+        record_outcomes(connection, "camp", [DeliveryOutcome("o-000", DeliveryStatus.SENT)])
+    ledger = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=3)
+    try:
+        stream = _stream_iter((audience_engine, ledger), batch_size=10)
+        assert [row.openid for row in next(stream)] == [f"o-{i:03d}" for i in range(1, 10)]
+        assert ledger.pool.checkedout() == 1  # the snapshot's connection, while it streams
+        stream.close()
+        with ledger.connect() as connection:  # the pool's only connection: not kept
+            if connection.dialect.name == "postgresql":
+                sql = "SELECT relname FROM pg_class WHERE relnamespace = pg_my_temp_schema()"
+            else:
+                sql = "SELECT name FROM sqlite_temp_master"
+            left = list(connection.exec_driver_sql(sql).scalars())
+        assert not [name for name in left if name.startswith("_wx_final_")], left
+    finally:
+        ledger.dispose()
