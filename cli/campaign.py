@@ -339,7 +339,7 @@ def report_text(campaign: str) -> str:
     """The campaign's report from the ledger as it is now: receipts keep arriving after the
     run, so this (not the run's artifact) is where their current figures show."""
     from db.campaigns import find_campaign
-    from db.ledger import errcode_counts, receipt_counts, status_counts
+    from db.ledger import errcode_counts, ledger_figures
     from tasks.database import engine
     from tasks.report import CampaignReport
 
@@ -347,11 +347,9 @@ def report_text(campaign: str) -> str:
         record = find_campaign(conn, campaign)
         if record is None:
             raise typer.BadParameter(f"no campaign with id or name {campaign!r}")
-        counts = status_counts(conn, record.id)
+        figures = ledger_figures(conn, record.id)
         errcodes = {str(code): n for code, _cls, n in errcode_counts(conn, record.id)}
-        receipts = receipt_counts(conn, record.id)
-    report = CampaignReport.from_record(record, counts, errcodes, receipts)
-    return report.markdown()
+    return CampaignReport.from_record(record, figures, errcodes).markdown()
 
 
 def outcome_text(result: Any) -> str:

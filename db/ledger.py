@@ -15,15 +15,16 @@ Precedence, enforced in the upsert's `DO UPDATE … WHERE`, so no order of write
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, func, select
+from sqlalchemy import Connection, bindparam, column, func, select, table
 from sqlalchemy.orm import Session
 
 from db.audience import RETRYABLE_ERROR_CLASSES
 from db.models import RECEIPT_STATUSES, deliveries
-from db.outcomes import FINAL_STATUSES, DeliveryOutcome, DeliveryStatus
+from db.outcomes import FINAL_STATUSES, TOP_REASONS, DeliveryOutcome, DeliveryStatus
 from db.types import sqlite_text, utcnow
 
 Executor = Connection | Session
@@ -253,14 +254,71 @@ def receipt_counts(executor: Executor, campaign_id: str) -> dict[str, int]:
     return counts
 
 
-def reason_counts(executor: Executor, campaign_id: str) -> dict[tuple[str, str | None], int]:
-    """Rows per (status, reason): why rows were skipped or invalid."""
+def reason_counts(
+    executor: Executor, campaign_id: str, status: DeliveryStatus, limit: int = TOP_REASONS
+) -> list[tuple[str | None, int]]:
+    """The most frequent reasons of the campaign's rows of `status`: why they were skipped
+    (`outside_window`, …) or which field rules made them invalid. (reason, rows), most
+    frequent first, at most `limit`; grouped in SQL on the (campaign_id, status) index."""
+    n = func.count().label("n")
     query = (
-        select(deliveries.c.status, deliveries.c.reason, func.count())
-        .where(deliveries.c.campaign_id == campaign_id)
-        .group_by(deliveries.c.status, deliveries.c.reason)
+        select(deliveries.c.reason, n)
+        .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == str(status))
+        .group_by(deliveries.c.reason)
+        .order_by(n.desc(), deliveries.c.reason)
+        .limit(limit)
     )
-    return {(status, reason): int(n) for status, reason, n in executor.execute(query)}
+    return [(reason, int(count)) for reason, count in executor.execute(query)]
+
+
+#: The analyst view `send_span` reads (created by migration 0002; docs/analytics.md).
+_campaign_stats = table(
+    "campaign_stats",
+    column("campaign_id"),
+    column("duration_seconds"),
+    column("messages_per_second"),
+)
+
+
+def send_span(executor: Executor, campaign_id: str) -> tuple[float | None, float | None]:
+    """(seconds from the first to the last accepted send, sent ÷ those seconds), read from
+    the `campaign_stats` view so a report states exactly the view's figures; (None, None)
+    before any send, and a rate of None for a span of 0."""
+    query = select(_campaign_stats.c.duration_seconds, _campaign_stats.c.messages_per_second).where(
+        _campaign_stats.c.campaign_id == campaign_id
+    )
+    found = executor.execute(query).first()
+    if found is None or found[0] is None:
+        return None, None
+    return float(found[0]), None if found[1] is None else float(found[1])
+
+
+@dataclass(frozen=True)
+class LedgerFigures:
+    """What a campaign's report says about its rows, read together: statuses, receipts, skip
+    reasons, the top invalid reasons and the span of the sends."""
+
+    counts: dict[str, int]
+    receipts: dict[str, int]
+    skipped: dict[str, int]  # skip reason → rows
+    invalid_reasons: list[tuple[str | None, int]]  # most frequent first, at most TOP_REASONS
+    send_seconds: float | None  # first to last accepted send (`campaign_stats`)
+    send_rate: float | None  # sent ÷ send_seconds (`campaign_stats.messages_per_second`)
+
+
+def ledger_figures(executor: Executor, campaign_id: str) -> LedgerFigures:
+    """The campaign's `LedgerFigures`: five grouped queries, none reads more than the
+    campaign's own rows (the view is filtered on its campaign column before it reads)."""
+    seconds, rate = send_span(executor, campaign_id)
+    skipped = reason_counts(executor, campaign_id, DeliveryStatus.SKIPPED, limit=100)
+    return LedgerFigures(
+        counts=status_counts(executor, campaign_id),
+        receipts=receipt_counts(executor, campaign_id),
+        skipped={reason or "": n for reason, n in skipped},
+        invalid_reasons=reason_counts(executor, campaign_id, DeliveryStatus.INVALID),
+        send_seconds=seconds,
+        send_rate=rate,
+    )
 
 
 def errcode_counts(

@@ -34,6 +34,10 @@ class SkipReason(StrEnum):
     NOTHING_TO_SEND = "nothing_to_send"  # digests: no content for this recipient
 
 
+#: Invalid reasons a report or a dry-run plan lists, most frequent first (the rest are summed).
+TOP_REASONS = 5
+
+
 class CampaignStatus(StrEnum):
     """`campaigns.status`; only `db.campaigns.set_status` writes it."""
 

@@ -21,6 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
+from prefect.states import Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -35,19 +36,19 @@ from db.audience import (
     preview_audience,
     stream_audience,
 )
-from db.ledger import receipt_counts, record_outcomes, status_counts
+from db.ledger import LedgerFigures, ledger_figures, record_outcomes, status_counts
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from tasks.batch import BatchSummary, SendSettings, send_batch
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
-from tasks.ending import CampaignFailed, stop_for_error
+from tasks.ending import CampaignFailed, expected, stop_for_error
 from tasks.flow_runs import CANCELLED_REASON
-from tasks.message import MessageSpec, client_msg_id_for, render
-from tasks.params import CampaignParams
+from tasks.message import MessageSpec, client_msg_id_for, invalid_reason, render
+from tasks.params import CampaignForm, CampaignParams
 from tasks.plan import DryRunPlan
 from tasks.reference import sync_errcodes_table
-from tasks.report import CampaignReport, Progress, publish_report
-from tasks.sender import RetryPolicy, StopKind, StopSignal, stop_signal
+from tasks.report import CampaignReport, Progress, publish_report, publish_stop
+from tasks.sender import RetryPolicy, Stop, StopKind, StopSignal, stop_signal
 from tasks.token import get_access_token, load_app, verify_token
 
 #: Batches in flight at once: one sends while the next is being prepared or recorded.
@@ -128,14 +129,30 @@ def message_spec(params: CampaignParams) -> MessageSpec:
     )
 
 
+#: What a preflight refusal adds to its reason: nothing was sent, so the fix is a new run.
+RUN_AGAIN = "then run the campaign again; nothing was sent"
+
+
 @task(name="preflight", cache_policy=NO_CACHE)
 async def preflight(
     params: CampaignParams, campaign_id: str, sql: str, binds: dict[str, Any]
-) -> int:
+) -> Stop | None:
     """Stop before sending anything if the audience, template or token cannot work.
 
-    Returns how many preview rows rendered cleanly.
+    Returns the stop, whose reason names the fix, or None when the campaign may go ahead.
+    A refusal is returned, not raised: it is an answer, and the logs keep one line for it,
+    not Prefect's traceback of a failed task. Anything unexpected still raises.
     """
+    try:
+        await _check(params, campaign_id, sql, binds)
+    except Exception as exc:
+        if not expected(exc):
+            raise
+        return Stop(*stop_for_error(exc, campaign_id))
+    return None
+
+
+async def _check(params: CampaignParams, campaign_id: str, sql: str, binds: dict[str, Any]) -> None:
     log = get_run_logger()
     try:
         preview = preview_audience(
@@ -146,14 +163,15 @@ async def preflight(
             timeout_seconds=params.audience_timeout_seconds,
         )
     except AudienceQueryError as exc:
-        raise CampaignFailed(str(exc)) from exc
+        raise CampaignFailed(f"{str(exc).rstrip('.')}. Fix the audience SQL, {RUN_AGAIN}.") from exc
     spec = message_spec(params)
     missing = spec.check_columns(preview.columns)
     if missing:
         raise CampaignFailed(
             "The message uses "
             + ", ".join(f"{{{m}}}" for m in missing)
-            + f" but the audience has no such column (it has: {', '.join(preview.columns)})."
+            + f" but the audience has no such column (it has: {', '.join(preview.columns)}). "
+            f"Add the column to the audience SQL or fix the placeholder, {RUN_AGAIN}."
         )
     problems: list[str] = []
     clean = 0
@@ -162,13 +180,13 @@ async def preflight(
     for row in rows:
         rendered = render(spec, row, client_msg_id=client_msg_id_for(campaign_id, row["openid"]))
         if isinstance(rendered, list):
-            problems.append(str(rendered[0]))
+            problems.append(invalid_reason(rendered))
         else:
             clean += 1
     if rows and clean == 0:
         raise CampaignFailed(
             f"Every one of the {len(rows)} preview rows breaks WeChat's field rules, "
-            f"e.g. {problems[0]}. Fix the template fields (docs/template-fields.md)."
+            f"e.g. {problems[0]}. Fix the template fields (docs/template-fields.md), {RUN_AGAIN}."
         )
     if not params.dry_run:
         await get_access_token(params.app)
@@ -180,7 +198,6 @@ async def preflight(
         len(rows),
         "" if params.dry_run else "; the token works",
     )
-    return clean
 
 
 # -- stage 3: stream, send, record ------------------------------------------------------------
@@ -366,15 +383,13 @@ def decide_status(counts: dict[str, int], stop: StopSignal) -> tuple[CampaignSta
     return CampaignStatus.COMPLETED, None
 
 
-def _close(
-    campaign_id: str, stop: StopSignal
-) -> tuple[CampaignStatus, str | None, dict[str, int], dict[str, int]]:
+def _close(campaign_id: str, stop: StopSignal) -> tuple[CampaignStatus, str | None, LedgerFigures]:
     """Write the campaign's final status, decided from the ledger's counts and the stop;
-    returns (status, reason, counts, receipt counts)."""
+    returns (status, reason, the ledger's figures for the report)."""
     with engine().connect() as conn:
-        counts = status_counts(conn, campaign_id)
-        # Read with the counts, so the receipt figures add up to the sent count shown.
-        receipts = receipt_counts(conn, campaign_id)
+        # Read together, so the receipts add up to the sent count shown.
+        figures = ledger_figures(conn, campaign_id)
+    counts = figures.counts
     status, reason = decide_status(counts, stop)
     audience = sum(counts.values())
     stored = {
@@ -384,7 +399,40 @@ def _close(
     }
     with engine().begin() as conn:
         campaign_rows.set_status(conn, campaign_id, status, reason, counts=stored)
-    return status, reason, counts, receipts
+    return status, reason, figures
+
+
+def _stopped(params: CampaignParams, campaign_id: str, stop: StopSignal) -> State[Any]:
+    """End a run an expected stop cut short (preflight refused it, the audience SQL or
+    WeChat failed, …): close the campaign row, log the reason in one line, publish the "why
+    it stopped" artifact, and return a Failed state whose message is the reason, so the run
+    page says what to fix and no traceback is logged."""
+    log = get_run_logger()
+    counts: dict[str, int] = {}
+    if params.dry_run:
+        status, reason = decide_status({}, stop)
+    else:
+        try:
+            status, reason, figures = _close(campaign_id, stop)
+            counts = figures.counts
+        except Exception as unrecorded:  # the on_failure hook tries again
+            log.error(
+                "Could not record how campaign %r ended (%s).",
+                params.name,
+                type(unrecorded).__name__,
+            )
+            status, reason = decide_status({}, stop)
+    reason = " ".join((reason or "the run stopped").split())  # the state message: one line
+    log.error("Campaign %r %s: %s", params.name, status, reason)
+    publish_stop(
+        campaign_id,
+        name=params.name,
+        campaign_id=params.campaign_id if params.dry_run else campaign_id,
+        status=status,
+        reason=reason,
+        counts=counts,
+    )
+    return Failed(message=reason if status == CampaignStatus.FAILED else f"{status}: {reason}")
 
 
 def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
@@ -425,8 +473,12 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
         )
     ],
 )
-def push_campaign(params: CampaignParams) -> CampaignResult:
-    """Send one campaign: every eligible recipient at most once, every row in the ledger."""
+def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
+    """Send one campaign: every eligible recipient at most once, every row in the ledger.
+
+    Returns the CampaignResult, or a Failed state whose message says what to fix when an
+    expected stop (preflight, the audience SQL, WeChat, the database) cut the run short.
+    """
     log = get_run_logger()
     started = time.monotonic()
     app = run_coro_as_sync(load_app(params.app))
@@ -441,7 +493,10 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
     try:
         checked = preflight.submit(params, campaign_id, sql, binds)
         _finished(checked, None)
-        checked.result()
+        refused = checked.result()
+        if refused is not None:
+            stop.set(refused.kind, refused.reason)
+            return _stopped(params, campaign_id, stop)
         progress = Progress.start(
             campaign_id,
             params.name,
@@ -458,12 +513,16 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
                 )
         tally = _send_all(params, app, campaign_id, sql, binds, stop, progress)
     except BaseException as exc:
+        if expected(exc):
+            stop.set(*stop_for_error(exc, campaign_id))
+            log.debug("The stop's traceback:", exc_info=exc)  # the reason says what to do
+            return _stopped(params, campaign_id, stop)
         if params.dry_run:
             raise
         stop.set(*stop_for_error(exc, campaign_id))
         if isinstance(exc, Exception):
             try:
-                status, reason, _, _ = _close(campaign_id, stop)
+                status, reason, _ = _close(campaign_id, stop)
             except Exception as unrecorded:  # the on_failure hook tries again
                 log.error(
                     "Could not record how campaign %r ended (%s).",
@@ -472,16 +531,18 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
                 )
             else:
                 log.error("Campaign %r %s: %s", params.name, status, reason)
-        # A signal or cancellation: the on_crashed / on_cancellation hook closes the row,
-        # since only Prefect knows whether the SIGTERM was a cancel from the UI.
+        # A bug keeps its traceback (Prefect logs it). A signal or cancellation: the
+        # on_crashed / on_cancellation hook closes the row, since only Prefect knows
+        # whether the SIGTERM was a cancel from the UI.
         raise
     seconds = time.monotonic() - started
-    receipts: dict[str, int] | None = None  # a dry run sends nothing, so gets no receipts
+    figures: LedgerFigures | None = None  # a dry run records nothing, so has none
     if params.dry_run:
         counts = dict(tally.counts)
         status, reason = CampaignStatus.COMPLETED, "dry run: nothing was sent"
     else:
-        status, reason, counts, receipts = _close(campaign_id, stop)
+        status, reason, figures = _close(campaign_id, stop)
+        counts = figures.counts
     sent_now = tally.counts.get("sent", 0)
     result = CampaignResult(
         campaign_id=campaign_id,
@@ -509,7 +570,7 @@ def push_campaign(params: CampaignParams) -> CampaignResult:
             sent_this_run=sent_now,
             http_attempts=tally.http_attempts,
             dry_run=params.dry_run,
-            receipts=receipts,
+            figures=figures,
             plan=tally.plan,
         )
     )

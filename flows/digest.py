@@ -11,13 +11,15 @@ docs/digests.md says how to write a digest SQL and how to run one for a given da
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
+from prefect.states import Failed, State
 
 from db.digest import previous_day
 from flows.campaign import CampaignResult, push_campaign
-from tasks.params import DigestParams
+from tasks.params import DigestForm, DigestParams
 
 #: The example digest of yesterday for the `default` app (what a bare run or schedule sends).
 DEFAULT_DIGEST = DigestParams()
@@ -42,7 +44,7 @@ def _run_name() -> str:
 
 
 @flow(name="daily-digest", flow_run_name=_run_name, log_prints=False)
-def daily_digest(params: DigestParams = DEFAULT_DIGEST) -> CampaignResult:
+def daily_digest(params: DigestForm = DEFAULT_DIGEST) -> CampaignResult | State[Any]:
     """Send one day's digest: each recipient's own content from the digest SQL, at most once.
 
     Args:
@@ -63,4 +65,8 @@ def daily_digest(params: DigestParams = DEFAULT_DIGEST) -> CampaignResult:
         campaign.audience_params["day_start"],
         campaign.audience_params["day_end"],
     )
-    return push_campaign(campaign)
+    state = push_campaign(campaign, return_state=True)
+    if state.is_failed():
+        # An expected stop: its message says what to fix; raising it would log a traceback.
+        return Failed(message=state.message)
+    return state.result()

@@ -6,6 +6,8 @@ flows/campaign.py): `stop` → failed (someone must fix something first), `pause
 path follows for errcodes (wechat/errors.py): RETRY and QUOTA pause, CONFIG / REQUEST /
 REFRESH stop. Reasons are in an operator's words and say what to do. A database's own message
 can carry row values, so it is never quoted: the reason names the error class and SQLSTATE.
+An error the reason fully explains is `expected`: the run ends Failed with the reason as its
+message and logs no traceback; any other error is a bug and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -66,15 +68,30 @@ def signal_name(exc: BaseException) -> str:
 def stop_for_error(exc: BaseException, campaign_id: str) -> tuple[StopKind, str]:
     """The stop (kind, reason) for the exception or signal that ended the run."""
     resume = f"`wxpush campaign resume {campaign_id}`"
-    kind, reason = _classify(exc, resume)
+    kind: StopKind
+    if isinstance(exc, KeyboardInterrupt | TerminationSignal):
+        kind, reason = "pause", f"stopped by {signal_name(exc)}; {resume} sends the rest"
+    elif not isinstance(exc, Exception):
+        kind = "pause"
+        reason = f"the run was interrupted ({type(exc).__name__}); {resume} sends the rest"
+    else:
+        kind, reason = _classify(exc, resume) or (
+            "stop",
+            f"the run failed with an unexpected {type(exc).__name__}; the flow run's logs say "
+            f"where. Fix the cause, then {resume}",
+        )
     return kind, _short(_value_free(reason, exc))
 
 
-def _classify(exc: BaseException, resume: str) -> tuple[StopKind, str]:
-    if isinstance(exc, KeyboardInterrupt | TerminationSignal):
-        return "pause", f"stopped by {signal_name(exc)}; {resume} sends the rest"
-    if not isinstance(exc, Exception):
-        return "pause", f"the run was interrupted ({type(exc).__name__}); {resume} sends the rest"
+def expected(exc: BaseException) -> bool:
+    """Whether the reason `stop_for_error` gives says all there is (a refusal, an outage, an
+    audience SQL that cannot work): such an ending is logged in one line, without a
+    traceback. Any other exception is a bug, whose traceback the logs keep."""
+    return isinstance(exc, Exception) and _classify(exc, "") is not None
+
+
+def _classify(exc: Exception, resume: str) -> tuple[StopKind, str] | None:
+    """The stop for an error wxpush knows how to explain; None for any other."""
     if isinstance(exc, CampaignFailed | AudienceQueryError):
         return "stop", str(exc)
     if isinstance(exc, WeChatError):
@@ -88,10 +105,7 @@ def _classify(exc: BaseException, resume: str) -> tuple[StopKind, str]:
         )
     if isinstance(exc, httpx.HTTPError | OSError):
         return "pause", f"a connection failed ({type(exc).__name__}); once it works, {resume}"
-    return "stop", (
-        f"the run failed with an unexpected {type(exc).__name__}; the flow run's logs say "
-        f"where. Fix the cause, then {resume}"
-    )
+    return None
 
 
 def _wechat(exc: WeChatError, resume: str) -> tuple[StopKind, str]:

@@ -41,7 +41,9 @@ __all__ = [
     "RenderedMessage",
     "client_msg_id_for",
     "format_value",
+    "invalid_reason",
     "render",
+    "unrenderable_reason",
 ]
 
 MessageKind = Literal["template", "customer_service", "subscribe"]
@@ -294,6 +296,18 @@ def client_msg_id_for(campaign_id: int | str, openid: str) -> str:
         f"{campaign_id}\x1f{openid}".encode(), digest_size=16, person=b"wxpush-cmid"
     )
     return "wx" + digest.hexdigest()
+
+
+def invalid_reason(problems: Iterable[FieldProblem]) -> str:
+    """Why a row is invalid: the field rules it breaks, without the row's own values ("…; got
+    27"), so rows breaking the same rules read the same (the ledger's `reason`, counted by
+    the report and the dry run) and no recipient's text is kept there."""
+    return "; ".join(str(problem).split("; got ", 1)[0] for problem in problems)
+
+
+def unrenderable_reason(exc: Exception) -> str:
+    """Why a row whose value could not become text (its `str()` raised) is invalid."""
+    return f"could not render the message ({type(exc).__name__})"
 
 
 def _missing(key: str, column: str) -> FieldProblem:

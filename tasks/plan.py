@@ -10,20 +10,24 @@ message content (tasks/report.py).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from db.outcomes import SkipReason
-from tasks.message import MessageSpec, RenderedMessage, client_msg_id_for, render
-from wechat.fields import FieldProblem
+from db.outcomes import TOP_REASONS, SkipReason
+from tasks.message import (
+    MessageSpec,
+    RenderedMessage,
+    client_msg_id_for,
+    invalid_reason,
+    render,
+    unrenderable_reason,
+)
 from wechat.models import CustomMessage
 
 #: Example messages a plan keeps (the first rows that would be sent).
 EXAMPLES = 3
-#: Invalid reasons a plan lists, most frequent first; the rest are summed in one line.
-TOP_INVALID = 5
 #: Skip reasons (`deliveries.reason`) in the operator's words.
 SKIP_WORDS: dict[str, str] = {
     SkipReason.OUTSIDE_WINDOW: "outside the interaction window",
@@ -32,17 +36,28 @@ SKIP_WORDS: dict[str, str] = {
 }
 
 
+def skip_words(reason: str | None) -> str:
+    """A skip reason (`deliveries.reason`) in the operator's words."""
+    return SKIP_WORDS.get(str(reason), reason or "no reason recorded")
+
+
+def invalid_table(top: Sequence[tuple[str | None, int]], total: int) -> list[str]:
+    """Markdown rows of the most frequent invalid reasons, the rest of the `total` invalid
+    rows summed in one line: the dry run's plan and the campaign report show the same."""
+    rest = total - sum(n for _, n in top)
+    return [
+        "| reason | rows |",
+        "|---|---|",
+        *(f"| {(reason or 'no reason recorded').replace('|', '/')} | {n} |" for reason, n in top),
+        *([f"| other reasons | {rest} |"] if rest > 0 else []),
+    ]
+
+
 class ExampleMessage(BaseModel):
     """One rendered message a run would send: the recipient and each field as WeChat gets it."""
 
     openid: str
     fields: dict[str, str]
-
-
-def rule_of(problem: FieldProblem) -> str:
-    """The field rule a value breaks, without the value's own detail ("…; got 27"), so rows
-    breaking the same rule count together and no recipient's text reaches the plan."""
-    return str(problem).split("; got ", 1)[0]
 
 
 def _fields(message: RenderedMessage) -> dict[str, str]:
@@ -88,16 +103,15 @@ class DryRunPlan(BaseModel):
         try:
             rendered = render(spec, row, client_msg_id=client_msg_id_for(campaign_id, openid))
         except Exception as exc:  # a value whose str() fails: the real run records it invalid
-            rendered_reasons = [f"could not render the message ({type(exc).__name__})"]
+            reason = unrenderable_reason(exc)
         else:
             if not isinstance(rendered, list):
                 self.would_send += 1
                 if len(self.examples) < EXAMPLES:
                     self.examples.append(ExampleMessage(openid=openid, fields=_fields(rendered)))
                 return "would_send"
-            rendered_reasons = [rule_of(problem) for problem in rendered]
+            reason = invalid_reason(rendered)
         self.invalid += 1
-        reason = "; ".join(rendered_reasons)
         self.invalid_reasons[reason] = self.invalid_reasons.get(reason, 0) + 1
         return "invalid"
 
@@ -109,7 +123,7 @@ class DryRunPlan(BaseModel):
 
     def top_invalid(self) -> list[tuple[str, int]]:
         """The most frequent invalid reasons, most frequent first."""
-        return sorted(self.invalid_reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_INVALID]
+        return sorted(self.invalid_reasons.items(), key=lambda kv: (-kv[1], kv[0]))[:TOP_REASONS]
 
     def markdown(self, *, examples: bool = True) -> str:
         """The plan as markdown: what `--dry-run` prints and the dry run's report artifact
@@ -127,7 +141,7 @@ class DryRunPlan(BaseModel):
             "|---|---|",
             f"| would send | {self.would_send} |",
             *(
-                f"| skipped: {SKIP_WORDS.get(reason, reason)} | {n} |"
+                f"| skipped: {skip_words(reason)} | {n} |"
                 for reason, n in sorted(self.skipped.items())
             ),
             f"| invalid | {self.invalid} |",
@@ -140,8 +154,6 @@ class DryRunPlan(BaseModel):
                 "one who unfollowed since); the report of the real run counts those as failed.",
             ]
         if self.invalid:
-            top = self.top_invalid()
-            rest = self.invalid - sum(n for _, n in top)
             lines += [
                 "",
                 "## Invalid rows by reason",
@@ -149,10 +161,7 @@ class DryRunPlan(BaseModel):
                 "These rows break WeChat's field rules (docs/template-fields.md); a run records "
                 "them as invalid and never sends them.",
                 "",
-                "| reason | rows |",
-                "|---|---|",
-                *(f"| {reason} | {n} |" for reason, n in top),
-                *([f"| other reasons | {rest} |"] if rest else []),
+                *invalid_table(self.top_invalid(), self.invalid),
             ]
         if not examples:
             lines += [

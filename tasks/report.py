@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.artifacts import (
     create_markdown_artifact,
@@ -15,10 +15,10 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from db.ledger import AWAITING_RECEIPT, failed_rows_sql
-from tasks.plan import DryRunPlan
+from db.ledger import AWAITING_RECEIPT, LedgerFigures, failed_rows_sql
+from tasks.plan import DryRunPlan, invalid_table, skip_words
 from wechat.errors import lookup
 
 if TYPE_CHECKING:
@@ -54,9 +54,11 @@ class Progress:
     @classmethod
     def start(cls, campaign_id: str, name: str, total: int | None = None) -> Progress:
         """Create the progress artifact at 0 %."""
-        description = f"Campaign {name} ({campaign_id})"
+        description = f"Progress of campaign {name}"
         artifact_id = create_progress_artifact(
-            0.0, key=artifact_key(campaign_id, "progress"), description=description
+            0.0,
+            key=artifact_key(campaign_id, "progress"),
+            description=f"{description}: the share of its audience handled so far",
         )
         return cls(artifact_id=artifact_id, description=description, total=total)
 
@@ -78,8 +80,30 @@ class Progress:
             update_progress_artifact(self.artifact_id, 100.0)
 
 
+#: What the report's time measures: one run, or the campaign's whole life (`wxpush report`).
+TimeScope = Literal["run", "campaign"]
+#: The report's two throughputs say what they measure (docs/analytics.md, "Two throughputs").
+TIME_LABELS: dict[TimeScope, str] = {
+    "run": (
+        "**Run time:** {seconds:.2f} s, this run from its start to its end (loading the app, "
+        "preflight, counting the audience, sending, recording): {rate:.1f} messages/s for "
+        "the {sent} sent this run"
+    ),
+    "campaign": (
+        "**Time:** {seconds:.2f} s from the campaign's first start to its last end (every "
+        "run, and any pause before a resume): {rate:.1f} messages/s for the {sent} sent"
+    ),
+}
+SEND_SPAN_LABEL = (
+    "**Send span:** {seconds:.2f} s from the first to the last accepted send, over every run "
+    "of the campaign: {rate} (the `campaign_stats` view's `duration_seconds` and "
+    "`messages_per_second`)"
+)
+
+
 class CampaignReport(BaseModel):
-    """The final report: counts per status, top errcodes with meanings, throughput, SQL."""
+    """The final report: counts per status, why rows were skipped or invalid, top errcodes
+    with meanings, the two throughputs (whole run; first to last send), the failed rows' SQL."""
 
     campaign_id: str
     name: str
@@ -87,15 +111,24 @@ class CampaignReport(BaseModel):
     reason: str | None
     counts: dict[str, int]
     errcodes: list[dict[str, Any]]
+    # Wall time of `time_scope` (see TIME_LABELS) and the sent rows over it.
     seconds: float
     messages_per_second: float
+    time_scope: TimeScope = "run"
     sent_this_run: int = 0
     http_attempts: int = 0
+    # From the first to the last accepted send (all runs) and sent ÷ that: the
+    # `campaign_stats` view's figures; None when nothing was sent (the rate: or a span of 0).
+    send_seconds: float | None = None
+    send_rate: float | None = None
     failed_sql: str
     dry_run: bool
     # db.ledger.receipt_counts at the time of the report; None when the caller has none
     # (a dry run sends nothing, so nothing can come back).
     receipts: dict[str, int] | None = None
+    # Rows per skip reason, and the most frequent invalid reasons (db.ledger.reason_counts).
+    skipped: dict[str, int] = Field(default_factory=dict)
+    invalid_reasons: list[tuple[str | None, int]] = Field(default_factory=list)
     # A dry run's plan: its report is the plan, less the example messages (no content here).
     plan: DryRunPlan | None = None
 
@@ -115,11 +148,15 @@ class CampaignReport(BaseModel):
         dry_run: bool = False,
         receipts: Mapping[str, int] | None = None,
         plan: DryRunPlan | None = None,
+        figures: LedgerFigures | None = None,
+        time_scope: TimeScope = "run",
     ) -> CampaignReport:
         """The report, with each errcode's class and meaning from the one errcode table.
 
-        `receipts` is `db.ledger.receipt_counts` read by the caller (the report never reads
-        the database itself, so the flow and `wxpush report` show the same thing).
+        `figures` (db.ledger.ledger_figures, read by the caller) gives the counts, receipts,
+        reasons and send span; without it `counts` and `receipts` are all there is. The
+        report never reads the database itself, so the flow and `wxpush report` show the
+        same thing.
         """
         rows = []
         for code, count in sorted(errcodes.items(), key=lambda kv: -kv[1])[:10]:
@@ -132,6 +169,8 @@ class CampaignReport(BaseModel):
                     "meaning": row.meaning,
                 }
             )
+        if figures is not None:
+            counts, receipts = figures.counts, figures.receipts
         return cls(
             campaign_id=campaign_id,
             name=name,
@@ -141,24 +180,26 @@ class CampaignReport(BaseModel):
             errcodes=rows,
             seconds=round(seconds, 2),
             messages_per_second=round(sent_this_run / seconds, 1) if seconds else 0.0,
+            time_scope=time_scope,
             sent_this_run=sent_this_run,
             http_attempts=http_attempts,
+            send_seconds=figures.send_seconds if figures else None,
+            send_rate=figures.send_rate if figures else None,
             failed_sql=failed_rows_sql(campaign_id),
             dry_run=dry_run,
             receipts=dict(receipts) if receipts is not None else None,
+            skipped=dict(figures.skipped) if figures else {},
+            invalid_reasons=list(figures.invalid_reasons) if figures else [],
             plan=plan,
         )
 
     @classmethod
     def from_record(
-        cls,
-        record: Any,
-        counts: Mapping[str, int],
-        errcodes: Mapping[str, int],
-        receipts: Mapping[str, int] | None = None,
+        cls, record: Any, figures: LedgerFigures, errcodes: Mapping[str, int]
     ) -> CampaignReport:
         """From a stored campaign row and the ledger (what `wxpush report` shows): the place
-        to read receipts that arrived after the run, so pass the current receipt counts."""
+        to read receipts that arrived after the run, so pass figures read now. Its time is
+        the campaign's whole life, every run and the pauses between them."""
         seconds = 0.0
         if record.started_at and record.finished_at:
             seconds = (record.finished_at - record.started_at).total_seconds()
@@ -167,12 +208,54 @@ class CampaignReport(BaseModel):
             name=record.name,
             status=record.status,
             reason=record.status_reason,
-            counts=counts,
+            counts=figures.counts,
             errcodes=errcodes,
             seconds=seconds,
-            sent_this_run=counts.get("sent", 0),
-            receipts=receipts,
+            sent_this_run=figures.counts.get("sent", 0),
+            figures=figures,
+            time_scope="campaign",
         )
+
+    def _time_lines(self) -> list[str]:
+        lines = [
+            TIME_LABELS[self.time_scope].format(
+                seconds=self.seconds, rate=self.messages_per_second, sent=self.sent_this_run
+            )
+        ]
+        if self.send_seconds is not None:
+            rate = self.send_rate
+            said = f"{rate:.1f} messages/s" if rate is not None else "no rate (a single instant)"
+            lines.append(SEND_SPAN_LABEL.format(seconds=self.send_seconds, rate=said))
+        return lines
+
+    def _reason_lines(self) -> list[str]:
+        lines: list[str] = []
+        if self.skipped:
+            lines += [
+                "",
+                "## Skipped rows by reason",
+                "",
+                "Not sent on purpose; a resume does not send them either.",
+                "",
+                "| reason | rows |",
+                "|---|---|",
+                *(
+                    f"| {skip_words(reason)} | {n} |"
+                    for reason, n in sorted(self.skipped.items(), key=lambda kv: (-kv[1], kv[0]))
+                ),
+            ]
+        invalid = self.counts.get("invalid", 0)
+        if invalid and self.invalid_reasons:
+            lines += [
+                "",
+                "## Invalid rows by reason",
+                "",
+                "These rows break WeChat's field rules (docs/template-fields.md); they were "
+                "recorded as invalid and never sent.",
+                "",
+                *invalid_table(self.invalid_reasons, invalid),
+            ]
+        return lines
 
     @property
     def has_receipt_section(self) -> bool:
@@ -237,7 +320,7 @@ class CampaignReport(BaseModel):
             "",
             f"**Status:** {self.status}" + (f" — {self.reason}" if self.reason else ""),
             f"**Campaign ID:** `{self.campaign_id}`",
-            f"**Time:** {self.seconds:.1f} s, {self.messages_per_second:.1f} messages/s",
+            *self._time_lines(),
         ]
         if self.http_attempts:
             retries = self.http_attempts - self.sent_this_run
@@ -251,6 +334,7 @@ class CampaignReport(BaseModel):
             "|---|---|",
             *(f"| {k} | {v} |" for k, v in sorted(self.counts.items()) if v),
         ]
+        lines += self._reason_lines()
         if self.has_receipt_section:
             lines += self._receipt_lines()
         if self.errcodes:
@@ -272,16 +356,21 @@ class CampaignReport(BaseModel):
 
 def publish_report(report: CampaignReport) -> None:
     """The markdown report, the per-status table and (once something was sent) the receipt
-    table, keyed per campaign (versioned)."""
+    table, keyed per campaign (versioned); each description says what it is."""
+    what = (
+        "what a run would send, skip and refuse"
+        if report.plan is not None
+        else "counts, why rows were skipped or invalid, errcodes, time"
+    )
     create_markdown_artifact(
         report.markdown(),
         key=artifact_key(report.campaign_id, "report"),
-        description=f"Campaign {report.name}: {report.status}",
+        description=f"Report of campaign {report.name} ({report.status}): {what}",
     )
     create_table_artifact(
         [{"status": k, "recipients": v} for k, v in sorted(report.counts.items())],
         key=artifact_key(report.campaign_id, "counts"),
-        description=f"Campaign {report.name}: recipients per status",
+        description=f"Recipients per status of campaign {report.name}, as a table",
     )
     if report.has_receipt_section:
         rate = report.delivery_rate
@@ -290,7 +379,50 @@ def publish_report(report: CampaignReport) -> None:
             report.receipt_rows(),
             key=artifact_key(report.campaign_id, "receipts"),
             description=(
-                f"Campaign {report.name}: delivery receipts at the end of the run ({so_far}); "
+                f"Delivery receipts of campaign {report.name} at the end of the run ({so_far}); "
                 f"they keep arriving: `wxpush report {report.campaign_id}` shows the current ones"
             ),
         )
+
+
+def stop_markdown(
+    *, name: str, campaign_id: str | None, status: str, reason: str, counts: Mapping[str, int]
+) -> str:
+    """Why a run stopped before its report (preflight refused it, the audience SQL failed,
+    WeChat refused the app's settings, …): the reason, which names the fix, and what the
+    ledger holds so far. No row values, like every artifact."""
+    done = ", ".join(f"{n} {key}" for key, n in sorted(counts.items()) if n)
+    lines = [
+        f"# Campaign {name} stopped: {status}",
+        "",
+        f"**Why:** {reason}",
+    ]
+    if campaign_id:
+        lines.append(f"**Campaign ID:** `{campaign_id}`")
+    lines += [
+        "",
+        f"So far: {done}. The ledger keeps them; a resume never sends a recipient twice."
+        if done
+        else "Nothing was sent.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def publish_stop(
+    run_id: str,
+    *,
+    name: str,
+    campaign_id: str | None,
+    status: str,
+    reason: str,
+    counts: Mapping[str, int],
+) -> None:
+    """The "why it stopped" artifact of a run that ended before its report, keyed by
+    `run_id` (the campaign's id, or a dry run's own)."""
+    create_markdown_artifact(
+        stop_markdown(
+            name=name, campaign_id=campaign_id, status=status, reason=reason, counts=counts
+        ),
+        key=artifact_key(run_id, "stopped"),
+        description=f"Why campaign {name} stopped ({status}), and what to fix",
+    )

@@ -33,7 +33,14 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from db.outcomes import DeliveryOutcome, DeliveryStatus
-from tasks.message import MessageSpec, RenderedMessage, client_msg_id_for, render
+from tasks.message import (
+    MessageSpec,
+    RenderedMessage,
+    client_msg_id_for,
+    invalid_reason,
+    render,
+    unrenderable_reason,
+)
 from tasks.ratelimit import RateLimiter
 from wechat.client import WeChatClient
 from wechat.errors import ErrorClass, TransportError, WeChatError, lookup
@@ -386,10 +393,10 @@ class _Batch:
         try:
             message = render(self.spec, row, client_msg_id=cmid)
         except Exception as exc:  # a value whose str() fails, say: this row only
-            reason = f"could not render the message: {type(exc).__name__}: {exc}"
+            reason = unrenderable_reason(exc)
             return DeliveryOutcome(openid, DeliveryStatus.INVALID, reason=reason)
         if isinstance(message, list):
-            reason = "; ".join(str(problem) for problem in message)
+            reason = invalid_reason(message)
             return DeliveryOutcome(openid, DeliveryStatus.INVALID, reason=reason)
         try:
             return await self.attempt(openid, message, cmid)

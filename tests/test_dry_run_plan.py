@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from db.outcomes import TOP_REASONS
 from tasks.message import MessageSpec
-from tasks.plan import EXAMPLES, TOP_INVALID, DryRunPlan
+from tasks.plan import EXAMPLES, DryRunPlan
 from tasks.report import CampaignReport
 
 SPEC = MessageSpec(
@@ -46,7 +47,7 @@ def test_the_top_reasons_are_listed_and_the_rest_summed() -> None:
     text = plan.markdown()
     assert [reason for reason, _ in plan.top_invalid()] == [
         f"data.thing{i}.value invalid: value is empty" for i in (7, 6, 5, 4, 3)
-    ][:TOP_INVALID]
+    ][:TOP_REASONS]
     assert "| other reasons | 6 |" in text  # reasons 0, 1, 2: 1 + 2 + 3 rows
     assert f"| invalid | {sum(range(1, 9))} |" in text
 

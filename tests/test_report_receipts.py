@@ -12,7 +12,13 @@ from sqlalchemy import Engine, delete
 
 from db.callbacks import CallbackRecord, apply_callbacks
 from db.campaigns import create_or_resume, find_campaign, set_status
-from db.ledger import errcode_counts, receipt_counts, record_outcomes, status_counts
+from db.ledger import (
+    errcode_counts,
+    ledger_figures,
+    receipt_counts,
+    record_outcomes,
+    status_counts,
+)
 from db.models import callback_events
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus, SkipReason
 from tasks import database
@@ -122,10 +128,9 @@ def receive(engine: Engine, receipts: dict[str, tuple[int, str | None]]) -> None
 def report_from_ledger(engine: Engine, campaign_id: str) -> CampaignReport:
     with engine.connect() as connection:
         stored = find_campaign(connection, campaign_id)
-        counts = status_counts(connection, campaign_id)
+        figures = ledger_figures(connection, campaign_id)
         codes = {str(c): n for c, _cls, n in errcode_counts(connection, campaign_id)}
-        receipts = receipt_counts(connection, campaign_id)
-    return CampaignReport.from_record(stored, counts, codes, receipts)
+    return CampaignReport.from_record(stored, figures, codes)
 
 
 def test_receipt_counts_and_the_report_lines(ledger: Engine) -> None:
