@@ -164,3 +164,21 @@ def test_the_report_says_why_rows_were_skipped_or_invalid_and_what_each_time_mea
     assert f"{view.duration_seconds:.2f} s from the first to the last accepted send" in span
     assert f"{view.messages_per_second:.1f} messages/s" in span, (span, view)
     assert "`campaign_stats`" in span
+
+
+def test_a_digest_that_preflight_stops_ends_failed_with_the_reason(
+    audience: Any, sim: Any, all_logs: Any
+) -> None:
+    from flows.digest import daily_digest
+    from tasks.params import DigestParams
+
+    digest = DigestParams.model_validate(
+        {"app": audience.name, "digest_sql": "DELETE FROM recipients WHERE app_id = :app_id"}
+    )
+    state = daily_digest(digest, return_state=True)
+    assert state.is_failed(), state
+    message = state.message or ""
+    assert "must only read" in message and "Fix the audience SQL" in message, message
+    assert "\n" not in message
+    assert "Traceback" not in all_logs.text, all_logs.text[-3000:]
+    assert sim.admin.counters().accepted == 0

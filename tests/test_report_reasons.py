@@ -11,10 +11,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+import config
 from db.campaigns import create_or_resume, find_campaign, set_status
 from db.ledger import errcode_counts, ledger_figures, reason_counts, record_outcomes
 from db.outcomes import TOP_REASONS, CampaignStatus, DeliveryOutcome, DeliveryStatus, SkipReason
 from flows.campaign import CampaignFailed
+from tasks import database
 from tasks import report as report_module
 from tasks.ending import expected
 from tasks.message import MessageSpec, invalid_reason, render
@@ -84,6 +86,24 @@ def test_the_report_shows_skip_and_invalid_reasons_as_the_ledger_groups_them(
     assert "| data.b.value invalid: empty | 3 |" in lines
     assert "| other reasons | 2 |" in lines, "7 rules: the top five, the last two summed"
     assert lines.index("| skipped | 5 |") < lines.index("## Skipped rows by reason")
+
+
+def test_wxpush_report_prints_the_reasons(
+    db_url: str, db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from cli.campaign import report_text
+
+    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
+    config.reload()
+    database.dispose_all()
+    try:
+        _campaign(db_engine, _outcomes())
+        lines = report_text("reasons").splitlines()
+    finally:
+        database.dispose_all()
+    assert "| outside the interaction window | 3 |" in lines
+    assert "| data.a.value invalid: empty | 4 |" in lines and "| other reasons | 2 |" in lines
+    assert any(line.startswith("**Send span:** 2.50 s") for line in lines), lines
 
 
 def test_the_two_throughputs_say_what_they_measure(db_engine: Engine) -> None:
