@@ -49,7 +49,7 @@ from tasks.plan import DryRunPlan
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop
 from tasks.sender import RetryPolicy, Stop, StopKind, StopSignal, stop_signal
-from tasks.token import get_access_token, load_app, verify_token
+from tasks.token import AppNotConfigured, get_access_token, load_app, verify_token
 
 #: Batches in flight at once: one sends while the next is being prepared or recorded.
 PARALLEL_BATCHES = 2
@@ -402,14 +402,15 @@ def _close(campaign_id: str, stop: StopSignal) -> tuple[CampaignStatus, str | No
     return status, reason, figures
 
 
-def _stopped(params: CampaignParams, campaign_id: str, stop: StopSignal) -> State[Any]:
+def _stopped(params: CampaignParams, campaign_id: str | None, stop: StopSignal) -> State[Any]:
     """End a run an expected stop cut short (preflight refused it, the audience SQL or
-    WeChat failed, …): close the campaign row, log the reason in one line, publish the "why
-    it stopped" artifact, and return a Failed state whose message is the reason, so the run
-    page says what to fix and no traceback is logged."""
+    WeChat failed, …): close the campaign row (None: the run stopped before it had one), log
+    the reason in one line, publish the "why it stopped" artifact, and return a Failed state
+    whose message is the reason, so the run page says what to fix and no traceback is
+    logged."""
     log = get_run_logger()
     counts: dict[str, int] = {}
-    if params.dry_run:
+    if params.dry_run or campaign_id is None:
         status, reason = decide_status({}, stop)
     else:
         try:
@@ -425,9 +426,9 @@ def _stopped(params: CampaignParams, campaign_id: str, stop: StopSignal) -> Stat
     reason = " ".join((reason or "the run stopped").split())  # the state message: one line
     log.error("Campaign %r %s: %s", params.name, status, reason)
     publish_stop(
-        campaign_id,
+        campaign_id or params.campaign_id or params.name,
         name=params.name,
-        campaign_id=params.campaign_id if params.dry_run else campaign_id,
+        campaign_id=params.campaign_id if params.dry_run or not campaign_id else campaign_id,
         status=status,
         reason=reason,
         counts=counts,
@@ -481,7 +482,12 @@ def push_campaign(params: CampaignParams) -> CampaignResult | State[Any]:
     """
     log = get_run_logger()
     started = time.monotonic()
-    app = run_coro_as_sync(load_app(params.app))
+    try:
+        app = run_coro_as_sync(load_app(params.app))
+    except AppNotConfigured as exc:  # a name typed in the form: said before any campaign row
+        refused = StopSignal()
+        refused.set("stop", f"{str(exc).rstrip('.')}, {RUN_AGAIN}.")
+        return _stopped(params, None, refused)
     sql = params.audience_sql or DEFAULT_AUDIENCE_SQL
     binds = {**params.audience_params, "app_id": app.app_id}
     if params.dry_run:

@@ -182,3 +182,18 @@ def test_a_digest_that_preflight_stops_ends_failed_with_the_reason(
     assert "\n" not in message
     assert "Traceback" not in all_logs.text, all_logs.text[-3000:]
     assert sim.admin.counters().accepted == 0
+
+
+def test_an_app_block_that_does_not_exist_ends_failed_before_any_campaign_row(
+    audience: Any, db_engine: Engine, all_logs: Any
+) -> None:
+    state = push_campaign(params("no-such-app", name="nowhere"), return_state=True)
+    assert state.is_failed(), state
+    message = state.message or ""
+    assert "no wechat-app block named 'no-such-app'" in message and "wxpush setup" in message
+    assert "Traceback" not in all_logs.text, all_logs.text[-3000:]
+    with db_engine.connect() as conn:
+        assert campaigns.find_campaign(conn, "nowhere") is None
+    _, artifacts = asyncio.run(_stored(state.state_details.flow_run_id))
+    stopped = {a.key: a for a in artifacts}["campaign-nowhere-stopped"]
+    assert f"**Why:** {message}" in str(stopped.data) and "Campaign ID" not in str(stopped.data)
