@@ -44,7 +44,7 @@ from tasks.database import audience_engine, engine
 from tasks.ending import CampaignFailed, expected, stop_for_error
 from tasks.flow_runs import CANCELLED_REASON
 from tasks.message import MessageSpec, client_msg_id_for, invalid_reason, render
-from tasks.params import CampaignParams
+from tasks.params import CampaignForm, CampaignParams
 from tasks.plan import DryRunPlan
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop
@@ -474,7 +474,7 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
         )
     ],
 )
-def push_campaign(params: CampaignParams) -> CampaignResult | State[Any]:
+def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     """Send one campaign: every eligible recipient at most once, every row in the ledger.
 
     Returns the CampaignResult, or a Failed state whose message says what to fix when an

@@ -19,7 +19,7 @@ from prefect.states import Failed, State
 
 from db.digest import previous_day
 from flows.campaign import CampaignResult, push_campaign
-from tasks.params import DigestParams
+from tasks.params import DigestForm, DigestParams
 
 #: The example digest of yesterday for the `default` app (what a bare run or schedule sends).
 DEFAULT_DIGEST = DigestParams()
@@ -44,7 +44,7 @@ def _run_name() -> str:
 
 
 @flow(name="daily-digest", flow_run_name=_run_name, log_prints=False)
-def daily_digest(params: DigestParams = DEFAULT_DIGEST) -> CampaignResult | State[Any]:
+def daily_digest(params: DigestForm = DEFAULT_DIGEST) -> CampaignResult | State[Any]:
     """Send one day's digest: each recipient's own content from the digest SQL, at most once.
 
     Args:

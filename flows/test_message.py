@@ -14,7 +14,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import acreate_markdown_artifact
 from prefect.states import Completed, Failed
 
-from tasks.params import TestSendParams
+from tasks.params import TestSendForm
 from tasks.test_send import TestSendReport, send_tests
 
 
@@ -41,7 +41,7 @@ def _markdown(report: TestSendReport) -> str:
 
 
 @flow(name="send-test-message", flow_run_name="test-message-{params.app}", log_prints=False)
-async def send_test_message(params: TestSendParams) -> Any:
+async def send_test_message(params: TestSendForm) -> Any:
     """Send the campaign's message once to each OpenID; Completed only if WeChat took all."""
     log = get_run_logger()
     report = await send_tests(params)

@@ -5,19 +5,23 @@ Every knob is in the operator's words, with bounds the UI enforces before a run 
 schema cannot express are checked when the run starts, with a message saying what to fix.
 The message and sending knobs are declared once, in `MessageParams`, which both forms extend:
 a digest is a campaign whose audience, name and ID come from the day.
+
+The descriptions are what the form and `--help` show, in an operator's words; the engineer's
+detail behind each knob is in docs/operations.md ("The campaign form").
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from datetime import date
-from typing import Any, Literal, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from db.audience import DEFAULT_TIMEOUT_SECONDS
 from db.digest import DEFAULT_DIGEST_SQL, day_binds, digest_campaign_id, zone
-from wechat.simulator.defaults import DEMO_TEMPLATE_ID
+from wechat.simulator.defaults import DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
 
 MessageKind = Literal["template", "customer_service", "subscribe"]
 AudienceParam = str | int | float | bool
@@ -37,6 +41,52 @@ _BIND_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 #: (`--rate 0.000000001` would never finish), not a plan.
 MIN_RATE_PER_SECOND = 0.1
 
+#: What the form's Template fields box starts with: the shape to follow, on the simulator's
+#: demo template (so the local stack runs as is); an operator replaces the keys with theirs.
+EXAMPLE_TEMPLATE_FIELDS: dict[str, str] = {**dict(DEMO_TEMPLATE_VALUES), "thing1": "{nickname}"}
+
+#: Kinds that send a template (and its fields) rather than a text.
+TEMPLATE_KINDS = ("template", "subscribe")
+
+
+def plain_input(position: float, **extra: Any) -> Callable[[dict[str, Any]], None]:
+    """`json_schema_extra` for an optional field: one plain box in Prefect's form, empty = none.
+
+    Prefect's form draws `str | None` as a switch between a box and "None", which has no box
+    (`Property is type "None"`). Without the null branch and the null default it draws one
+    box, and leaves an empty box out of the parameters, so the model's default (None)
+    applies. The server still accepts an explicit null from the API: it allows null for an
+    optional property that has no default (prefect.utilities.schema_tools.validation).
+    """
+
+    def flatten(schema: dict[str, Any]) -> None:
+        branches = schema.pop("anyOf", [])
+        kept = [branch for branch in branches if branch.get("type") != "null"]
+        if len(kept) == 1:
+            schema.update(kept[0])
+        elif branches:
+            schema["anyOf"] = branches
+        if "default" in schema and schema["default"] is None:
+            del schema["default"]
+        schema.update(position=position, **extra)
+
+    return flatten
+
+
+def _needs_per_kind(schema: dict[str, Any], model: type[BaseModel]) -> None:
+    """Put `_fits_the_kind` into the form's schema, so the Prefect server refuses a template
+    campaign without a template ID or fields before a run exists (it validates JSON Schema
+    2020-12, `if`/`then`/`else` included; an absent kind is the default, template). A form
+    whose template ID has a default (the digest's) keeps the check at run time only."""
+    if model.model_fields["template_id"].default is not None:
+        return
+    schema["if"] = {"properties": {"kind": {"enum": list(TEMPLATE_KINDS)}}}
+    schema["then"] = {
+        "required": ["template_id", "data"],
+        "properties": {"template_id": {"type": "string"}, "data": {"minProperties": 1}},
+    }
+    schema["else"] = {"required": ["text"], "properties": {"text": {"type": "string"}}}
+
 
 def _template_id_field(default: str | None) -> Any:
     return Field(
@@ -44,76 +94,107 @@ def _template_id_field(default: str | None) -> Any:
         min_length=1,
         max_length=128,
         title="Template ID",
-        description="From the account's template library; required for template and subscribe.",
-        json_schema_extra={"position": 3},
+        description=(
+            "Needed for template and subscribe messages: the ID from the account's template "
+            "library (WeChat admin ▸ template messages)."
+        ),
+        json_schema_extra=plain_input(3),
     )
 
 
-def _data_field(default: dict[str, str]) -> Any:
+def _data_field(default: dict[str, str], shown: dict[str, str]) -> Any:
     return Field(
         default_factory=lambda: dict(default),
         title="Template fields",
         description=(
-            "Field key → text. `{column}` is replaced by that column of the audience row, "
-            "e.g. thing1 → `{nickname}, your order shipped`. Write `{{` for a literal brace."
+            'Your template\'s fields as JSON, {"key": "text", …}: the keys are on the '
+            "template's detail page (thing1, time3, …). The box starts with the demo "
+            "template's keys: replace them with yours. `{column}` is replaced by that column "
+            "of each recipient's row, e.g. `{nickname}`; write `{{` for a literal brace."
         ),
-        json_schema_extra={"position": 4},
+        json_schema_extra={"position": 4, "default": dict(shown)},
     )
+
+
+def _empty_is_none(value: Any) -> Any:
+    """An empty or blank box means "none", whichever way it came (form, CLI, API)."""
+    return None if isinstance(value, str) and not value.strip() else value
+
+
+def heading(title: str, description: str) -> Any:
+    """What heads a flow parameter's form, `Annotated[Model, heading(…)]`: Prefect titles a
+    parameter with its own name (`params`); a `json_schema_extra` title is applied after."""
+    return Field(json_schema_extra={"title": title, "description": description})
 
 
 class MessageFields(BaseModel):
     """The message itself, before a row fills its placeholders: what a campaign, a digest
     and a test send share."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_needs_per_kind)
 
     app: str = Field(
         "default",
         min_length=1,
         title="WeChat app",
-        description="Name of the wechat-app block whose account sends (`wxpush setup --app`).",
+        description=(
+            "Which WeChat account sends: the name it was set up under (`default` unless "
+            "you set up several)."
+        ),
         json_schema_extra={"position": 1},
     )
     kind: MessageKind = Field(
         "template",
         title="Message kind",
         description=(
-            "template: template message (needs a template ID). customer_service: a text "
-            "message, only to people who interacted in the last 48 h. subscribe: a "
-            "subscription notification (needs the user's authorization)."
+            "template: a template message (needs a template ID and fields). "
+            "customer_service: a text, only to people who wrote to the account in the last "
+            "48 h. subscribe: a subscription message (only to people who allowed it)."
         ),
         json_schema_extra={"position": 2},
     )
     template_id: str | None = _template_id_field(None)
-    data: dict[str, str] = _data_field({})
+    data: dict[str, str] = _data_field({}, EXAMPLE_TEMPLATE_FIELDS)
     text: str | None = Field(
         None,
         min_length=1,
         title="Customer-service text",
-        description="The text of a customer_service message, with `{column}` placeholders.",
-        json_schema_extra={"position": 5},
+        description=(
+            "Needed for customer_service messages: the text, `{column}` placeholders included."
+        ),
+        json_schema_extra=plain_input(5),
     )
     url: str | None = Field(
         None,
         title="Link",
-        description="Page the message opens (optional).",
-        json_schema_extra={"position": 6},
+        description="A web page the message opens when tapped. Empty = none.",
+        json_schema_extra=plain_input(6),
     )
     miniprogram_appid: str | None = Field(
         None,
         title="Mini-program AppID",
-        description="Opens this mini program (wins over Link).",
-        json_schema_extra={"position": 7},
+        description="Open this mini program instead of the link. Empty = none.",
+        json_schema_extra=plain_input(7),
     )
     miniprogram_pagepath: str | None = Field(
-        None, title="Mini-program page", json_schema_extra={"position": 8}
+        None,
+        title="Mini-program page",
+        description="The page of the mini program to open, e.g. pages/order/index.",
+        json_schema_extra=plain_input(8),
     )
+
+    @field_validator(
+        "template_id", "text", "url", "miniprogram_appid", "miniprogram_pagepath", mode="before"
+    )
+    @classmethod
+    def _blank_is_none(cls, value: Any) -> Any:
+        return _empty_is_none(value)
 
     @model_validator(mode="after")
     def _fits_the_kind(self) -> Self:
-        if self.kind in ("template", "subscribe") and not self.template_id:
+        if self.kind in TEMPLATE_KINDS and not self.template_id:
             raise ValueError(f"a {self.kind} campaign needs a template_id")
-        if self.kind in ("template", "subscribe") and not self.data:
+        if self.kind in TEMPLATE_KINDS and not self.data:
             raise ValueError(f"a {self.kind} campaign needs at least one template field in data")
         if self.kind == "customer_service" and not self.text:
             raise ValueError("a customer_service campaign needs a text")
@@ -128,7 +209,9 @@ class MessageParams(MessageFields):
         ge=0,
         le=24 * 30,
         title="Interaction window (hours)",
-        description="Only recipients who interacted within this many hours; 0 = no filter.",
+        description=(
+            "Only people who interacted with the account within this many hours; 0 = everyone."
+        ),
         json_schema_extra={"position": 10},
     )
     batch_size: int = Field(
@@ -136,7 +219,10 @@ class MessageParams(MessageFields):
         ge=1,
         le=5000,
         title="Batch size",
-        description="Recipients per send task and per ledger write. Larger = less overhead.",
+        description=(
+            "Recipients sent and saved together; the progress bar moves a batch at a time. "
+            "The default suits most campaigns."
+        ),
         json_schema_extra={"position": 11},
     )
     concurrency: int = Field(
@@ -145,8 +231,8 @@ class MessageParams(MessageFields):
         le=256,
         title="Concurrency",
         description=(
-            "Messages in flight per batch (two batches run at once). Throughput ≈ "
-            "min(rate, concurrency ÷ WeChat's latency)."
+            "Messages sent at the same time. More = faster, up to the rate limit and as fast "
+            "as WeChat answers."
         ),
         json_schema_extra={"position": 12},
     )
@@ -156,10 +242,10 @@ class MessageParams(MessageFields):
         le=10_000,
         title="Rate limit (messages/s)",
         description=(
-            "Upper bound on sends per second for the whole campaign, at least 0.1 (one "
-            "message every 10 s); empty = no limit."
+            "At most this many messages per second for the whole campaign; 0.1 or more (one "
+            "message every 10 s). Empty = as fast as WeChat answers."
         ),
-        json_schema_extra={"position": 13},
+        json_schema_extra=plain_input(13),
     )
     max_error_ratio: float = Field(
         0.5,
@@ -167,8 +253,8 @@ class MessageParams(MessageFields):
         le=1,
         title="Pause above this failure share",
         description=(
-            "Pause the campaign when more than this share of attempted messages failed "
-            "(checked after 200 attempts). 1 = never pause."
+            "Pause the campaign when more than this share of the messages tried failed, e.g. "
+            "0.5 = half (judged from the 200th on). 1 = never pause."
         ),
         json_schema_extra={"position": 14},
     )
@@ -178,9 +264,8 @@ class MessageParams(MessageFields):
         le=20,
         title="Attempts per message",
         description=(
-            "Tries per message when WeChat is busy or the network fails (-1, HTTP 5xx, "
-            "timeouts), with growing pauses; the same client_msg_id every time, so WeChat "
-            "never delivers a retried message twice within 10 minutes."
+            "How often to try a message when WeChat is busy or cannot be reached, waiting "
+            "longer each time. A message tried again is still delivered only once."
         ),
         json_schema_extra={"position": 14.5},
     )
@@ -189,7 +274,7 @@ class MessageParams(MessageFields):
         gt=0,
         le=120,
         title="WeChat answer timeout (s)",
-        description="How long one send waits for WeChat's answer before it counts as a retry.",
+        description="How long to wait for WeChat's answer to one message before trying again.",
         json_schema_extra={"position": 14.6},
     )
     audience_timeout_seconds: float = Field(
@@ -198,15 +283,17 @@ class MessageParams(MessageFields):
         le=3600,
         title="Audience SQL timeout (s)",
         description=(
-            "How long the audience SQL may run: its preview, its count and each batch it "
-            "streams. A query that takes longer stops the campaign before anything is sent."
+            "How long the audience SQL may run. A slower query stops the campaign before "
+            "anything is sent."
         ),
         json_schema_extra={"position": 9.7},
     )
     dry_run: bool = Field(
         False,
         title="Dry run",
-        description="Render and check every message and report the counts; send nothing.",
+        description=(
+            "Check every message and report who would get it, who would not and why; send nothing."
+        ),
         json_schema_extra={"position": 15},
     )
 
@@ -218,30 +305,29 @@ class CampaignParams(MessageParams):
         min_length=1,
         max_length=100,
         title="Campaign name",
-        description="Shown in run names, reports and the campaigns table.",
+        description="Shown on the run, in its report and in the campaign list.",
         json_schema_extra={"position": 0},
     )
     audience_sql: str | None = Field(
         None,
         title="Audience SQL",
         description=(
-            "A SELECT returning `openid` plus the columns the fields use; runs read-only with "
-            "a timeout. Bind parameter `:app_id` is the app's AppID; others come from Audience "
-            "SQL parameters. Empty: every recipient of the app (unsubscribed ones are recorded "
-            "as skipped). Columns with a meaning: `last_interaction_at` drives the window; "
-            "`subscribed` false marks a row unsubscribed; `nothing_to_send` true marks a row "
-            "with no content (a digest's quiet day). A row is skipped for the first that "
-            "applies: unsubscribed, nothing_to_send, outside_window."
+            "Who gets the message. Empty = every follower of the account. Or a SELECT that "
+            "returns `openid` and the columns your fields use, e.g. `SELECT openid, nickname, "
+            "last_interaction_at FROM recipients WHERE app_id = :app_id AND city = :city`. "
+            "It can only read. A `last_interaction_at` column lets the interaction window "
+            "apply; `subscribed` false skips a row as unsubscribed."
         ),
-        json_schema_extra={"position": 9},
+        json_schema_extra=plain_input(9),
     )
     audience_params: dict[str, AudienceParam] = Field(
         default_factory=dict,
         title="Audience SQL parameters",
         description=(
-            "Name → value for the audience SQL's other bind parameters, e.g. city → 上海 for "
-            "`WHERE city = :city`. Names are letters, digits and _; `app_id` and names "
-            "starting with `wx_` are reserved."
+            "Values for the `:name` placeholders of the audience SQL, as JSON, e.g. "
+            '{"city": "上海"} for `WHERE city = :city`. Names are letters, digits and _; '
+            "`app_id` (the account's AppID, always there) and names starting with `wx_` are "
+            "taken."
         ),
         json_schema_extra={"position": 9.5},
     )
@@ -252,18 +338,24 @@ class CampaignParams(MessageParams):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9_.:-]*$",
         title="Continue campaign",
         description=(
-            "The ID of an earlier campaign to continue: recipients it already reached are "
-            "never sent again. Empty = a new campaign."
+            "To finish a paused or cancelled campaign, or re-send its failures: its ID, from "
+            "its report or the campaign list. Whoever it reached is not sent again. Empty = a "
+            "new campaign."
         ),
-        json_schema_extra={"position": 16},
+        json_schema_extra=plain_input(16),
     )
     retry_failed: bool = Field(
         False,
         title="Re-send retryable failures",
-        description="With a campaign ID: also re-send rows that failed for a passing reason "
-        "(WeChat busy, quota).",
+        description="With Continue campaign: also re-send the messages that failed for a "
+        "passing reason (WeChat busy, daily quota used up).",
         json_schema_extra={"position": 17},
     )
+
+    @field_validator("audience_sql", "campaign_id", mode="before")
+    @classmethod
+    def _blank_audience_or_id_is_none(cls, value: Any) -> Any:
+        return _empty_is_none(value)
 
     @field_validator("audience_params")
     @classmethod
@@ -311,7 +403,7 @@ class DigestParams(MessageParams):
             "before the run was scheduled (yesterday for a run started now; a retry of the "
             "same run keeps its day)."
         ),
-        json_schema_extra={"position": 1.1},
+        json_schema_extra=plain_input(1.1),
     )
     timezone: str = Field(
         "Asia/Shanghai",
@@ -321,7 +413,7 @@ class DigestParams(MessageParams):
         json_schema_extra={"position": 1.2},
     )
     template_id: str | None = _template_id_field(DEMO_TEMPLATE_ID)
-    data: dict[str, str] = _data_field(DEFAULT_DIGEST_DATA)
+    data: dict[str, str] = _data_field(DEFAULT_DIGEST_DATA, DEFAULT_DIGEST_DATA)
     digest_sql: str = Field(
         DEFAULT_DIGEST_SQL,
         min_length=1,
@@ -338,8 +430,8 @@ class DigestParams(MessageParams):
     retry_failed: bool = Field(
         False,
         title="Re-send retryable failures",
-        description="Also re-send this day's rows that failed for a passing reason "
-        "(WeChat busy, quota).",
+        description="Also re-send this day's messages that failed for a passing reason "
+        "(WeChat busy, daily quota used up).",
         json_schema_extra={"position": 17},
     )
 
@@ -395,3 +487,22 @@ class TestSendParams(MessageFields):
         if any(not openid for openid in openids):
             raise ValueError("an OpenID cannot be empty")
         return list(dict.fromkeys(openids))  # each follower once
+
+
+#: The flows' parameters, as Prefect's form heads them.
+CampaignForm = Annotated[
+    CampaignParams,
+    heading(
+        "Campaign",
+        "Who gets which message, how fast, and when to stop. Most fields can stay as they "
+        "are; each says what empty means.",
+    ),
+]
+DigestForm = Annotated[
+    DigestParams,
+    heading("Digest", "The day's digest: its template, the digest SQL and how it is sent."),
+]
+TestSendForm = Annotated[
+    TestSendParams,
+    heading("Test message", "The campaign's message, sent only to the OpenIDs below."),
+]
