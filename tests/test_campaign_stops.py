@@ -1,6 +1,8 @@
 """A campaign that preflight stops (an audience SQL that writes, a missing column, a template
 every row breaks) ends its flow run Failed with the reason as the state's one-line message,
-publishes a "why it stopped" artifact, and logs the reason once, with no traceback. The
+publishes a "why it stopped" artifact, and logs the reason once, with no traceback (an
+expected error in the flow body, a missing app block and a digest end the same way; a bug
+keeps its traceback). The
 report of a campaign that ran says why rows were skipped or invalid and what each throughput
 measures. Real Prefect server, real simulator; SQLite, and PostgreSQL when configured."""
 
@@ -22,6 +24,7 @@ from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
 from db import campaigns
+from db.audience import AudienceQueryError
 from db.outcomes import CampaignStatus
 from flows.campaign import push_campaign
 from tasks.plan import SKIP_WORDS
@@ -197,3 +200,41 @@ def test_an_app_block_that_does_not_exist_ends_failed_before_any_campaign_row(
     _, artifacts = asyncio.run(_stored(state.state_details.flow_run_id))
     stopped = {a.key: a for a in artifacts}["campaign-nowhere-stopped"]
     assert f"**Why:** {message}" in str(stopped.data) and "Campaign ID" not in str(stopped.data)
+
+
+@pytest.mark.parametrize(
+    ("raised", "traceback"),
+    [
+        (
+            AudienceQueryError("the audience SQL took longer than the 2 s timeout; make it faster"),
+            False,
+        ),
+        (ZeroDivisionError("a bug"), True),
+    ],
+    ids=["expected", "bug"],
+)
+def test_an_error_in_the_flow_body_keeps_a_traceback_only_when_it_is_a_bug(
+    raised: Exception,
+    traceback: bool,
+    audience: Any,
+    db_engine: Engine,
+    all_logs: Any,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import flows.campaign as flow_module
+
+    def count(*args: Any, **kwargs: Any) -> int:
+        raise raised
+
+    monkeypatch.setattr(flow_module, "count_audience", count)
+    with api_logging():
+        state = push_campaign(params(audience.name, campaign_id="body"), return_state=True)
+    assert state.is_failed(), state
+    logs, _ = asyncio.run(_stored(state.state_details.flow_run_id))
+    stored = "\n".join(log.message for log in logs)
+    assert ("Traceback" in stored) is traceback, stored[-3000:]
+    with db_engine.connect() as conn:
+        record = campaigns.get_campaign(conn, "body")
+    assert record is not None and record.status is CampaignStatus.FAILED
+    if not traceback:
+        assert state.message == record.status_reason and "2 s timeout" in state.message
