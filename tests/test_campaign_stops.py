@@ -2,9 +2,9 @@
 every row breaks) ends its flow run Failed with the reason as the state's one-line message,
 publishes a "why it stopped" artifact, and logs the reason once, with no traceback (an
 expected error in the flow body, a missing app block and a digest end the same way; a bug
-keeps its traceback). The
-report of a campaign that ran says why rows were skipped or invalid and what each throughput
-measures. Real Prefect server, real simulator; SQLite, and PostgreSQL when configured."""
+keeps its traceback). The report of a campaign that ran says why rows were skipped or
+invalid and what each throughput measures. Real Prefect server, real simulator; SQLite, and
+PostgreSQL when configured."""
 
 from __future__ import annotations
 
