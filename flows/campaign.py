@@ -75,6 +75,8 @@ class CampaignResult(BaseModel):
     counts: dict[str, int]
     sent_this_run: int
     http_attempts: int = 0
+    # This run's wall time, setup included, and sent_this_run over it (the report's "Run time";
+    # the send span is the `campaign_stats` view's, docs/analytics.md).
     seconds: float
     messages_per_second: float
     dry_run: bool = False
