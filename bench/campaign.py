@@ -16,7 +16,8 @@ Run it as a module from the repository root (it imports `bench.simulator` and
 
 The audience is `db.seed.seed_recipients` data (Chinese and Latin nicknames, interaction ages
 0-10 days, some unsubscribed, blocked or with names too long for a `thing` field), registered
-as followers in the simulator, and a custom audience SQL (`audience_sql` below) that picks
+as followers in the simulator and analyzed once written (the planner knows them before the
+first campaign), and a custom audience SQL (`audience_sql` below) that picks
 the sendable rows: subscribed, not blocked, interacted, nickname ≤ 20 characters, the first
 N by openid. `window_hours` is 264 (11 days): the window CASE still runs on every row, and
 every row is inside it. The message is the demo template with `{nickname}` in `thing1`.
@@ -32,8 +33,11 @@ Parts (`--parts`, in this order):
    `send_batch` tasks → ledger → report, rate limit off, for each `--grid` batch × concurrency
    at the first `--sizes` size, then the best of them at the other sizes. msg/s = sent ÷ the
    wall time of the `push_campaign` call, and sent ÷ the send span in the ledger (first
-   attempt → last sent_at). The simulator is reset before each campaign, and its accepted
-   count must equal the ledger's sent count.
+   attempt → last sent_at); the longest pause is the widest gap between two consecutive
+   first attempts (a campaign waiting for its next batch). The simulator is reset before
+   each campaign, and its accepted count must equal the ledger's sent count. With several
+   sizes, the goals compare msg/s at the largest and the smallest (issue 15: a campaign
+   must not slow down as it runs), e.g. `--sizes 100000,300000 --grid 2000x16 --top 1`.
 3. `rate` — campaigns with `rate_per_second` at each `--rates`, `--rate-seconds` of sends
    each; achieved = sent ÷ (last sent_at − first attempt) from the ledger.
 4. `rss` — peak RSS (the child's `ru_maxrss` from wait4) of **dry-run** campaigns at each
@@ -89,7 +93,7 @@ from db.audience_role import ensure_audience_role
 from db.engine import AUDIENCE_ENV_VAR, ENV_VAR, audience_database_url, database_url, make_engine
 from db.migrate import upgrade
 from db.models import deliveries
-from db.seed import seed_recipients
+from db.seed import analyze, seed_recipients
 from tasks.message import client_msg_id_for
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
 from wechat.simulator.process import SimulatorProcess, free_port, start_simulator
@@ -205,7 +209,8 @@ class CampaignRun:
     db_cpu: float | None = None
     peak_rss: int = 0
     rss_ready: int = 0
-    longest_pause: float | None = None  # rate runs: the widest gap between two first attempts
+    longest_pause: float | None = None  # the widest gap between two first attempts
+    longest_pause_after: int | None = None  # how many messages were attempted before it
     status: str = ""
     error: str | None = None
 
@@ -754,8 +759,10 @@ def seed_round(
             raise SeedTimeUp
 
     with bench.engine.connect() as conn:
-        with contextlib.suppress(SeedTimeUp):
+        try:
             seed_recipients(conn, app_id=app_id, count=count, seed=seed, on_chunk=on_chunk)
+        except SeedTimeUp:
+            analyze(conn)  # seed_recipients' own ANALYZE did not run: the campaigns need it
         conn.commit()
     return written
 
@@ -938,8 +945,7 @@ def run_campaign(
         run.sent = counts.get("would_send", 0)
         return run
     run.sent, run.span_seconds = ledger_figures(bench.engine, result["campaign_id"])
-    if spec.rate_per_second:
-        run.longest_pause = longest_pause(bench.engine, result["campaign_id"])
+    run.longest_pause, run.longest_pause_after = longest_pause(bench.engine, result["campaign_id"])
     run.rows = sum(counts.values())
     run.accepted = bench.sim.admin.counters().accepted
     return run
@@ -959,8 +965,10 @@ def ledger_figures(engine: Engine, campaign_id: str) -> tuple[int, float | None]
     return int(sent), (as_datetime(last) - as_datetime(first)).total_seconds()
 
 
-def longest_pause(engine: Engine, campaign_id: str) -> float | None:
-    """The widest gap between consecutive first attempts: where a rate run lost time."""
+def longest_pause(engine: Engine, campaign_id: str) -> tuple[float | None, int | None]:
+    """The widest gap between consecutive first attempts, and how many messages were attempted
+    before it: where a run stopped sending, e.g. waiting for its next batch (issue 15: 5.2 s
+    once each batch read the whole campaign; late in the run when it grows with it)."""
     query = (
         select(deliveries.c.first_attempt_at)
         .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == "sent")
@@ -969,7 +977,10 @@ def longest_pause(engine: Engine, campaign_id: str) -> float | None:
     with engine.connect() as conn:
         stamps = [as_datetime(value) for value in conn.execute(query).scalars()]
     gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(stamps)]
-    return max(gaps, default=None)
+    if not gaps:
+        return None, None
+    widest = max(range(len(gaps)), key=gaps.__getitem__)
+    return gaps[widest], widest + 1
 
 
 def as_datetime(value: Any) -> datetime:
@@ -988,8 +999,13 @@ def describe(run: CampaignRun) -> str:
     check = "accepted = sent" if run.consistent else f"MISMATCH accepted={run.accepted}"
     return (
         f"{run.sent:,} sent in {run.flow_seconds:.1f} s: {run.wall_rate:,.0f}/s ({span}); "
-        f"{run.status}; {check}"
+        f"longest pause {pause_ms(run.longest_pause)} ms (after {run.longest_pause_after or 0:,} "
+        f"sent); {run.status}; {check}"
     )
+
+
+def pause_ms(seconds: float | None) -> str:
+    return "—" if seconds is None else f"{seconds * 1000:,.0f}"
 
 
 def part_e2e(bench: Bench, deadline: float) -> None:
@@ -1283,7 +1299,8 @@ def print_e2e(runs: list[CampaignRun], ceiling: CeilingRun | None) -> None:
     say(
         f"{'recipients':>10} {'batch':>5} {'conc':>4} {'flow s':>7} {'msg/s':>7} "
         f"{'span s':>7} {'msg/s':>7} {'÷ceiling':>8} {'(span)':>7} "
-        f"{'CPU µs/msg: wxpush':>18} {'sim':>5} {'prefect':>7} {'db':>5} {'RSS MiB':>8} check"
+        f"{'CPU µs/msg: wxpush':>18} {'sim':>5} {'prefect':>7} {'db':>5} {'RSS MiB':>8} "
+        f"{'pause ms':>8} check"
     )
     for r in runs:
         if r.error:
@@ -1297,7 +1314,8 @@ def print_e2e(runs: list[CampaignRun], ceiling: CeilingRun | None) -> None:
             f"{r.wall_rate:>7,.0f} {r.span_seconds or 0:>7.1f} {r.span_rate or 0:>7,.0f} "
             f"{ratio:>8} {span_ratio:>7} {us(r.per_message_us(r.campaign_cpu)):>18} "
             f"{us(r.per_message_us(r.sim_cpu)):>5} {us(r.per_message_us(r.server_cpu)):>7} "
-            f"{us(r.per_message_us(r.db_cpu)):>5} {r.peak_rss / MIB:>8,.0f} {check}"
+            f"{us(r.per_message_us(r.db_cpu)):>5} {r.peak_rss / MIB:>8,.0f} "
+            f"{pause_ms(r.longest_pause):>8} {check}"
         )
 
 
@@ -1344,6 +1362,9 @@ def goals(report: Report) -> dict[str, Any]:
             "goal": 0.70,
             "met": ratio >= 0.70,
         }
+    by_size = size_scaling(report)
+    if by_size is not None:
+        out["e2e_by_size"] = by_size
     rss = {r.recipients: r.peak_rss for r in report.rss if not r.error}
     if 100_000 in rss and 1_000_000 in rss:
         ratio = rss[1_000_000] / rss[100_000]
@@ -1360,6 +1381,30 @@ def goals(report: Report) -> dict[str, Any]:
             "met": all(abs(dev) <= 0.05 for _, dev in deviations),
         }
     return out
+
+
+def size_scaling(report: Report) -> dict[str, Any] | None:
+    """Issue 15's goals: msg/s at the largest size within 15% of msg/s at the smallest, for
+    the configuration run at the most sizes, and no pause between batches of 1 s or more."""
+    runs: dict[tuple[int, int], dict[int, CampaignRun]] = {}
+    for r in report.e2e:
+        if r.consistent:
+            runs.setdefault((r.batch_size, r.concurrency), {})[r.recipients] = r
+    config, sized = max(runs.items(), key=lambda kv: len(kv[1]), default=((0, 0), {}))
+    if len(sized) < 2:
+        return None
+    small, large = sized[min(sized)], sized[max(sized)]
+    ratio = large.wall_rate / small.wall_rate if small.wall_rate else 0.0
+    pauses = [r.longest_pause for r in sized.values() if r.longest_pause is not None]
+    pause = max(pauses, default=None)
+    return {
+        "batch_x_concurrency": f"{config[0]}x{config[1]}",
+        "msg_per_s": {str(size): round(r.wall_rate, 1) for size, r in sorted(sized.items())},
+        "ratio_largest_vs_smallest": round(ratio, 3),
+        "longest_pause_s": None if pause is None else round(pause, 3),
+        "goal": {"ratio": 0.85, "longest_pause_s": 1.0},
+        "met": ratio >= 0.85 and pause is not None and pause < 1.0,
+    }
 
 
 def cpu_efficiency(report: Report, run: CampaignRun) -> float | None:
@@ -1396,6 +1441,15 @@ def print_goals(report: Report) -> None:
                 f"    CPU per message: the bare loop needs {g['cpu_efficiency']:.0%} of what "
                 "the campaign process spends"
             )
+    if "e2e_by_size" in measured:
+        g = measured["e2e_by_size"]
+        rates = ", ".join(f"{int(n):,}: {v:,.0f}" for n, v in g["msg_per_s"].items())
+        say(
+            f"  (issue 15) msg/s by size, batch × concurrency {g['batch_x_concurrency']}: "
+            f"{rates}; largest ÷ smallest {g['ratio_largest_vs_smallest']:.0%} (goal ≥ 85%), "
+            f"longest pause {pause_ms(g['longest_pause_s'])} ms (goal < 1,000) — "
+            f"{met(g['met'])}"
+        )
     if "rss_1m_vs_100k" in measured:
         g = measured["rss_1m_vs_100k"]
         say(f"  peak RSS at 1M ≤ 1.2× at 100k (dry run): {g['ratio']:.2f}× — {met(g['met'])}")
