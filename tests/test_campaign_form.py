@@ -122,3 +122,13 @@ def test_an_empty_box_means_none_whichever_way_it_came() -> None:
     assert params.campaign_id is None and params.miniprogram_appid is None
     with pytest.raises(ValueError, match="needs a template_id"):
         CampaignParams.model_validate({"name": "n", "template_id": " ", "data": {"a": "b"}})
+
+
+def test_the_browser_test_skips_naming_what_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without chromium, tests/test_serve.py's browser test skips and says how to get it."""
+    from tests import browser
+
+    monkeypatch.setattr(browser, "chromium_path", lambda: None)
+    opened = browser.open_browser()
+    with pytest.raises(pytest.skip.Exception, match="apt-get install -y chromium"):
+        opened.__enter__()

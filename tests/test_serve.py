@@ -1,5 +1,6 @@
 """`make serve` end to end: deployments on a real Prefect server, a real worker process, the
-simulator; the operator's actions (run from the API, cancel, resume); Ctrl-C leaves nothing.
+simulator; the operator's actions (run from the API, cancel, resume, the UI's form in a real
+browser); Ctrl-C leaves nothing.
 
 One `make serve` for the module (it takes ~40 s to come up); the tests run in file order
 and the last one presses Ctrl-C.
@@ -11,6 +12,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,6 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psutil
 import pytest
 from prefect.client.orchestration import PrefectClient, get_client
@@ -31,6 +34,9 @@ from sqlalchemy import Engine, create_engine, text
 from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN, SEND_TEST_MESSAGE
 from cli.services import pick_port
 from tasks.message import client_msg_id_for
+from tasks.report import artifact_key
+from tests.browser import form_field, open_browser, table_with
+from tests.waiting import wait_until
 from wechat.simulator import defaults
 from wechat.simulator.admin import SimulatorAdmin
 
@@ -379,6 +385,94 @@ def test_campaign_list_shows_the_campaigns(served: Served) -> None:
     listed = served.wxpush("campaign", "list")
     assert listed.returncode == 0, listed.stderr
     assert "cancel me" in listed.stdout and "through the worker" in listed.stdout
+
+
+# -- the UI, in a real browser ----------------------------------------------------------------
+
+#: The form's optional fields that were a `str | None` switch with no box until "str" was
+#: clicked (`Property is type "None"`): each must be one plain box now.
+PLAIN_OPTIONAL_FIELDS = (
+    "Template ID",
+    "Link",
+    "Mini-program AppID",
+    "Audience SQL",
+    "Continue campaign",
+    "Rate limit (messages/s)",
+)
+FINAL_STATES = ("COMPLETED", "FAILED", "CANCELLED", "CRASHED")
+
+
+# Plain HTTP, not PrefectClient: Playwright's sync API keeps an event loop running on this
+# thread, so `Served.call` (asyncio.run) cannot run inside the browser block.
+def _runs_of(served: Served, deployment_id: Any) -> int:
+    only_this = {"deployments": {"id": {"any_": [str(deployment_id)]}}}
+    return int(httpx.post(f"{served.api}/flow_runs/count", json=only_this).json())
+
+
+def _state_of(served: Served, flow_run_id: str) -> dict[str, Any]:
+    return httpx.get(f"{served.api}/flow_runs/{flow_run_id}").json()["state"] or {}
+
+
+def test_a_marketer_runs_a_campaign_from_the_form_and_reads_its_report(served: Served) -> None:
+    """The custom-run form as a marketing person meets it: plain boxes, an example to follow,
+    a missing template ID refused before a run exists; then a run, whose report artifact's
+    counts are the ledger's and the simulator's."""
+    name = "from the browser"
+
+    async def deployment_id(client: PrefectClient) -> Any:
+        return (await client.read_deployment_by_name(PUSH_CAMPAIGN)).id
+
+    campaign_deployment = served.call(deployment_id)
+    runs_before = _runs_of(served, campaign_deployment)
+    with open_browser() as page:
+        page.goto(f"{served.ui}/deployments/deployment/{campaign_deployment}/run")
+        form_field(page, "Campaign name").wait_for()
+        assert "Property is type" not in page.locator("body").inner_text()
+        labels = page.locator(".schema-form-property__label").all_inner_texts()
+        assert "Campaign" in labels and "params" not in labels, labels
+        for title in PLAIN_OPTIONAL_FIELDS:
+            field = form_field(page, title)
+            assert field.locator("textarea, input").count() == 1, f"{title}: one box"
+            assert field.get_by_role("button", name="None").count() == 0, title
+        assert '"thing1"' in form_field(page, "Template fields").inner_text(), "an example"
+
+        form_field(page, "Campaign name").locator("textarea").fill(name)
+        submit = page.get_by_role("button", name="Submit")
+        submit.click()  # no template ID
+        page.get_by_text(re.compile("'template_id' is a required property")).first.wait_for()
+        assert _runs_of(served, campaign_deployment) == runs_before, "refused before a run"
+
+        form_field(page, "Template ID").locator("textarea").fill(defaults.DEMO_TEMPLATE_ID)
+        submit.click()
+        page.wait_for_url(lambda url: not url.endswith("/run"))
+
+        def started() -> Any:
+            with served.engine().connect() as conn:
+                return conn.execute(
+                    text("SELECT id, flow_run_id FROM campaigns WHERE name = :n"), {"n": name}
+                ).first()
+
+        wait_until(started, "the form's campaign starts on the worker", timeout=120, poll=0.5)
+        campaign_id, flow_run_id = started()
+        wait_until(
+            lambda: _state_of(served, flow_run_id).get("type") in FINAL_STATES,
+            "the form's run ends",
+            timeout=120,
+            poll=0.5,
+        )
+        state = _state_of(served, flow_run_id)
+        assert state["type"] == "COMPLETED", state
+
+        page.goto(f"{served.ui}/runs/flow-run/{flow_run_id}")
+        page.get_by_text("Artifacts", exact=True).first.click()
+        page.get_by_text(artifact_key(campaign_id, "report"), exact=True).click()
+        reported = table_with(page, "status")
+
+    rows = _assert_exactly_once(served, campaign_id)
+    in_ledger = Counter(row["status"] for row in rows.values())
+    assert {s: n for s, n in reported.items() if n} == +in_ledger, (reported, in_ledger)
+    assert reported["sent"] == sum(_accepted(served, campaign_id).values()) > RECIPIENTS // 2
+    assert sum(reported.values()) == RECIPIENTS
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------
