@@ -74,6 +74,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.exc import DBAPIError, StatementError
 from sqlalchemy.sql.elements import ColumnElement, TextClause
+from sqlalchemy.sql.expression import TableClause
 
 from db.audience_role import (
     sqlite_authorizer,
@@ -663,9 +664,10 @@ def final_snapshot(
     snapshot are this stream's own (it yields each openid once).
 
     Yields a function giving which of the openids are final, or None when none of the
-    campaign's rows was final (a new campaign: no question per batch at all). The
-    connection stays checked out while the block runs (session state: PostgreSQL behind a
-    pooler needs session pooling) and the table is dropped at the end.
+    campaign's rows was final (a new campaign: no question per batch at all, and the
+    connection is given back at once). Otherwise the connection stays checked out while the
+    block runs (session state: PostgreSQL behind a pooler needs session pooling) and the
+    table is dropped at the end.
     """
     name = f"_wx_final_{uuid.uuid4().hex[:12]}"
     snapshot = table(name, column("openid"))
@@ -682,27 +684,9 @@ def final_snapshot(
                 insert(snapshot).from_select(["openid"], query),
                 execution_options={"preserve_rowcount": True},  # else -1 on PostgreSQL
             ).rowcount
-        if not copied:
-            yield None
+        if copied:
+            yield _prober(connection, snapshot)
             return
-        lookup = select(snapshot.c.openid).where(
-            snapshot.c.openid.in_(bindparam("openids", expanding=True))
-        )
-        postgresql = connection.dialect.name == "postgresql"
-
-        def final(openids: list[str]) -> set[str]:
-            found: set[str] = set()
-            with connection.begin():
-                if postgresql:
-                    # Probes of the key, never a scan of the snapshot: with 30k rows and 500
-                    # openids PostgreSQL preferred reading every row (a hashed IN list).
-                    connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
-                for start in range(0, len(openids), _LOOKUP_CHUNK):
-                    chunk = openids[start : start + _LOOKUP_CHUNK]
-                    found.update(connection.execute(lookup, {"openids": chunk}).scalars())
-            return found
-
-        yield final
     finally:
         with suppress(DBAPIError):  # a broken connection takes its temporary table with it
             if connection.in_transaction():
@@ -710,6 +694,29 @@ def final_snapshot(
             with connection.begin():
                 connection.exec_driver_sql(f"DROP TABLE IF EXISTS {name}")
         connection.close()
+    yield None  # nothing was final: the connection is back in the pool already
+
+
+def _prober(connection: Connection, snapshot: TableClause) -> Callable[[list[str]], set[str]]:
+    """Which of the openids the snapshot holds: probes of its key, 500 openids a statement."""
+    lookup = select(snapshot.c.openid).where(
+        snapshot.c.openid.in_(bindparam("openids", expanding=True))
+    )
+    postgresql = connection.dialect.name == "postgresql"
+
+    def final(openids: list[str]) -> set[str]:
+        found: set[str] = set()
+        with connection.begin():
+            if postgresql:
+                # Never a scan of the snapshot: with 30k rows and 500 openids PostgreSQL
+                # preferred reading every row (a hashed IN list) to probing the key.
+                connection.exec_driver_sql("SET LOCAL enable_seqscan = off")
+            for start in range(0, len(openids), _LOOKUP_CHUNK):
+                chunk = openids[start : start + _LOOKUP_CHUNK]
+                found.update(connection.execute(lookup, {"openids": chunk}).scalars())
+        return found
+
+    return final
 
 
 def stream_audience(

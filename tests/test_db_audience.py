@@ -593,13 +593,18 @@ def test_closing_a_resumed_stream_gives_the_snapshot_connection_back(
     db_url: str, db_engine: Engine, audience_engine: Engine
 ) -> None:
     """The snapshot of final rows lives in a temporary table of one ledger connection: a
-    stream closed half-way returns that connection to the pool without its table."""
+    stream closed half-way returns that connection to the pool without its table, and a new
+    campaign's stream (nothing final) holds none."""
     _add(db_engine, *({"openid": f"o-{i:03d}"} for i in range(100)))
     _campaign(db_engine)
     with db_engine.begin() as connection:
         record_outcomes(connection, "camp", [DeliveryOutcome("o-000", DeliveryStatus.SENT)])
     ledger = make_engine(db_url, pool_size=1, max_overflow=0, pool_timeout=3)
     try:
+        fresh = _stream_iter((audience_engine, ledger), batch_size=10, campaign_id="new")
+        assert len(next(fresh)) == 10
+        assert ledger.pool.checkedout() == 0  # nothing final: nothing kept
+        fresh.close()
         stream = _stream_iter((audience_engine, ledger), batch_size=10)
         assert [row.openid for row in next(stream)] == [f"o-{i:03d}" for i in range(1, 10)]
         assert ledger.pool.checkedout() == 1  # the snapshot's connection, while it streams
