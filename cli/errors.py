@@ -18,9 +18,6 @@ import json
 from typing import Any
 
 import typer
-
-# Typer 0.29 ships its own copy of click: its usage errors derive from this class.
-from typer._click.exceptions import ClickException
 from typer.core import TyperGroup
 
 from config import ConfigurationError, env_var, settings
@@ -51,7 +48,8 @@ class BoundaryGroup(TyperGroup):
         """Run the subcommand; an expected failure becomes one line on stderr and exit 1."""
         try:
             return super().invoke(ctx)
-        except (ClickException, typer.Exit, typer.Abort):
+        # Typer ships its own click: its usage errors all derive from TyperException.
+        except (typer.TyperException, typer.Exit, typer.Abort):
             raise  # usage errors (exit 2) and deliberate exits keep their own handling
         except Exception as exc:
             if debug_requested(ctx):
