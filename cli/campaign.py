@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
@@ -252,8 +252,6 @@ def _stopped_line(campaign_id: str, signum: int) -> str:
 def run_here(params: Any) -> Any:
     """Run push_campaign in this process; returns its CampaignResult. A run that did not
     complete, or a Ctrl-C / SIGTERM, ends the command with one line and a non-zero code."""
-    from prefect.exceptions import TerminationSignal
-
     from db.campaigns import new_campaign_id
     from flows.campaign import push_campaign
 
@@ -261,24 +259,36 @@ def run_here(params: Any) -> Any:
     if not params.campaign_id and not params.dry_run:
         # Known before the run starts, so a stopped run can still say which campaign it was.
         params = params.model_copy(update={"campaign_id": new_campaign_id()})
-    with _signals_stop_the_run() as received:
-        try:
-            state = push_campaign(params, return_state=True)
-        except (KeyboardInterrupt, TerminationSignal) as exc:
-            signum = received[0] if received else getattr(exc, "signal", signal.SIGINT)
-            line = (
-                "The dry run was stopped; nothing was sent or recorded."
-                if params.dry_run
-                else _stopped_line(params.campaign_id, signum)
-            )
-            typer.secho(line, fg="yellow", err=True)
-            raise typer.Exit(128 + signum) from None
+    state = run_stoppable(
+        lambda: push_campaign(params, return_state=True),
+        campaign_id=params.campaign_id,
+        dry_run=params.dry_run,
+    )
     if not state.is_completed():
         # A dry run of an existing campaign must not report that campaign's stored status.
         stored = None if params.dry_run else params.campaign_id
         typer.secho(_ended_line(stored, state), fg="red", err=True)
         raise typer.Exit(1)
     return state.result()
+
+
+def run_stoppable(run: Callable[[], Any], *, campaign_id: str, dry_run: bool) -> Any:
+    """Run a campaign's flow in this process and return its state; Ctrl-C or SIGTERM ends
+    the command with one line (where the campaign is, what to run next) and 128 + signal."""
+    from prefect.exceptions import TerminationSignal
+
+    with _signals_stop_the_run() as received:
+        try:
+            return run()
+        except (KeyboardInterrupt, TerminationSignal) as exc:
+            signum = received[0] if received else getattr(exc, "signal", signal.SIGINT)
+            line = (
+                "The dry run was stopped; nothing was sent or recorded."
+                if dry_run
+                else _stopped_line(campaign_id, signum)
+            )
+            typer.secho(line, fg="yellow", err=True)
+            raise typer.Exit(128 + signum) from None
 
 
 def refuse_before_run(params: Any) -> None:

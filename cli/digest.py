@@ -79,8 +79,8 @@ def run(
     ] = None,
 ) -> None:
     """Run the daily-digest flow in this process and print the day's campaign report."""
-    from cli.campaign import outcome_text, parameters_from, require_app
-    from flows.digest import daily_digest
+    from cli.campaign import outcome_text, parameters_from, require_app, run_stoppable
+    from flows.digest import daily_digest, digest_day
 
     flags = {
         "day": day.date().isoformat() if day else None,
@@ -93,7 +93,11 @@ def run(
     }
     params = parameters_from(DigestParams, params_file, flags)
     require_app(params.app)
-    state = daily_digest(params, return_state=True)
+    state = run_stoppable(
+        lambda: daily_digest(params, return_state=True),
+        campaign_id=params.campaign(digest_day(params)).campaign_id,
+        dry_run=params.dry_run,
+    )
     if not state.is_completed():
         typer.secho(f"The digest run ended {state.name}: {state.message}", fg="red", err=True)
         raise typer.Exit(1)

@@ -153,15 +153,27 @@ def start_cli_campaign(
 ) -> subprocess.Popen[str]:
     """`wxpush campaign run` as a child process (text output), batches of 20 at `rate`/s."""
     p = params(app)
-    argv = [
-        *(sys.executable, "-m", "cli.main", "campaign", "run"),
+    return start_cli(
+        ["campaign", "run"],
         *("--name", name, "--app", app, "--campaign-id", campaign_id),
         *("--template-id", str(p.template_id), "--rate", rate, "--batch-size", "20"),
         *[f"--data={k}={v}" for k, v in p.data.items()],
-    ]
+        db_url=db_url,
+        harness=harness,
+    )
+
+
+def start_cli(command: list[str], *args: str, db_url: str, harness: Any) -> subprocess.Popen[str]:
+    """`wxpush <command> <args>` as a child process (text output) on this database and the
+    test's Prefect API."""
     env = {**os.environ, **harness.env(), "WXPUSH_DATABASE_URL": db_url, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        argv, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [sys.executable, "-m", "cli.main", *command, *args],
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
     )
 
 

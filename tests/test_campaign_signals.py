@@ -1,13 +1,17 @@
-"""`wxpush campaign run` stopped by SIGTERM or Ctrl-C (SIGINT): the campaign row ends `paused`
-with a reason, every answer WeChat gave is in the ledger, the exit code is non-zero and the
-terminal gets one clear line, not a traceback. A real CLI process, the simulator and the
-Prefect harness; SQLite and PostgreSQL."""
+"""`wxpush campaign run` (and `wxpush digest run`) stopped by SIGTERM or Ctrl-C (SIGINT): the
+campaign row ends `paused` with a reason, every answer WeChat gave is in the ledger, the exit
+code is non-zero and the terminal gets one clear line, not a traceback. A real CLI process,
+the simulator and the Prefect harness; SQLite and PostgreSQL."""
 
 from __future__ import annotations
 
+import json
 import signal
 import time
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import Engine
@@ -19,6 +23,7 @@ from tests.campaign_helpers import (
     assert_exactly_once,
     ledger,
     params,
+    start_cli,
     start_cli_campaign,
     stop_cli,
     wait_until_accepted,
@@ -89,3 +94,31 @@ def test_sigterm_at_the_slowest_rate_stops_at_once(
         record = campaigns.get_campaign(conn, "sig-slow")
     assert record is not None and record.status is CampaignStatus.PAUSED
     assert sim.admin.counters().accepted == record.sent_count == 1
+
+
+def test_sigterm_stops_a_digest_run_in_one_line(
+    audience: Any, db_engine: Engine, db_url: str, sim: Any, prefect_harness: Any, tmp_path: Path
+) -> None:
+    """`wxpush digest run` runs the same campaign flow: a signal leaves the same one line,
+    naming the day's campaign, and the same paused row."""
+    day = (datetime.now(ZoneInfo("Asia/Shanghai")).date() - timedelta(days=1)).isoformat()
+    campaign_id = f"digest-daily-digest-{day}"
+    knobs = tmp_path / "digest.json"
+    knobs.write_text(json.dumps({"rate_per_second": 2, "batch_size": 5}))
+    proc = start_cli(
+        ["digest", "run"],
+        *("--app", audience.name, "--day", day, "--params-file", str(knobs)),
+        db_url=db_url,
+        harness=prefect_harness,
+    )
+    wait_until_accepted(proc, sim, 2)
+    output, _ = stop_cli(proc, signal.SIGTERM)
+    assert proc.returncode == 143, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if "SIGTERM" in line]
+    assert len(lines) == 1, output[-3000:]
+    assert f"wxpush campaign resume {campaign_id}" in lines[0]
+    with db_engine.connect() as conn:
+        record = campaigns.get_campaign(conn, campaign_id)
+    assert record is not None and record.status is CampaignStatus.PAUSED, record
+    assert record.sent_count == sim.admin.counters().accepted
