@@ -193,11 +193,11 @@ class MessageFields(BaseModel):
     @model_validator(mode="after")
     def _fits_the_kind(self) -> Self:
         if self.kind in TEMPLATE_KINDS and not self.template_id:
-            raise ValueError(f"a {self.kind} campaign needs a template_id")
+            raise ValueError(f"a {self.kind} message needs a template_id")
         if self.kind in TEMPLATE_KINDS and not self.data:
-            raise ValueError(f"a {self.kind} campaign needs at least one template field in data")
+            raise ValueError(f"a {self.kind} message needs at least one template field in data")
         if self.kind == "customer_service" and not self.text:
-            raise ValueError("a customer_service campaign needs a text")
+            raise ValueError("a customer_service message needs a text")
         return self
 
 

@@ -91,6 +91,15 @@ def test_the_form_needs_an_openid_and_drops_repeats() -> None:
     ]
 
 
+def test_a_test_send_without_its_template_says_message_not_campaign() -> None:
+    """The refusal is shared with campaigns and digests: its words fit all three."""
+    with pytest.raises(ValueError, match="a template message needs a template_id") as refused:
+        TestSendParams(openids=["a"], data={"thing1": "x"})
+    assert "campaign" not in str(refused.value)
+    with pytest.raises(ValueError, match="a customer_service message needs a text"):
+        TestSendParams(openids=["a"], kind="customer_service")
+
+
 def test_the_deployment_is_declared_like_push_campaign() -> None:
     config = yaml.safe_load((REPO / "prefect.yaml").read_text())
     found = {d["name"]: d for d in config["deployments"]}
