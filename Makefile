@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+TEST_WORKERS ?= 2
 
 .PHONY: demo test test-fast serve lint ui bench-simulator clean
 
@@ -17,9 +18,11 @@ demo: $(STAMP)
 	$(VENV)/bin/wxpush demo
 
 ## test: lint, then the whole suite (PostgreSQL tests run when WXPUSH_TEST_POSTGRES_URL is set)
+# On TEST_WORKERS workers: the tests mostly wait on other processes, so two workers share two
+# cores well (tests/fixtures/parallel.py). `make test TEST_WORKERS=0` runs it in one process.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
 
 ## test-fast: lint, then every test that needs no Prefect server and starts no process (< 1 min)
 test-fast: $(STAMP)

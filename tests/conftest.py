@@ -14,6 +14,7 @@ pytest_plugins = [
     "tests.fixtures.campaign",
     "tests.fixtures.tiers",
     "tests.fixtures.syspath",
+    "tests.fixtures.parallel",
     "pytester",  # test_tiers runs pytest on a small suite of its own
 ]
 
