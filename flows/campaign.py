@@ -21,7 +21,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Failed, State
+from prefect.states import Completed, Failed, State
 from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
 from prefect.utilities.asyncutils import run_coro_as_sync
@@ -479,8 +479,10 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
 def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     """Send one campaign: every eligible recipient at most once, every row in the ledger.
 
-    Returns the CampaignResult, or a Failed state whose message says what to fix when an
-    expected stop (preflight, the audience SQL, WeChat, the database) cut the run short.
+    Returns a state holding the CampaignResult: Completed (its message says why when the
+    campaign paused) or Failed when the campaign failed; a Failed state whose message says
+    what to fix when an expected stop (preflight, the audience SQL, the database) cut the
+    run short.
     """
     log = get_run_logger()
     started = time.monotonic()
@@ -590,4 +592,16 @@ def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
         sent_now,
         result.messages_per_second,
     )
-    return result
+    return _run_state(result)
+
+
+def _run_state(result: CampaignResult) -> State[Any]:
+    """The run's final state says where the campaign ended: Failed when WeChat stopped it
+    (an unknown template, a revoked token…), Completed with the reason when it paused,
+    so the run list and any automation see it without opening the report."""
+    reason = " ".join((result.reason or "").split())  # the state message: one line
+    if result.status == CampaignStatus.FAILED:
+        return Failed(message=reason or "the campaign failed; its report says why", data=result)
+    if result.status == CampaignStatus.PAUSED:
+        return Completed(message=f"paused: {reason}", data=result)
+    return Completed(data=result)

@@ -102,7 +102,12 @@ def test_bad_audience_stops_before_sending(
 def test_unknown_template_stops_after_the_first_answers(
     audience: Any, db_engine: Engine, sim: Any
 ) -> None:
-    result = run(params(audience.name, template_id="no-such-template", concurrency=4))
+    state = push_campaign(
+        params(audience.name, template_id="no-such-template", concurrency=4), return_state=True
+    )
+    assert state.is_failed(), "the run says the campaign failed, not Completed"
+    assert "40037" in (state.message or "") and "\n" not in (state.message or "")
+    result = state.result(raise_on_failure=False)
     assert result.status == "failed"
     assert "40037" in (result.reason or "")
     calls = sim.admin.counters().calls.get("template_send", 0)
@@ -112,7 +117,9 @@ def test_unknown_template_stops_after_the_first_answers(
 
 def test_quota_pauses_and_a_resume_finishes(audience: Any, db_engine: Engine, sim: Any) -> None:
     sim.admin.set_config(daily_quota=40)
-    paused = run(params(audience.name))
+    state = push_campaign(params(audience.name), return_state=True)
+    assert state.is_completed() and (state.message or "").startswith("paused: "), state
+    paused = state.result()
     assert paused.status == "paused"
     assert "45009" in (paused.reason or "") or "quota" in (paused.reason or "").lower()
     assert sim.admin.counters().accepted == 40
