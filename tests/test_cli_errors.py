@@ -143,10 +143,12 @@ def test_a_missing_audience_file_is_a_usage_error(tmp_path: Path) -> None:
     assert "does not exist" in line
 
 
-def test_bad_json_in_params_file_names_the_file_and_the_place(tmp_path: Path) -> None:
-    params = tmp_path / "params.json"
-    params.write_text('{"name": "n",')
-    line = _one_line(["campaign", "run", "--name", "n", "--params-file", str(params)], code=2)
+def test_bad_json_in_params_file_names_the_file_and_the_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "params.json").write_text('{"name": "n",')
+    monkeypatch.chdir(tmp_path)  # a long temp path would be wrapped mid-word in the error box
+    line = _one_line(["campaign", "run", "--name", "n", "--params-file", "params.json"], code=2)
     assert "params.json is not valid JSON" in line and "line 1" in line
 
 
