@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-TEST_WORKERS ?= 2
+TEST_WORKERS ?= 3
 
 .PHONY: demo test test-fast serve lint ui bench-simulator clean
 
@@ -18,8 +18,8 @@ demo: $(STAMP)
 	$(VENV)/bin/wxpush demo
 
 ## test: lint, then the whole suite (PostgreSQL tests run when WXPUSH_TEST_POSTGRES_URL is set)
-# On TEST_WORKERS workers: the tests mostly wait on other processes, so two workers share two
-# cores well (tests/fixtures/parallel.py). `make test TEST_WORKERS=0` runs it in one process.
+# On TEST_WORKERS workers: the tests mostly wait on other processes, so three workers keep two
+# cores busy (tests/fixtures/parallel.py). `make test TEST_WORKERS=0` runs it in one process.
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
