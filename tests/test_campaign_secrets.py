@@ -9,48 +9,27 @@ import asyncio
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    FlowRunFilter,
-    FlowRunFilterId,
-    LogFilter,
-    LogFilterFlowRunId,
-)
-from prefect.logging.handlers import APILogWorker
 from sqlalchemy import Engine, text
 
 from flows.campaign import push_campaign
 from tasks import database
 from tasks.blocks import WeChatAccessToken
 from tests.campaign_helpers import make_app, params, seed
-from tests.fixtures.prefect import api_logging
+from tests.fixtures.prefect import api_logging, stored_runs
 
 pytestmark = pytest.mark.harness
 
 
 async def _stored(flow_run_id: Any) -> str:
-    await APILogWorker.drain_all()
-    async with get_client() as client:
-        logs = await client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-        flow_run = await client.read_flow_run(flow_run_id)
-        task_runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    assert any("Campaign" in (a.data or "") for a in artifacts if isinstance(a.data, str))
-    assert logs, "run logs were stored"
+    stored = await stored_runs(flow_run_id)
+    assert any("Campaign" in a.data for a in stored.artifacts if isinstance(a.data, str))
+    assert stored.logs, "run logs were stored"
     return "\n".join(
         [
-            *(log.message for log in logs),
-            *(str(a.data) + str(a.description) for a in artifacts),
-            flow_run.model_dump_json(),
-            *(run.model_dump_json() for run in task_runs),
+            stored.log_text,
+            *(str(a.data) + str(a.description) for a in stored.artifacts),
+            *(run.model_dump_json() for run in stored.flow_runs),
+            *(run.model_dump_json() for run in stored.task_runs),
         ]
     )
 

@@ -12,14 +12,6 @@ import asyncio
 from typing import Any
 
 import pytest
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    ArtifactFilter,
-    ArtifactFilterFlowRunId,
-    LogFilter,
-    LogFilterFlowRunId,
-)
-from prefect.logging.handlers import APILogWorker
 from sqlalchemy import Engine, text
 from typer.testing import CliRunner
 
@@ -29,22 +21,15 @@ from db.outcomes import CampaignStatus
 from flows.campaign import push_campaign
 from tasks.plan import SKIP_WORDS
 from tests.campaign_helpers import DATA, params
-from tests.fixtures.prefect import api_logging
+from tests.fixtures.prefect import api_logging, stored_runs
 
 pytestmark = pytest.mark.harness
 
 
 async def _stored(flow_run_id: Any) -> tuple[list[Any], list[Any]]:
     """The flow run's stored logs and artifacts."""
-    await APILogWorker.drain_all()
-    async with get_client() as client:
-        logs = await client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
-        )
-        artifacts = await client.read_artifacts(
-            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-        )
-    return logs, artifacts
+    stored = await stored_runs(flow_run_id)
+    return stored.logs, stored.artifacts
 
 
 STOPS = {

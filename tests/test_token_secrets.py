@@ -16,19 +16,13 @@ from typing import Any
 import pytest
 from prefect import flow
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import (
-    FlowRunFilter,
-    FlowRunFilterId,
-    LogFilter,
-    LogFilterFlowRunId,
-)
-from prefect.logging.handlers import APILogWorker
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from pydantic import SecretStr
 
 from flows.token import refresh_access_token
 from tasks.blocks import WeChatAccessToken, WeChatApp
 from tasks.token import get_access_token, get_access_token_task, refresh_if_current_task
-from tests.fixtures.prefect import api_logging
+from tests.fixtures.prefect import api_logging, stored_runs
 from wechat.errors import ConfigError, TransportError
 from wechat.simulator.process import free_port
 
@@ -41,12 +35,7 @@ def exception_text(exc: BaseException) -> str:
 
 
 async def run_logs(*flow_run_ids: Any) -> str:
-    await APILogWorker.drain_all()
-    async with get_client() as client:
-        logs = await client.read_logs(
-            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=list(flow_run_ids)))
-        )
-    return "\n".join(log.message for log in logs)
+    return (await stored_runs(*flow_run_ids)).log_text
 
 
 async def test_no_secret_in_any_log(make_wechat_app: Any, sim: Any, all_logs: Any) -> None:
