@@ -21,6 +21,7 @@ app = typer.Typer(
 
 @app.callback()
 def main(
+    ctx: typer.Context,
     debug: Annotated[
         bool,
         typer.Option(
@@ -34,6 +35,12 @@ def main(
     # Each command reads the WXPUSH_* settings afresh, when it first needs them (never at
     # import); a process that runs several commands (typer's CliRunner) sees each one's.
     reload()
+    # Without PREFECT_API_URL, Prefect starts a temporary server of its own; its telemetry
+    # service would report to Prefect's servers and, racing the server's own SQLite, log a
+    # "database is locked" traceback. wxpush talks to 127.0.0.1 only.
+    from prefect.settings import PREFECT_SERVER_ANALYTICS_ENABLED, temporary_settings
+
+    ctx.with_resource(temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}))
 
 
 for module in (simulator, setup, db, seed, campaign, digest, demo, deploy, serve, receiver):

@@ -73,6 +73,20 @@ class AppNotConfigured(ConfigError):
     """There is no `wechat-app` block of that name: run `wxpush setup`."""
 
 
+def _prefect_server() -> str:
+    """Which Prefect server a block was looked for on: without PREFECT_API_URL, Prefect
+    starts a temporary one of its own, which is rarely where the blocks are."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    if url:
+        return f"the Prefect server at {url}"
+    return (
+        "Prefect's temporary local server (PREFECT_API_URL is not set; to use the server "
+        "`wxpush serve` started: export PREFECT_API_URL=http://127.0.0.1:4200/api)"
+    )
+
+
 class TokenLockMissing(ConfigError):
     """The global concurrency limit that serialises refreshes does not exist."""
 
@@ -320,9 +334,9 @@ async def load_app(app: str, client: PrefectClient | None = None) -> WeChatApp:
     except ValueError as exc:
         if isinstance(exc.__cause__, ObjectNotFound):
             raise AppNotConfigured(
-                f"There is no wechat-app block named {app!r}. Run `wxpush setup --app {app}` "
-                "with the AppID and AppSecret, or create it in the Prefect UI (Blocks → "
-                "WeChat App)."
+                f"There is no wechat-app block named {app!r} on {_prefect_server()}. Run "
+                f"`wxpush setup --app {app}` with the AppID and AppSecret, or create it in "
+                "the Prefect UI (Blocks → WeChat App)."
             ) from None
         raise
 

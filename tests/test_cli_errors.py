@@ -26,6 +26,7 @@ from tasks.database import dispose_all
 from wechat.simulator import defaults
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
 KEY = defaults.DEMO_ENCODING_AES_KEY
 ACCOUNT = {
     "WXPUSH_APP_ID": defaults.DEMO_APP_ID,
@@ -167,6 +168,41 @@ def test_a_missing_app_block_says_how_to_create_it(prefect_harness: object) -> N
     assert digest.startswith("wxpush digest run: There is no wechat-app block named")
     receiver = _one_line(["receiver", "--app", "nosuchblock"], {"WXPUSH_CALLBACK_TOKEN": ""})
     assert "There is no wechat-app block named 'nosuchblock'" in receiver
+
+    assert "on the Prefect server at http" in line, "says which server it looked on"
+
+
+@pytest.mark.process
+def test_without_prefect_api_url_the_line_says_a_temporary_server_was_asked(
+    tmp_path: Path,
+) -> None:
+    """No PREFECT_API_URL: Prefect starts a temporary server, which has none of the blocks.
+    The line says so, and that server's own telemetry logs no traceback (it is off)."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("PREFECT_", "WXPUSH_"))
+    }
+    env |= {
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "WXPUSH_DATABASE_URL": f"sqlite:///{tmp_path / 'x.db'}",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "cli.main", *SEND, "--app", "nosuchblock"],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 1, output[-3000:]
+    assert "Traceback" not in output, output[-3000:]
+    assert "database is locked" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.startswith("wxpush campaign run:")]
+    assert len(lines) == 1, output[-3000:]
+    assert "Prefect's temporary local server (PREFECT_API_URL is not set" in lines[0]
+    assert "export PREFECT_API_URL=" in lines[0]
 
 
 # -- the receiver -----------------------------------------------------------------------------
