@@ -25,16 +25,15 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
 
 import aiohttp
 import httpx
 from sqlalchemy import func, select
 
-from cli.services import pick_port
 from db.engine import make_engine
 from db.migrate import upgrade
 from db.models import callback_events
+from processes import Child, http_ok, pick_port, start
 from wechat.crypto import MessageCrypto, signed_query
 from wechat.events import to_xml
 
@@ -142,28 +141,23 @@ async def send_all(
 
 @dataclass
 class ReceiverProcess:
-    """A running `wxpush receiver`: the process, its base URL, and its output (a file, so a
-    chatty receiver never blocks on a full pipe)."""
+    """A running `wxpush receiver`: its child process (output in an anonymous file, so a
+    chatty receiver never blocks on a full pipe) and its base URL."""
 
-    process: subprocess.Popen[bytes]
+    child: Child
     base: str
-    log: IO[bytes]
+
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.child.process
 
     def output(self) -> str:
         """Everything the process printed so far."""
-        self.log.seek(0)
-        return self.log.read().decode(errors="replace")
+        return self.child.output()
 
     def stop(self, timeout: float = 60.0) -> float:
         """SIGTERM, then wait; returns the seconds it took to exit (kills it past `timeout`)."""
-        started = time.monotonic()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        return time.monotonic() - started
+        return self.child.stop(timeout)
 
 
 def launch_receiver(
@@ -177,40 +171,28 @@ def launch_receiver(
     """Start `wxpush receiver` on a free port, writing to `database_url` (not waited for);
     `args` are more of its options."""
     port = pick_port(0)
-    log = tempfile.TemporaryFile()  # noqa: SIM115 - lives as long as the process
-    process = subprocess.Popen(
-        [sys.executable, "-m", "cli.main", "receiver", "--port", str(port), *args],
-        env={
-            **os.environ,
-            "WXPUSH_DATABASE_URL": database_url,
-            "WXPUSH_APP_ID": app_id,
-            "WXPUSH_CALLBACK_TOKEN": token,
-            "WXPUSH_CALLBACK_AES_KEY": aes_key,
-        },
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    return ReceiverProcess(process, f"http://127.0.0.1:{port}", log)
+    argv = [sys.executable, "-m", "cli.main", "receiver", "--port", str(port), *args]
+    env = {
+        "WXPUSH_DATABASE_URL": database_url,
+        "WXPUSH_APP_ID": app_id,
+        "WXPUSH_CALLBACK_TOKEN": token,
+        "WXPUSH_CALLBACK_AES_KEY": aes_key,
+    }
+    return ReceiverProcess(start(argv, name="receiver", env=env), f"http://127.0.0.1:{port}")
 
 
 def start_receiver(
     database_url: str, *, timeout: float = 30.0, args: Sequence[str] = (), **account: str
 ) -> ReceiverProcess:
-    """`launch_receiver`, returned once /health answers (whatever its status)."""
+    """`launch_receiver`, returned once /health answers (whatever its status);
+    processes.ChildFailed, with its output, if it exits or does not answer in `timeout` s."""
     receiver = launch_receiver(database_url, args=args, **account)
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            httpx.get(f"{receiver.base}/health", timeout=1)
-            return receiver
-        except httpx.HTTPError:
-            if receiver.process.poll() is not None or time.monotonic() > deadline:
-                receiver.process.kill()
-                receiver.process.wait()
-                raise RuntimeError(
-                    f"the receiver did not start: {receiver.output()[-2000:]}"
-                ) from None
-            time.sleep(0.1)
+    try:
+        receiver.child.wait_ready(http_ok(f"{receiver.base}/health", status=None), timeout)
+    except BaseException:
+        receiver.child.close()
+        raise
+    return receiver
 
 
 def wait_written(base: str, expected: int, timeout: float = 120.0) -> None:

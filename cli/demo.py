@@ -24,7 +24,6 @@ import typer
 from cli.services import (
     Service,
     local_database_url,
-    pick_port,
     point_simulator_at,
     prefect_home,
     prefect_server,
@@ -33,6 +32,7 @@ from cli.services import (
     simulator,
 )
 from config import env_var, overridden
+from processes import pick_port
 
 
 def _say(text: str) -> None:

@@ -107,10 +107,10 @@ def _explain_one(exc: BaseException) -> str | None:
 def _operator_errors() -> tuple[type[BaseException], ...]:
     """The project's own "operator can fix this" exceptions; their messages say how."""
     from cli.deploy import DeployError
-    from cli.services import ServiceError
     from db.audience import AudienceQueryError
     from db.audience_role import AudienceRoleError
     from db.engine import UnsupportedDatabase
+    from processes import ChildFailed
     from receiver.config import ReceiverConfigError
     from wechat.errors import ConfigError
     from wechat.identifiers import IdentifierError
@@ -125,7 +125,7 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
         ReceiverConfigError,
         IdentifierError,
         DeployError,
-        ServiceError,
+        ChildFailed,  # a background service (wxpush serve, demo) did not come up
     )
 
 

@@ -31,7 +31,6 @@ from cli.deploy import (
 from cli.services import (
     Service,
     local_database_url,
-    pick_port,
     point_simulator_at,
     prefect_server,
     receiver,
@@ -39,6 +38,7 @@ from cli.services import (
     simulator,
     state_dir,
 )
+from processes import pick_port
 
 DEFAULT_RECIPIENTS = 1000
 

@@ -1,27 +1,21 @@
 """Start and stop the local processes `wxpush demo` and `wxpush serve` need.
 
-Each service runs in its own process group with its output in a log file, is waited for
-on a health URL, and is stopped with its whole group and every descendant on exit (a
-Prefect worker starts flow runs in sessions of their own), so nothing is left behind.
+Each service is a `processes` child: its own process group, its output in a log file under
+the state folder, waited for on a health URL, and stopped with its whole group and every
+descendant on exit (a Prefect worker starts flow runs in sessions of their own).
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
-import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-import psutil
-
+import processes
 from config import env_var, settings
+from processes import Child
 
 
 def state_dir() -> Path:
@@ -41,81 +35,21 @@ def local_database_url() -> str:
     return settings().database_url or f"sqlite:///{(state_dir() / 'wxpush.db').resolve()}"
 
 
-class ServiceError(RuntimeError):
-    """A background service did not come up; the message says where its log is."""
-
-
-def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
-    """True when nothing listens on host:port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            sock.bind((host, port))
-        except OSError:
-            return False
-        return True
-
-
-def pick_port(preferred: int, host: str = "127.0.0.1") -> int:
-    """`preferred` if free, else (or when it is 0) a free port the OS picks."""
-    if preferred and port_is_free(preferred, host):
-        return preferred
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Service:
-    """A running background process and where to reach and read it."""
+    """A running background service: where to reach it, and its child process and log."""
 
-    name: str
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    child: Child
     url: str
+    log_path: Path
+
+    @property
+    def name(self) -> str:
+        return self.child.name
 
     def stop(self, timeout: float = 10.0) -> None:
         """SIGTERM the process group and every descendant, SIGKILL what lingers."""
-        family = _descendants(self.process.pid)
-        if self.process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGTERM)
-        for child in family:
-            with contextlib.suppress(psutil.Error):
-                child.terminate()
-        try:
-            self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(timeout=5)
-        _, alive = psutil.wait_procs(family, timeout=timeout)
-        for child in alive:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
-        psutil.wait_procs(alive, timeout=5)
-
-
-def _descendants(pid: int) -> list[psutil.Process]:
-    try:
-        return psutil.Process(pid).children(recursive=True)
-    except psutil.Error:
-        return []
-
-
-def _wait_healthy(service: Service, health_url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process.poll() is not None:
-            raise ServiceError(
-                f"{service.name} exited with code {service.process.returncode}; "
-                f"see {service.log_path}"
-            )
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(health_url, timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.25)
-    raise ServiceError(f"{service.name} not healthy after {timeout:.0f} s; see {service.log_path}")
+        self.child.stop(timeout)
 
 
 @contextlib.contextmanager
@@ -128,25 +62,20 @@ def running(
     env: dict[str, str] | None = None,
     startup_timeout: float = 60.0,
 ) -> Iterator[Service]:
-    """Run `argv` in the background for the duration of the block."""
+    """Run `argv` in the background for the duration of the block, its output in
+    `<state dir>/logs/<name>.log`; ChildFailed (naming that log) if it never gets healthy."""
     logs = state_dir() / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     log_path = logs / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            list(argv),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-            start_new_session=True,
-        )
-    service = Service(name=name, process=process, log_path=log_path, url=url)
-    try:
-        _wait_healthy(service, health_url, startup_timeout)
-        yield service
-    finally:
-        service.stop()
+    with processes.running(
+        argv,
+        name=name,
+        ready=processes.http_ok(health_url),
+        timeout=startup_timeout,
+        log=log_path,
+        env=env,
+    ) as child:
+        yield Service(child, url, log_path)
 
 
 def python_module(module: str, *args: str) -> list[str]:

@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from cli.errors import explain
 from cli.main import app
-from cli.services import pick_port
+from processes import pick_port
 from tasks.database import dispose_all
 from wechat.simulator import defaults
 

@@ -1,23 +1,29 @@
 """The layer table holds for every module of every package, new ones included.
 
-| package     | may import (this repository)                    | never imports                |
-|-------------|-------------------------------------------------|------------------------------|
-| `config/`   | —                                               | prefect, sqlalchemy, httpx,  |
-|             |                                                 | typer                        |
-| `wechat/`   | config                                          | prefect, sqlalchemy,         |
-|             |                                                 | alembic, psycopg             |
-| `db/`       | config                                          | prefect, httpx,              |
-|             |                                                 | httpx_aiohttp, aiohttp       |
-| `tasks/`    | config, wechat, db                              |                              |
-| `flows/`    | config, tasks, wechat, db                       |                              |
-| `receiver/` | config, wechat, db                              | prefect                      |
-| `cli/`      | config, flows, tasks, receiver, wechat, db      |                              |
-| `bench/`    | config, cli, flows, tasks, receiver, wechat, db |                              |
+| package      | may import (this repository)                    | never imports                |
+|--------------|-------------------------------------------------|------------------------------|
+| `config/`    | —                                               | prefect, sqlalchemy, httpx,  |
+|              |                                                 | typer                        |
+| `processes/` | —                                               | prefect, sqlalchemy,         |
+|              |                                                 | alembic, psycopg, typer      |
+| `wechat/`    | config, processes                               | prefect, sqlalchemy,         |
+|              |                                                 | alembic, psycopg             |
+| `db/`        | config                                          | prefect, httpx,              |
+|              |                                                 | httpx_aiohttp, aiohttp       |
+| `tasks/`     | config, processes, wechat, db                   |                              |
+| `flows/`     | config, processes, tasks, wechat, db            |                              |
+| `receiver/`  | config, processes, wechat, db                   | prefect                      |
+| `cli/`       | config, processes, flows, tasks, receiver,      |                              |
+|              | wechat, db                                      |                              |
+| `bench/`     | config, processes, cli, flows, tasks, receiver, |                              |
+|              | wechat, db                                      |                              |
 
-No package imports `tests`. The send engine (`PREFECT_FREE`) never reaches Prefect, through
-anything it imports here either. Checked on the source with `ast`, imports inside functions
-and under `TYPE_CHECKING` included: a lazy import is no way around a layer, and every module
-under a package directory is walked, so a new one is covered the day it is added.
+`processes/` starts, waits for and stops child processes (the simulator, the CLI's services,
+the benches'); it imports nothing of this repository. No package imports `tests`. The send
+engine (`PREFECT_FREE`) never reaches Prefect, through anything it imports here either.
+Checked on the source with `ast`, imports inside functions and under `TYPE_CHECKING` included:
+a lazy import is no way around a layer, and every module under a package directory is walked,
+so a new one is covered the day it is added.
 """
 
 from __future__ import annotations
@@ -44,15 +50,22 @@ class Layer:
 
 #: The settings (config/) sit under everything: any package may read them.
 _C = "config"
+#: Child processes (processes/): the simulator, the CLI's services and the benches start some.
+_P = "processes"
 LAYERS: dict[str, Layer] = {
     "config": Layer(frozenset(), frozenset({"prefect", "sqlalchemy", "httpx", "typer"})),
-    "wechat": Layer(frozenset({_C}), frozenset({"prefect", "sqlalchemy", "alembic", "psycopg"})),
+    "processes": Layer(
+        frozenset(), frozenset({"prefect", "sqlalchemy", "alembic", "psycopg", "typer"})
+    ),
+    "wechat": Layer(
+        frozenset({_C, _P}), frozenset({"prefect", "sqlalchemy", "alembic", "psycopg"})
+    ),
     "db": Layer(frozenset({_C}), frozenset({"prefect", "httpx", "httpx_aiohttp", "aiohttp"})),
-    "tasks": Layer(frozenset({_C, "wechat", "db"})),
-    "flows": Layer(frozenset({_C, "tasks", "wechat", "db"})),
-    "receiver": Layer(frozenset({_C, "wechat", "db"}), frozenset({"prefect"})),
-    "cli": Layer(frozenset({_C, "flows", "tasks", "receiver", "wechat", "db"})),
-    "bench": Layer(frozenset({_C, "cli", "flows", "tasks", "receiver", "wechat", "db"})),
+    "tasks": Layer(frozenset({_C, _P, "wechat", "db"})),
+    "flows": Layer(frozenset({_C, _P, "tasks", "wechat", "db"})),
+    "receiver": Layer(frozenset({_C, _P, "wechat", "db"}), frozenset({"prefect"})),
+    "cli": Layer(frozenset({_C, _P, "flows", "tasks", "receiver", "wechat", "db"})),
+    "bench": Layer(frozenset({_C, _P, "cli", "flows", "tasks", "receiver", "wechat", "db"})),
 }
 #: Our own top-level names: importing one is governed by `may_import`.
 OURS = frozenset(LAYERS) | {"tests"}

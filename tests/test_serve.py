@@ -32,7 +32,7 @@ from prefect.exceptions import PrefectHTTPStatusError
 from sqlalchemy import Engine, create_engine, text
 
 from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN, SEND_TEST_MESSAGE
-from cli.services import pick_port
+from processes import pick_port
 from tasks.message import client_msg_id_for
 from tasks.report import artifact_key
 from tests.browser import form_field, open_browser, table_with

@@ -3,28 +3,19 @@ wait until it answers: used by the test fixtures, the benchmark and the demo."""
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
-import tempfile
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
-import httpx
-
+from processes import Child, free_port, http_ok, start_ready
 from wechat.simulator.admin import SimulatorAdmin
 from wechat.simulator.defaults import APP_SECRET_ENV, DEMO_APP_ID, DEMO_APP_SECRET
 
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
+__all__ = ["SimulatorProcess", "free_port", "start_simulator"]
 
 
 @dataclass
@@ -34,29 +25,22 @@ class SimulatorProcess:
     base_url: str
     app_id: str
     app_secret: str = field(repr=False)
-    process: subprocess.Popen[bytes]
-    log_path: Path
+    child: Child
     admin: SimulatorAdmin = field(init=False)
 
     def __post_init__(self) -> None:
         self.admin = SimulatorAdmin(self.base_url)
 
+    @property
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.child.process
+
     def log_tail(self, chars: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return self.child.log_tail(chars)
 
     def stop(self) -> None:
         self.admin.close()
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.log_path.unlink(missing_ok=True)
+        self.child.close()
 
     def __enter__(self) -> Self:
         return self
@@ -80,38 +64,20 @@ def start_simulator(
     python: str = sys.executable,
     startup_timeout: float = 20.0,
 ) -> SimulatorProcess:
-    """Launch `python -m wechat.simulator` on a free port and return once /_sim/health answers.
-    The secret reaches the child through its environment, not its (world-readable) argv."""
+    """Launch `python -m wechat.simulator` on a free port and return once /_sim/health answers
+    (processes.ChildFailed, with its output, if it does not). The secret reaches the child
+    through its environment, not its (world-readable) argv."""
     port = port or free_port(host)
+    base_url = f"http://{host}:{port}"
     command = [python, "-m", "wechat.simulator", "--host", host, "--port", str(port)]
     command += ["--app-id", app_id, *extra_args]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", APP_SECRET_ENV: app_secret}
-    with tempfile.NamedTemporaryFile(
-        prefix="wxpush-simulator-", suffix=".log", delete=False
-    ) as log:
-        process = subprocess.Popen(
-            command,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            cwd=Path(__file__).resolve().parents[2],
-            env=env,
-        )
-    running = SimulatorProcess(f"http://{host}:{port}", app_id, app_secret, process, Path(log.name))
-    deadline = time.monotonic() + startup_timeout
-    while True:
-        if process.poll() is not None:
-            tail = running.log_tail()
-            running.stop()
-            raise RuntimeError(f"simulator exited with {process.returncode}:\n{tail}")
-        try:
-            running.admin.health()
-            return running
-        except httpx.TransportError as exc:
-            if time.monotonic() > deadline:
-                tail = running.log_tail()
-                running.stop()
-                raise RuntimeError(
-                    f"simulator did not answer in {startup_timeout}s:\n{tail}"
-                ) from exc
-            time.sleep(0.05)
+    child = start_ready(
+        command,
+        name="simulator",
+        ready=http_ok(f"{base_url}/_sim/health"),
+        timeout=startup_timeout,
+        poll=0.05,
+        env={"PYTHONUNBUFFERED": "1", APP_SECRET_ENV: app_secret},
+        cwd=Path(__file__).resolve().parents[2],
+    )
+    return SimulatorProcess(base_url, app_id, app_secret, child)
