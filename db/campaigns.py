@@ -28,7 +28,16 @@ from db.types import utcnow
 
 Executor = Connection | Session
 CAMPAIGN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,63}")
-COUNT_KEYS = ("audience", "eligible", "sent", "failed", "skipped", "invalid", "pending")
+COUNT_KEYS = (
+    "audience",
+    "eligible",
+    "sent",
+    "failed",
+    "skipped",
+    "invalid",
+    "pending",
+    "unknown",
+)
 ENDED = frozenset(
     {
         CampaignStatus.COMPLETED,
@@ -88,6 +97,7 @@ class CampaignRecord:
     skipped_count: int
     invalid_count: int
     pending_count: int
+    unknown_count: int
     run_count: int
     flow_run_id: str | None
     deployment_id: str | None
@@ -271,10 +281,10 @@ def set_status(
     resume: bool = False,
 ) -> CampaignRecord:
     """Move the campaign to `status` (the only writer of `campaigns.status`) and return the
-    new row. `counts` (keys: audience, eligible, sent, failed, skipped, invalid, pending; e.g.
-    `ledger.status_counts(...)`) replaces the stored snapshot for the keys given; `reason`
-    replaces `status_reason`. Raises IllegalTransition for a move TRANSITIONS does not allow
-    (`resume=True` allows any status → running)."""
+    new row. `counts` (keys: COUNT_KEYS; e.g. `ledger.status_counts(...)`) replaces the
+    stored snapshot for the keys given; `reason` replaces `status_reason`. Raises
+    IllegalTransition for a move TRANSITIONS does not allow (`resume=True` allows any status
+    → running)."""
     target = CampaignStatus(status)
     values: dict[str, Any] = {}
     for key, value in (counts or {}).items():

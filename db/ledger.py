@@ -1,12 +1,23 @@
-"""The delivery ledger: one row per (campaign, openid), written after WeChat answered
-(docs/architecture.md, decision 5), one statement per batch. The only place that writes
+"""The delivery ledger: one row per (campaign, openid). The only place that writes
 `deliveries` for a send; every function takes the connection (or session) first and never
 commits.
 
-Precedence, enforced in the upsert's `DO UPDATE … WHERE`, so no order of writers can break it:
+Two writes per message, one statement per batch each (docs/architecture.md, decision 5):
+
+- `record_attempts`, committed before the sends start: the row is `pending` with reason
+  `in_flight`, its client_msg_id and when the attempt began;
+- `record_outcomes`, once WeChat answered: the answer replaces the in-flight mark.
+
+A row still in flight after a crash was sent or not; nobody knows. A re-send carrying the
+same client_msg_id within WeChat's 10-minute dedupe window cannot deliver twice, so a resume
+sends it again while that holds, and otherwise records it `unknown` and leaves it alone
+(`settle_unanswered`, and `record_attempts` itself) until the operator asks for it
+(`reopen_unknown`).
+
+Precedence, enforced in the upserts' `DO UPDATE … WHERE`, so no order of writers can break it:
 
 - a `sent`, `skipped` or `invalid` row never changes again (receipts use their own columns);
-- a `failed` row changes only to another final status (a retry round's answer);
+- a `failed` or `unknown` row changes only to another final status (a retry round's answer);
 - a `pending` row takes whatever comes next;
 - `attempts` adds up, `first_attempt_at` keeps the earliest, msgid/client_msg_id/sent_at are
   kept when the new outcome has none.
@@ -16,15 +27,24 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, column, func, select, table
+from sqlalchemy import Connection, bindparam, column, func, or_, select, table, update
 from sqlalchemy.orm import Session
 
 from db.audience import RETRYABLE_ERROR_CLASSES
 from db.models import RECEIPT_STATUSES, deliveries
-from db.outcomes import FINAL_STATUSES, TOP_REASONS, DeliveryOutcome, DeliveryStatus
+from db.outcomes import (
+    FINAL_STATUSES,
+    RESEND_SAFE_FOR,
+    TOP_REASONS,
+    Attempt,
+    DeliveryOutcome,
+    DeliveryStatus,
+    PendingReason,
+    UnknownReason,
+)
 from db.types import sqlite_text, utcnow
 
 Executor = Connection | Session
@@ -76,7 +96,7 @@ ON CONFLICT (campaign_id, openid) DO UPDATE SET
   last_attempt_at = COALESCE(excluded.last_attempt_at, deliveries.last_attempt_at),
   updated_at = excluded.updated_at
 WHERE deliveries.status = '{DeliveryStatus.PENDING}'
-   OR (deliveries.status = '{DeliveryStatus.FAILED}'
+   OR (deliveries.status IN ('{DeliveryStatus.FAILED}', '{DeliveryStatus.UNKNOWN}')
        AND excluded.status <> '{DeliveryStatus.PENDING}')"""
 
 _NAMES = ", ".join(name for name, _ in _COLUMNS)
@@ -127,7 +147,8 @@ def _merge(first: DeliveryOutcome, then: DeliveryOutcome) -> DeliveryOutcome:
     """Two outcomes for one openid in one batch, combined by the ledger's own rules (a single
     INSERT … ON CONFLICT cannot touch a row twice)."""
     if first.status in SETTLED_STATUSES or (
-        first.status == DeliveryStatus.FAILED and then.status == DeliveryStatus.PENDING
+        first.status in (DeliveryStatus.FAILED, DeliveryStatus.UNKNOWN)
+        and then.status == DeliveryStatus.PENDING
     ):
         winner, other = first, then
     else:
@@ -174,6 +195,206 @@ def record_outcomes(
         UPSERT_SQL[dialect], parameters, execution_options={"preserve_rowcount": True}
     )
     return max(result.rowcount, 0)
+
+
+# -- before the send: attempts ------------------------------------------------------------------
+
+_PENDING, _UNKNOWN = str(DeliveryStatus.PENDING), str(DeliveryStatus.UNKNOWN)
+_IN_FLIGHT = str(PendingReason.IN_FLIGHT)
+
+# The in-flight mark. `last_attempt_at` is when the unanswered attempts began: marking a row
+# already in flight keeps its stamp, since WeChat's window runs from the first send it took.
+_MARK_CONFLICT = f"""
+ON CONFLICT (campaign_id, openid) DO UPDATE SET
+  status = '{_PENDING}',
+  reason = '{_IN_FLIGHT}',
+  client_msg_id = excluded.client_msg_id,
+  last_attempt_at = CASE
+    WHEN deliveries.status = '{_PENDING}' AND deliveries.reason = '{_IN_FLIGHT}'
+      THEN deliveries.last_attempt_at
+    ELSE excluded.last_attempt_at END,
+  updated_at = excluded.updated_at
+WHERE deliveries.status IN ('{_PENDING}', '{DeliveryStatus.FAILED}')"""
+_MARK_INTO = (
+    "INSERT INTO deliveries (campaign_id, openid, client_msg_id, last_attempt_at, updated_at, "
+    "status, reason, attempts)"
+)
+_MARK_CONSTANTS = f"'{_PENDING}', '{_IN_FLIGHT}', 0"
+MARK_SQL = {
+    "sqlite": f"{_MARK_INTO} VALUES (?, ?, ?, ?, ?, {_MARK_CONSTANTS})" + _MARK_CONFLICT,
+    "postgresql": f"{_MARK_INTO} SELECT c, o, m, a, u, {_MARK_CONSTANTS} FROM unnest("
+    "%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[]) AS t(c, o, m, a, u)"
+    + _MARK_CONFLICT,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedAttempts:
+    """What `record_attempts` did: the openids now marked in flight (send these and only
+    these) and those it recorded `unknown` instead (a re-send would not be deduped)."""
+
+    marked: frozenset[str]
+    unknown: frozenset[str]
+
+
+def _verdict(stored: Any, attempt: Attempt, *, retry_failed: bool, safe_for: timedelta) -> str:
+    """What to do with one attempt, given the row the ledger holds: mark, unknown or final."""
+    if stored is None or (stored.status == _PENDING and stored.reason != _IN_FLIGHT):
+        return "mark"
+    if stored.status == _PENDING:  # in flight: an earlier attempt never got its answer
+        began = stored.last_attempt_at
+        if stored.client_msg_id is None or began is None or attempt.attempted_at - began > safe_for:
+            return "unknown"
+        return "mark"
+    if (
+        retry_failed
+        and stored.status == DeliveryStatus.FAILED
+        and stored.error_class in RETRYABLE_ERROR_CLASSES
+    ):
+        return "mark"
+    return "final"
+
+
+def record_attempts(
+    executor: Executor,
+    campaign_id: str,
+    attempts: Sequence[Attempt],
+    *,
+    retry_failed: bool = False,
+    safe_for: timedelta = RESEND_SAFE_FOR,
+) -> RecordedAttempts:
+    """Record that these sends are about to start; commit it before the first of them.
+
+    Each row becomes `pending` with reason `in_flight`, the attempt's client_msg_id and its
+    time in `last_attempt_at`, until `record_outcomes` writes the answer. Returns the
+    openids marked; send those and no others. Not marked:
+
+    - a final row (`sent`, `skipped`, `invalid`, `unknown`, and `failed` unless
+      `retry_failed` and its class is retryable, as `final_openids` judges);
+    - a row still in flight from an earlier attempt whose answer was never recorded, when
+      the new attempt comes more than `safe_for` after it (WeChat would no longer drop the
+      repeat) or the kind has no client_msg_id at all: it is recorded `unknown` (reason
+      `no_answer`) and reported as such. Inside the window it is marked and may be sent:
+      the repeat carries the same client_msg_id, so WeChat sends it once.
+
+    Asks by (campaign_id, openid) only: one keyed read, then at most two writes. On
+    PostgreSQL the read locks the rows it finds until the caller commits.
+    """
+    wanted: dict[str, Attempt] = {}
+    for attempt in attempts:
+        if attempt.attempted_at.tzinfo is None:
+            raise ValueError(f"naive attempted_at for {attempt.openid!r}: use aware UTC")
+        earlier = wanted.get(attempt.openid)
+        if earlier is None or attempt.attempted_at < earlier.attempted_at:
+            wanted[attempt.openid] = attempt
+    if not wanted:
+        return RecordedAttempts(frozenset(), frozenset())
+    connection = _connection(executor)
+    dialect = connection.dialect.name
+    sqlite = dialect == "sqlite"
+    query = select(
+        deliveries.c.openid,
+        deliveries.c.status,
+        deliveries.c.reason,
+        deliveries.c.error_class,
+        deliveries.c.client_msg_id,
+        deliveries.c.last_attempt_at,
+    ).where(
+        deliveries.c.campaign_id == campaign_id,
+        deliveries.c.openid.in_(bindparam("openids", expanding=True)),
+    )
+    if not sqlite:
+        query = query.with_for_update()
+    openids = list(wanted)
+    stored: dict[str, Any] = {}
+    for start in range(0, len(openids), _MAX_ROWS_PER_STATEMENT):
+        chunk = openids[start : start + _MAX_ROWS_PER_STATEMENT]
+        stored.update((row.openid, row) for row in connection.execute(query, {"openids": chunk}))
+    verdicts = {
+        openid: _verdict(stored.get(openid), attempt, retry_failed=retry_failed, safe_for=safe_for)
+        for openid, attempt in wanted.items()
+    }
+    now = utcnow()
+    unknown = [openid for openid, verdict in verdicts.items() if verdict == "unknown"]
+    for start in range(0, len(unknown), _MAX_ROWS_PER_STATEMENT):
+        connection.execute(
+            _to_unknown(campaign_id, now).where(
+                deliveries.c.openid.in_(unknown[start : start + _MAX_ROWS_PER_STATEMENT])
+            )
+        )
+    marked = [wanted[openid] for openid, verdict in verdicts.items() if verdict == "mark"]
+    if marked:
+        rows = [
+            (
+                campaign_id,
+                a.openid,
+                a.client_msg_id,
+                _utc(a.attempted_at, sqlite),
+                _utc(now, sqlite),
+            )
+            for a in marked
+        ]
+        parameters: Any = (
+            rows if sqlite else tuple(list(column) for column in zip(*rows, strict=True))
+        )
+        connection.exec_driver_sql(MARK_SQL[dialect], parameters)
+    return RecordedAttempts(frozenset(a.openid for a in marked), frozenset(unknown))
+
+
+def _to_unknown(campaign_id: str, now: datetime) -> Any:
+    """The UPDATE that records the campaign's in-flight rows `unknown` (add the WHERE)."""
+    return (
+        update(deliveries)
+        .where(
+            deliveries.c.campaign_id == campaign_id,
+            deliveries.c.status == _PENDING,
+            deliveries.c.reason == _IN_FLIGHT,
+        )
+        .values(status=_UNKNOWN, reason=str(UnknownReason.NO_ANSWER), updated_at=now)
+        .execution_options(preserve_rowcount=True)
+    )
+
+
+def settle_unanswered(
+    executor: Executor,
+    campaign_id: str,
+    *,
+    older_than: timedelta = RESEND_SAFE_FOR,
+    now: datetime | None = None,
+) -> int:
+    """At a resume: record `unknown` the campaign's rows still in flight (their answer was
+    never recorded) that began more than `older_than` before `now`, or that carry no
+    client_msg_id (a kind WeChat does not dedupe: no re-send is safe). Returns how many.
+
+    Rows in flight for less long stay `pending`: the resume sends them again with the same
+    client_msg_id, and `record_attempts` repeats this judgement at that moment. One UPDATE
+    on the (campaign_id, status) index, once per run.
+    """
+    moment = now or utcnow()
+    if moment.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    cutoff = moment - older_than
+    statement = _to_unknown(campaign_id, utcnow()).where(
+        or_(
+            deliveries.c.client_msg_id.is_(None),
+            deliveries.c.last_attempt_at.is_(None),
+            deliveries.c.last_attempt_at < cutoff,
+        )
+    )
+    return max(_connection(executor).execute(statement).rowcount, 0)
+
+
+def reopen_unknown(executor: Executor, campaign_id: str) -> int:
+    """The operator's explicit re-send: the campaign's `unknown` rows become `pending`
+    (reason `resend_unknown`), so this run sends them again. Each may then reach its
+    recipient twice; that is the operator's call. Returns how many."""
+    statement = (
+        update(deliveries)
+        .where(deliveries.c.campaign_id == campaign_id, deliveries.c.status == _UNKNOWN)
+        .values(status=_PENDING, reason=str(PendingReason.RESEND_UNKNOWN), updated_at=utcnow())
+        .execution_options(preserve_rowcount=True)
+    )
+    return max(_connection(executor).execute(statement).rowcount, 0)
 
 
 def final_openids(
@@ -336,12 +557,26 @@ def errcode_counts(
     return [(int(code), cls, int(count)) for code, cls, count in executor.execute(query)]
 
 
+def _literal(campaign_id: str) -> str:
+    return "'" + campaign_id.replace("'", "''") + "'"
+
+
 def failed_rows_sql(campaign_id: str) -> str:
     """The SQL an analyst pastes to list the campaign's failed rows (SQLite and PostgreSQL)."""
-    literal = "'" + campaign_id.replace("'", "''") + "'"
     return (
         "SELECT openid, errcode, error_class, errmsg, attempts, last_attempt_at\n"
         "FROM deliveries\n"
-        f"WHERE campaign_id = {literal} AND status = 'failed'\n"
+        f"WHERE campaign_id = {_literal(campaign_id)} AND status = 'failed'\n"
         "ORDER BY errcode, openid;"
+    )
+
+
+def unknown_rows_sql(campaign_id: str) -> str:
+    """The SQL that lists the campaign's `unknown` rows: who may or may not have the
+    message, and since when (SQLite and PostgreSQL)."""
+    return (
+        "SELECT openid, client_msg_id, last_attempt_at, attempts, reason\n"
+        "FROM deliveries\n"
+        f"WHERE campaign_id = {_literal(campaign_id)} AND status = 'unknown'\n"
+        "ORDER BY last_attempt_at, openid;"
     )

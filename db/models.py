@@ -129,6 +129,7 @@ class Campaign(Base):
     skipped_count: Mapped[int] = mapped_column(Integer, default=0)
     invalid_count: Mapped[int] = mapped_column(Integer, default=0)
     pending_count: Mapped[int] = mapped_column(Integer, default=0)
+    unknown_count: Mapped[int] = mapped_column(Integer, default=0)  # since migration 0004
     run_count: Mapped[int] = mapped_column(Integer, default=1)  # 1 + resumes
     flow_run_id: Mapped[str | None] = mapped_column(String(64))
     deployment_id: Mapped[str | None] = mapped_column(String(64))
@@ -141,7 +142,8 @@ class Campaign(Base):
 
 
 class Delivery(Base):
-    """The ledger: one row per (campaign, openid), changed only after WeChat answered."""
+    """The ledger: one row per (campaign, openid): marked in flight before the send, then
+    WeChat's answer (db/ledger.py)."""
 
     __tablename__ = "deliveries"
     __table_args__ = (

@@ -490,7 +490,7 @@ def _tables_views_indexes(url: str) -> tuple[set[str], set[str], set[str]]:
 
 
 def test_revision_0003_adds_callback_events_and_downgrades(blank_db_url: str) -> None:
-    upgrade(blank_db_url)
+    command.upgrade(alembic_config(blank_db_url), "0003")
     assert current_revision(blank_db_url) == "0003"
     tables, views, indexes = _tables_views_indexes(blank_db_url)
     assert "callback_events" in tables and {"campaign_stats", "delivery_failures"} <= views

@@ -225,7 +225,14 @@ def test_counts_and_the_failed_rows_sql(db_engine: Engine) -> None:
         codes = errcode_counts(connection, campaign)
         reasons = reason_counts(connection, campaign, DeliveryStatus.SKIPPED)
         failed = connection.execute(text(failed_rows_sql(campaign))).all()
-    assert counts == {"pending": 0, "sent": 3, "failed": 5, "skipped": 1, "invalid": 0}
+    assert counts == {
+        "pending": 0,
+        "sent": 3,
+        "failed": 5,
+        "skipped": 1,
+        "invalid": 0,
+        "unknown": 0,
+    }
     assert codes == [(43004, "RECIPIENT", 4), (-1, "RETRY", 1)]
     assert reasons == [("unsubscribed", 1)]
     assert [row.openid for row in failed] == ["m1", "r0", "r1", "r2", "r3"]

@@ -6,15 +6,24 @@ import subprocess
 import sys
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, inspect, select, text
+from sqlalchemy.pool import NullPool
 from typer.testing import CliRunner
 
 from db.engine import database_url, make_engine
-from db.migrate import MIGRATIONS_DIR, current_revision, head_revision, upgrade
+from db.migrate import (
+    MIGRATIONS_DIR,
+    alembic_config,
+    current_revision,
+    head_revision,
+    upgrade,
+)
 from db.models import Base, campaigns, deliveries
 from db.types import sqlite_text
 
@@ -177,3 +186,66 @@ def test_naive_datetimes_are_refused(db_engine: Engine) -> None:
         connection.execute(
             campaigns.update().values(started_at=datetime(2026, 1, 1, 12, 0))  # no tzinfo
         )
+
+
+def _columns(connection: Any, name: str) -> list[str]:
+    return [column["name"] for column in inspect(connection).get_columns(name)]
+
+
+def test_migration_0004_round_trip_keeps_rows_and_never_reopens_unknown(blank_db_url: str) -> None:
+    """0004 adds `unknown` (status, campaigns.unknown_count, campaign_stats.unknown); down to
+    0003 an unknown row becomes a classless failure, which an older wxpush never re-sends;
+    up again, the schema matches the models. Rows, indexes and the views survive both ways
+    (SQLite rebuilds `deliveries` to change its CHECK constraint)."""
+    upgrade(blank_db_url)
+    engine = make_engine(blank_db_url, poolclass=NullPool)
+    stamp = "2026-11-28 08:00:00.000000"
+    try:
+        with engine.begin() as connection:
+            _campaign(connection)
+            for openid, status, error_class in (
+                ("s", "sent", None),
+                ("u", "unknown", "RETRY"),  # retried once, then in doubt
+                ("p", "pending", None),
+            ):
+                connection.execute(
+                    text(
+                        "INSERT INTO deliveries (campaign_id, openid, status, error_class, "
+                        "attempts, updated_at) VALUES ('c1', :o, :s, :e, 1, :t)"
+                    ),
+                    {"o": openid, "s": status, "e": error_class, "t": stamp},
+                )
+        command.downgrade(alembic_config(blank_db_url), "0003")
+        with engine.begin() as connection:
+            rows = dict(
+                connection.execute(
+                    text(
+                        "SELECT openid, status || '/' || coalesce(error_class, '-') FROM deliveries"
+                    )
+                ).all()
+            )
+            assert rows == {"s": "sent/-", "u": "failed/-", "p": "pending/-"}
+            assert "unknown_count" not in _columns(connection, "campaigns")
+            assert "unknown" not in _columns(connection, "campaign_stats")
+            stats = connection.execute(text("SELECT sent, failed, pending FROM campaign_stats"))
+            assert tuple(stats.one()) == (1, 1, 1)
+            indexes = {ix["name"] for ix in inspect(connection).get_indexes("deliveries")}
+            assert {"ix_deliveries_campaign_id_status", "ix_deliveries_msgid"} <= indexes
+        with pytest.raises(Exception, match=r"(?i)check"), engine.begin() as connection:
+            connection.execute(text("UPDATE deliveries SET status = 'unknown' WHERE openid = 's'"))
+        assert upgrade(blank_db_url).after == head_revision()
+        with engine.begin() as connection:
+            connection.execute(text("UPDATE deliveries SET status = 'unknown' WHERE openid = 'p'"))
+            assert "unknown" in _columns(connection, "campaign_stats")
+            stats = connection.execute(
+                text("SELECT sent, failed, pending, unknown FROM campaign_stats")
+            )
+            assert tuple(stats.one()) == (1, 1, 0, 1)
+            unknown_count = connection.execute(text("SELECT unknown_count FROM campaigns"))
+            assert unknown_count.scalar_one() == 0
+            context = MigrationContext.configure(connection, opts={"compare_type": True})
+            assert compare_metadata(context, Base.metadata) == []
+            foreign = inspect(connection).get_foreign_keys("deliveries")
+            assert [fk["referred_table"] for fk in foreign] == ["campaigns"]
+    finally:
+        engine.dispose()
