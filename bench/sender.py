@@ -1,4 +1,4 @@
-"""The send engine (`tasks.sender.send_rows`) against bare loops, on one simulator.
+"""The send engine (`sending.sender.send_rows`) against bare loops, on one simulator.
 
     .venv/bin/python bench/sender.py [--messages 20000] [--concurrency 16 32 64]
         [--rounds 3] [--rates 50 200] [--rate-seconds 4] [--micro]
@@ -35,9 +35,9 @@ import orjson
 from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
-from tasks.message import MessageSpec, client_msg_id_for, format_value, render
-from tasks.ratelimit import RateLimiter
-from tasks.sender import RetryPolicy, TokenSource, send_rows
+from sending.message import MessageSpec, client_msg_id_for, format_value, render
+from sending.ratelimit import RateLimiter
+from sending.sender import RetryPolicy, TokenSource, send_rows
 from wechat.client import WeChatClient
 from wechat.models import TemplateMessage
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID

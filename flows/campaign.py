@@ -38,17 +38,17 @@ from db.audience import (
 )
 from db.ledger import LedgerFigures, ledger_figures, record_outcomes, status_counts
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
+from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
+from sending.plan import DryRunPlan
+from sending.sender import RetryPolicy, Stop, StopKind, StopSignal, stop_signal
 from tasks.batch import BatchSummary, SendSettings, send_batch
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
 from tasks.ending import CampaignFailed, expected, stop_for_error
 from tasks.flow_runs import CANCELLED_REASON
-from tasks.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from tasks.params import CampaignForm, CampaignParams
-from tasks.plan import DryRunPlan
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop
-from tasks.sender import RetryPolicy, Stop, StopKind, StopSignal, stop_signal
 from tasks.token import AppNotConfigured, get_access_token, load_app, verify_token
 
 #: Batches in flight at once: one sends while the next is being prepared or recorded.

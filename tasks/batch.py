@@ -22,10 +22,10 @@ from pydantic import BaseModel, Field
 from db.callbacks import match_pending_receipts
 from db.ledger import final_openids, record_outcomes
 from db.outcomes import DeliveryOutcome
+from sending.message import MessageSpec
+from sending.ratelimit import shared_limiter
+from sending.sender import RetryPolicy, TokenSource, send_rows, stop_signal
 from tasks.database import engine
-from tasks.message import MessageSpec
-from tasks.ratelimit import shared_limiter
-from tasks.sender import RetryPolicy, TokenSource, send_rows, stop_signal
 from tasks.token import get_access_token, refresh_if_current
 from wechat.client import WeChatClient
 from wechat.errors import AccountKind, RetryableError

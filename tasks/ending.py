@@ -21,7 +21,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from db.audience import AudienceQueryError
 from db.errors import causes, error_name
-from tasks.sender import StopKind
+from sending.sender import StopKind
 from wechat.errors import QuotaError, RetryableError, TransportError, WeChatError
 
 #: Longest reason stored in `campaigns.status_reason` (the operator reads it in one glance).

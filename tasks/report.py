@@ -18,7 +18,7 @@ from prefect.artifacts import (
 from pydantic import BaseModel, Field
 
 from db.ledger import AWAITING_RECEIPT, LedgerFigures, failed_rows_sql
-from tasks.plan import DryRunPlan, invalid_table, skip_words
+from sending.plan import DryRunPlan, invalid_table, skip_words
 from wechat.errors import lookup
 
 if TYPE_CHECKING:

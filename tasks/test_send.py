@@ -17,10 +17,10 @@ from pydantic import BaseModel
 
 from db.audience import recipient_row
 from db.outcomes import DeliveryOutcome, DeliveryStatus
+from sending.message import MessageSpec
+from sending.sender import StopSignal, TokenSource, fix_hint, send_rows
 from tasks.database import engine
-from tasks.message import MessageSpec
 from tasks.params import TestSendParams
-from tasks.sender import StopSignal, TokenSource, fix_hint, send_rows
 from tasks.token import get_access_token, load_app, refresh_if_current
 from wechat.client import WeChatClient
 from wechat.errors import AccountKind, ErrorClass, lookup

@@ -13,9 +13,9 @@ from typer.testing import CliRunner
 from db.audience import AudienceQueryError
 from db.outcomes import CampaignStatus
 from flows.campaign import CampaignFailed, decide_status, push_campaign
+from sending.sender import StopSignal
 from tasks.ending import stop_for_error
 from tasks.params import CampaignParams
-from tasks.sender import StopSignal
 from tasks.token import AppNotConfigured, TokenLockUnavailable
 from wechat.errors import TransportError, api_error
 

@@ -14,9 +14,9 @@ from db import campaigns
 from db.ledger import record_outcomes
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from flows.campaign import _end_abnormally, push_campaign
+from sending.sender import stop_signal
 from tasks import database
 from tasks.flow_runs import CANCELLED_REASON
-from tasks.sender import stop_signal
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from db import campaigns
 from db.audience import AudienceQueryError
 from db.outcomes import CampaignStatus
 from flows.campaign import push_campaign
-from tasks.plan import SKIP_WORDS
+from sending.plan import SKIP_WORDS
 from tests.campaign_helpers import DATA, params
 from tests.fixtures.prefect import api_logging, stored_runs
 

@@ -27,8 +27,8 @@ from db.digest import (
 )
 from db.models import interactions, recipients
 from db.outcomes import SkipReason
+from sending.message import CHINA_TZ
 from tasks import database
-from tasks.message import CHINA_TZ
 from tasks.params import DEFAULT_DIGEST_DATA, CampaignParams, DigestParams
 from tests.campaign_helpers import accepted_openids, ledger
 from wechat.fields import validate_template_data

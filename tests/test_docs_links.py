@@ -2,7 +2,7 @@
 
 A user of wxpush has this repository and nothing beside it, so README.md and docs/*.md may only
 point at files that exist here (relative Markdown links, their #anchors, and repository paths
-such as `tasks/sender.py`), and no tracked file may cite a note that lives outside it.
+such as `sending/sender.py`), and no tracked file may cite a note that lives outside it.
 Fast: reads files (the list from `git ls-files`), starts no server.
 """
 
@@ -128,7 +128,7 @@ def link_problems(doc: Path, text: str) -> list[str]:
 
 
 def path_problems(doc: Path, text: str) -> list[str]:
-    """Repository paths a doc names (`tasks/sender.py`, docs/tokens.md) that do not exist."""
+    """Repository paths a doc names (`sending/sender.py`, docs/tokens.md) that do not exist."""
     problems = []
     for match in PATH_REF.finditer(text):
         ref = match.group(1).rstrip(".")

@@ -1,4 +1,4 @@
-"""The dry run's plan (tasks/plan.py) on its own: invalid rows grouped by rule without their
+"""The dry run's plan (sending/plan.py) on its own: invalid rows grouped by rule without their
 values, the top reasons and the rest, example messages for each kind, and the report
 artifact that leaves the examples out."""
 
@@ -7,8 +7,8 @@ from __future__ import annotations
 from typing import Any
 
 from db.outcomes import TOP_REASONS
-from tasks.message import MessageSpec
-from tasks.plan import EXAMPLES, DryRunPlan
+from sending.message import MessageSpec
+from sending.plan import EXAMPLES, DryRunPlan
 from tasks.report import CampaignReport
 
 SPEC = MessageSpec(

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from pydantic import ValidationError
 
-from tasks.message import (
+from sending.message import (
     MISSING_COLUMN,
     MessageSpec,
     client_msg_id_for,

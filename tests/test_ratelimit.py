@@ -15,7 +15,7 @@ import weakref
 
 import pytest
 
-from tasks.ratelimit import RateLimiter, shared_limiter
+from sending.ratelimit import RateLimiter, shared_limiter
 
 
 class FakeClock:

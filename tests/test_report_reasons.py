@@ -16,10 +16,10 @@ from db.campaigns import create_or_resume, find_campaign, set_status
 from db.ledger import errcode_counts, ledger_figures, reason_counts, record_outcomes
 from db.outcomes import TOP_REASONS, CampaignStatus, DeliveryOutcome, DeliveryStatus, SkipReason
 from flows.campaign import CampaignFailed
+from sending.message import MessageSpec, invalid_reason, render
 from tasks import database
 from tasks import report as report_module
 from tasks.ending import expected
-from tasks.message import MessageSpec, invalid_reason, render
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop, stop_markdown
 from wechat.errors import api_error
 

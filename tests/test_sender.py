@@ -21,9 +21,9 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
 from db.outcomes import DeliveryOutcome, DeliveryStatus
-from tasks.message import MessageSpec, client_msg_id_for
-from tasks.ratelimit import RateLimiter
-from tasks.sender import (
+from sending.message import MessageSpec, client_msg_id_for
+from sending.ratelimit import RateLimiter
+from sending.sender import (
     BatchResult,
     RetryPolicy,
     StopSignal,

@@ -33,7 +33,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from db.outcomes import DeliveryOutcome, DeliveryStatus
-from tasks.message import (
+from sending.message import (
     MessageSpec,
     RenderedMessage,
     client_msg_id_for,
@@ -41,7 +41,7 @@ from tasks.message import (
     render,
     unrenderable_reason,
 )
-from tasks.ratelimit import RateLimiter
+from sending.ratelimit import RateLimiter
 from wechat.client import WeChatClient
 from wechat.errors import ErrorClass, TransportError, WeChatError, lookup
 from wechat.models import SendResult

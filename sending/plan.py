@@ -16,7 +16,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from db.outcomes import TOP_REASONS, SkipReason
-from tasks.message import (
+from sending.message import (
     MessageSpec,
     RenderedMessage,
     client_msg_id_for,
