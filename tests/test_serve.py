@@ -9,7 +9,6 @@ and the last one presses Ctrl-C.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import re
@@ -32,8 +31,8 @@ from prefect.exceptions import PrefectHTTPStatusError
 from sqlalchemy import Engine, create_engine, text
 
 from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN, SEND_TEST_MESSAGE
-from processes import pick_port
-from sending.message import client_msg_id_for
+from processes import ChildFailed, pick_port, start
+from tasks.message import client_msg_id_for
 from tasks.report import artifact_key
 from tests.browser import form_field, open_browser, table_with
 from tests.waiting import wait_until
@@ -100,39 +99,35 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     ready = folder / "ready.json"
     output = folder / "serve.out"
     env = {
-        **os.environ,
         "WXPUSH_STATE_DIR": str(folder / ".wxpush"),
         "PREFECT_HOME": str(folder / "client-home"),
+        "PREFECT_API_URL": None,
+        "WXPUSH_DATABASE_URL": None,
     }
-    for name in ("PREFECT_API_URL", "WXPUSH_DATABASE_URL"):
-        env.pop(name, None)
     args = (
         # Ports the OS picks: a developer's own `make serve` may hold 4200 and 8900.
         f"--ui-port {pick_port(0)} --simulator-port {pick_port(0)} "
         f"--recipients {RECIPIENTS} --ready-file {ready}"
     )
-    with output.open("wb") as out:
-        process = subprocess.Popen(
-            ["make", "--no-print-directory", "-C", str(REPO), "serve", f"SERVE_ARGS={args}"],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,  # its own group, like a terminal's foreground job
-        )
-    deadline = time.monotonic() + 240
-    while not ready.exists():
-        if process.poll() is not None or time.monotonic() > deadline:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGTERM)
-            pytest.fail("make serve did not come up:\n" + output.read_text()[-5000:])
-        time.sleep(0.5)
+    child = start(  # its own group, like a terminal's foreground job
+        ["make", "--no-print-directory", "-C", str(REPO), "serve", f"SERVE_ARGS={args}"],
+        name="make serve",
+        log=output,
+        env=env,
+    )
+    try:
+        child.wait_ready(ready.exists, timeout=240, poll=0.5)
+    except ChildFailed as exc:
+        child.stop()
+        pytest.fail(f"{exc}:\n{child.log_tail(5000)}")
+    process = child.process
     urls = json.loads(ready.read_text())
     served = Served(process, folder, urls["ui"], urls["simulator"], urls["database"], output)
     with SimulatorAdmin(served.simulator) as admin:
         admin.set_config(dedupe_window_seconds=0)  # a double send would show up twice
     yield served
     if process.poll() is None:  # a failed test before the Ctrl-C one
-        os.killpg(process.pid, signal.SIGINT)
+        child.send(signal.SIGINT)
         process.wait(timeout=60)
 
 
