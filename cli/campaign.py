@@ -119,6 +119,10 @@ def run(
     retry_failed: Annotated[
         bool, typer.Option("--retry-failed", help=model_help(CampaignParams, "retry_failed"))
     ] = False,
+    resend_unknown: Annotated[
+        bool,
+        typer.Option("--resend-unknown", help=model_help(CampaignParams, "resend_unknown")),
+    ] = False,
     params_file: Annotated[
         Path | None,
         typer.Option(
@@ -145,6 +149,7 @@ def run(
         "dry_run": dry_run or None,
         "campaign_id": campaign_id,
         "retry_failed": retry_failed or None,
+        "resend_unknown": resend_unknown or None,
     }
     params = parameters_from(CampaignParams, params_file, flags)
     typer.echo(outcome_text(run_here(params)))
@@ -389,11 +394,19 @@ def _record(campaign: str) -> Any:
     return record
 
 
-def resume_parameters(record: Any, *, retry_failed: bool) -> dict[str, Any]:
+def resume_parameters(
+    record: Any, *, retry_failed: bool, resend_unknown: bool = False
+) -> dict[str, Any]:
     """The campaign's stored parameters, pointed at its id: what the UI form needs to
-    continue it (recipients already reached are never sent again)."""
+    continue it (recipients already reached are never sent again; those in doubt only with
+    `resend_unknown`)."""
     params = dict(record.parameters)
-    params.update(campaign_id=record.id, retry_failed=retry_failed, dry_run=False)
+    params.update(
+        campaign_id=record.id,
+        retry_failed=retry_failed,
+        resend_unknown=resend_unknown,
+        dry_run=False,
+    )
     return params
 
 
@@ -404,7 +417,9 @@ def _ui_url(path: str) -> str:
     return f"{base}{path}" if base else path
 
 
-def _continue(campaign: str, *, retry_failed: bool, here: bool, wait: bool) -> None:
+def _continue(
+    campaign: str, *, retry_failed: bool, resend_unknown: bool, here: bool, wait: bool
+) -> None:
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
@@ -412,9 +427,16 @@ def _continue(campaign: str, *, retry_failed: bool, here: bool, wait: bool) -> N
     from tasks.params import CampaignParams
 
     record = _record(campaign)
-    params = CampaignParams.model_validate(resume_parameters(record, retry_failed=retry_failed))
+    params = CampaignParams.model_validate(
+        resume_parameters(record, retry_failed=retry_failed, resend_unknown=resend_unknown)
+    )
     what = "Re-sending the retryable failures of" if retry_failed else "Resuming"
     typer.echo(f"{what} campaign {record.id} ({record.name!r}, {record.status}).")
+    if resend_unknown:
+        typer.echo(
+            "Its recipients in doubt (unknown) are sent again; each of them may get the "
+            "message twice."
+        )
     if here:
         typer.echo(outcome_text(run_here(params)))
         return
@@ -446,21 +468,38 @@ HereOption = Annotated[
     bool, typer.Option("--here", help="Run it in this terminal, not on the worker.")
 ]
 WaitOption = Annotated[bool, typer.Option("--wait", help="Wait for the run and print the report.")]
+ResendUnknownOption = Annotated[
+    bool,
+    typer.Option(
+        "--resend-unknown",
+        help="Also send again to the recipients in doubt (status unknown: sent, answer lost, "
+        "too long ago for WeChat to drop a repeat); each may get the message twice.",
+    ),
+]
 
 
 @campaign_app.command("resume")
-def resume(campaign: CampaignArg, here: HereOption = False, wait: WaitOption = False) -> None:
-    """Continue a paused, cancelled or failed campaign: everyone it has not reached yet."""
-    _continue(campaign, retry_failed=False, here=here, wait=wait)
+def resume(
+    campaign: CampaignArg,
+    here: HereOption = False,
+    wait: WaitOption = False,
+    resend_unknown: ResendUnknownOption = False,
+) -> None:
+    """Continue a paused, cancelled or failed campaign: everyone it has not reached yet.
+    Recipients in doubt (unknown) are not sent again unless --resend-unknown says so."""
+    _continue(campaign, retry_failed=False, resend_unknown=resend_unknown, here=here, wait=wait)
 
 
 @campaign_app.command("retry-failed")
 def retry_failed_command(
-    campaign: CampaignArg, here: HereOption = False, wait: WaitOption = False
+    campaign: CampaignArg,
+    here: HereOption = False,
+    wait: WaitOption = False,
+    resend_unknown: ResendUnknownOption = False,
 ) -> None:
     """Re-send the campaign's failures that had a passing cause (WeChat busy, quota), and
     anyone it has not reached yet; permanent failures (blocked, not a follower) stay."""
-    _continue(campaign, retry_failed=True, here=here, wait=wait)
+    _continue(campaign, retry_failed=True, resend_unknown=resend_unknown, here=here, wait=wait)
 
 
 @campaign_app.command("cancel")
@@ -492,11 +531,13 @@ def list_campaigns(
 
     with engine().connect() as conn:
         records = latest_campaigns(conn, limit)
-    typer.echo(f"{'id':<38} {'status':<24} {'sent':>7} {'failed':>7} {'pending':>7}  name")
+    typer.echo(
+        f"{'id':<38} {'status':<24} {'sent':>7} {'failed':>7} {'pending':>7} {'unknown':>7}  name"
+    )
     for r in records:
         typer.echo(
             f"{r.id:<38} {r.status:<24} {r.sent_count:>7} {r.failed_count:>7} "
-            f"{r.pending_count:>7}  {r.name}"
+            f"{r.pending_count:>7} {r.unknown_count:>7}  {r.name}"
         )
 
 

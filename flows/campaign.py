@@ -36,7 +36,14 @@ from db.audience import (
     preview_audience,
     stream_audience,
 )
-from db.ledger import LedgerFigures, ledger_figures, record_outcomes, status_counts
+from db.ledger import (
+    LedgerFigures,
+    ledger_figures,
+    record_outcomes,
+    reopen_unknown,
+    settle_unanswered,
+    status_counts,
+)
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from sending.plan import DryRunPlan
@@ -112,6 +119,20 @@ def start_campaign(params: CampaignParams) -> str:
             deployment_id=current_deployment.id,
             started_by="deployment" if current_deployment.id else "push_campaign",
         )
+        if record.resumed:
+            # Rows a killed run sent without recording the answer: past WeChat's dedupe
+            # window they are in doubt (unknown) and not sent again unless the operator
+            # says so (db/ledger.py).
+            settled = settle_unanswered(conn, record.id)
+            reopened = reopen_unknown(conn, record.id) if params.resend_unknown else 0
+            if settled or reopened:
+                get_run_logger().warning(
+                    "Campaign %s: %d recipients newly in doubt (unknown: sent, answer lost); "
+                    "%d in doubt sent again on the operator's request.",
+                    record.id,
+                    settled,
+                    reopened,
+                )
     return record.id
 
 
@@ -380,6 +401,12 @@ def decide_status(counts: dict[str, int], stop: StopSignal) -> tuple[CampaignSta
         return CampaignStatus.FAILED, stop.reason
     if counts.get(DeliveryStatus.PENDING, 0):
         return CampaignStatus.PAUSED, "some recipients are still pending; resume to finish"
+    if unknown := counts.get(DeliveryStatus.UNKNOWN, 0):
+        return CampaignStatus.COMPLETED_WITH_FAILURES, (
+            f"{unknown} recipients are in doubt (unknown: a message went out, its answer was "
+            "lost) and were not sent again; `wxpush report` lists them, and `wxpush campaign "
+            "resume --resend-unknown` sends them again"
+        )
     if counts.get(DeliveryStatus.FAILED, 0):
         return CampaignStatus.COMPLETED_WITH_FAILURES, None
     return CampaignStatus.COMPLETED, None

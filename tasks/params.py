@@ -351,6 +351,14 @@ class CampaignParams(MessageParams):
         "passing reason (WeChat busy, daily quota used up).",
         json_schema_extra={"position": 17},
     )
+    resend_unknown: bool = Field(
+        False,
+        title="Re-send recipients in doubt",
+        description="With Continue campaign: also send again to the recipients marked unknown "
+        "(a message went out but its answer was lost, too long ago for WeChat to drop a "
+        "repeat). Each of them may get the message twice.",
+        json_schema_extra={"position": 17.5},
+    )
 
     @field_validator("audience_sql", "campaign_id", mode="before")
     @classmethod
@@ -377,6 +385,8 @@ class CampaignParams(MessageParams):
     def _retry_needs_the_campaign(self) -> Self:
         if self.retry_failed and not self.campaign_id:
             raise ValueError("retry_failed needs the campaign_id of the campaign to retry")
+        if self.resend_unknown and not self.campaign_id:
+            raise ValueError("resend_unknown needs the campaign_id of the campaign to continue")
         return self
 
 

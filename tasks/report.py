@@ -17,7 +17,7 @@ from prefect.artifacts import (
 )
 from pydantic import BaseModel, Field
 
-from db.ledger import AWAITING_RECEIPT, LedgerFigures, failed_rows_sql
+from db.ledger import AWAITING_RECEIPT, LedgerFigures, failed_rows_sql, unknown_rows_sql
 from sending.plan import DryRunPlan, invalid_table, skip_words
 from wechat.errors import lookup
 
@@ -103,7 +103,8 @@ SEND_SPAN_LABEL = (
 
 class CampaignReport(BaseModel):
     """The final report: counts per status, why rows were skipped or invalid, top errcodes
-    with meanings, the two throughputs (whole run; first to last send), the failed rows' SQL."""
+    with meanings, the two throughputs (whole run; first to last send), the SQL of the failed
+    rows and of those in doubt."""
 
     campaign_id: str
     name: str
@@ -122,6 +123,8 @@ class CampaignReport(BaseModel):
     send_seconds: float | None = None
     send_rate: float | None = None
     failed_sql: str
+    # The rows in doubt (status unknown), listed when there are any.
+    unknown_sql: str = ""
     dry_run: bool
     # db.ledger.receipt_counts at the time of the report; None when the caller has none
     # (a dry run sends nothing, so nothing can come back).
@@ -151,7 +154,7 @@ class CampaignReport(BaseModel):
         figures: LedgerFigures | None = None,
         time_scope: TimeScope = "run",
     ) -> CampaignReport:
-        """The report, with each errcode's class and meaning from the one errcode table.
+        """The report, with each errcode's class, meaning and fix from the one errcode table.
 
         `figures` (db.ledger.ledger_figures, read by the caller) gives the counts, receipts,
         reasons and send span; without it `counts` and `receipts` are all there is. The
@@ -167,6 +170,7 @@ class CampaignReport(BaseModel):
                     "count": count,
                     "class": str(row.error_class),
                     "meaning": row.meaning,
+                    "fix": row.fix,
                 }
             )
         if figures is not None:
@@ -186,6 +190,7 @@ class CampaignReport(BaseModel):
             send_seconds=figures.send_seconds if figures else None,
             send_rate=figures.send_rate if figures else None,
             failed_sql=failed_rows_sql(campaign_id),
+            unknown_sql=unknown_rows_sql(campaign_id),
             dry_run=dry_run,
             receipts=dict(receipts) if receipts is not None else None,
             skipped=dict(figures.skipped) if figures else {},
@@ -342,16 +347,37 @@ class CampaignReport(BaseModel):
                 "",
                 "## Top errcodes",
                 "",
-                "| errcode | count | class | meaning |",
-                "|---|---|---|---|",
+                "| errcode | count | class | meaning | what to do |",
+                "|---|---|---|---|---|",
                 *(
-                    f"| {e['errcode']} | {e['count']} | {e['class']} | {e['meaning']} |"
+                    f"| {e['errcode']} | {e['count']} | {e['class']} | {e['meaning']} "
+                    f"| {e['fix']} |"
                     for e in self.errcodes
                 ),
             ]
         if not self.dry_run:
             lines += ["", "## The failed rows", "", "```sql", self.failed_sql, "```"]
+        lines += self._unknown_lines()
         return "\n".join(lines) + "\n"
+
+    def _unknown_lines(self) -> list[str]:
+        unknown = self.counts.get("unknown", 0)
+        if not unknown or not self.unknown_sql:
+            return []
+        return [
+            "",
+            "## Recipients in doubt (unknown)",
+            "",
+            f"{unknown} messages went out but their answer was lost (the process was killed "
+            "before recording it), too long ago for WeChat to drop a repeat: they may or may "
+            "not have arrived. A resume does not send them again; "
+            f"`wxpush campaign resume {self.campaign_id} --resend-unknown` does, and each of "
+            "them may then get the message twice (docs/operations.md).",
+            "",
+            "```sql",
+            self.unknown_sql,
+            "```",
+        ]
 
 
 def publish_report(report: CampaignReport) -> None:
