@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from sqlalchemy import Engine, text
+from typer.testing import CliRunner
 
+from cli.main import app as cli
 from db.campaigns import create_or_resume
 from db.ledger import record_attempts
 from db.outcomes import DEDUPE_WINDOW, Attempt, CampaignStatus
@@ -76,9 +78,6 @@ def test_resume_parameters_carry_the_operators_choice() -> None:
 def test_wxpush_report_lists_unknown_rows(
     db_url: str, db_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from typer.testing import CliRunner
-
-    from cli.main import app as cli
     from tasks import database
 
     monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
@@ -142,6 +141,12 @@ def test_a_resume_leaves_rows_in_doubt_alone_until_the_operator_asks(
 
     again = run(params(audience.name, campaign_id="doubt-run"))
     assert again.sent_this_run == 0 and again.counts["unknown"] == 2
+    listed = CliRunner().invoke(cli, ["campaign", "list"])
+    assert listed.output.splitlines()[0].split()[:6] == [
+        "id", "status", "sent", "failed", "pending", "unknown",
+    ]  # fmt: skip
+    row = next(line.split() for line in listed.output.splitlines() if "doubt-run" in line)
+    assert row[1:6] == ["completed_with_failures", str(again.counts["sent"]), "2", "0", "2"]
 
     asked = run(params(audience.name, campaign_id="doubt-run", resend_unknown=True))
     assert asked.sent_this_run == 2 and asked.counts["unknown"] == 0
