@@ -154,7 +154,7 @@ def start(
 ) -> Child:
     """Start `argv` (not waited for). `env` is laid over this process's environment (None
     removes a variable); output goes to `log`, or to an anonymous temporary file."""
-    merged = dict(os.environ)
+    merged = {**os.environ}  # a copy for the child: this process's environment is untouched
     for key, value in (env or {}).items():
         if value is None:
             merged.pop(key, None)

@@ -112,14 +112,14 @@ def test_reading_an_anonymous_log_leaves_the_childs_writes_in_order() -> None:
 def test_env_is_laid_over_this_environment_and_none_removes(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setenv("WXPUSH_TEST_KEPT", "kept")
-    monkeypatch.setenv("WXPUSH_TEST_REMOVED", "removed")
+    monkeypatch.setenv("CHILD_TEST_KEPT", "kept")
+    monkeypatch.setenv("CHILD_TEST_REMOVED", "removed")
     code = """
         import os
-        print(os.environ.get("WXPUSH_TEST_KEPT"), os.environ.get("WXPUSH_TEST_REMOVED"),
-              os.environ.get("WXPUSH_TEST_ADDED"), os.getcwd())
+        print(os.environ.get("CHILD_TEST_KEPT"), os.environ.get("CHILD_TEST_REMOVED"),
+              os.environ.get("CHILD_TEST_ADDED"), os.getcwd())
     """
-    env = {"WXPUSH_TEST_REMOVED": None, "WXPUSH_TEST_ADDED": "added"}
+    env = {"CHILD_TEST_REMOVED": None, "CHILD_TEST_ADDED": "added"}
     with start(python(code), name="env", env=env, cwd="/") as child:
         assert child.process.wait(timeout=30) == 0
         assert child.output().split() == ["kept", "None", "added", "/"]

@@ -16,6 +16,7 @@ from prefect.states import exception_to_failed_state
 from pydantic import SecretStr
 
 from cli.setup import asetup_app
+from processes import free_port
 from tasks.blocks import WeChatAccessToken
 from tasks.token import (
     TokenLockMissing,
@@ -31,7 +32,6 @@ from tasks.token import (
 )
 from wechat.client import WeChatClient
 from wechat.errors import ConfigError, TokenError, TransportError
-from wechat.simulator.process import free_port
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.harness]
 

@@ -20,11 +20,11 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from pydantic import SecretStr
 
 from flows.token import refresh_access_token
+from processes import free_port
 from tasks.blocks import WeChatAccessToken, WeChatApp
 from tasks.token import get_access_token, get_access_token_task, refresh_if_current_task
 from tests.fixtures.prefect import api_logging, stored_runs
 from wechat.errors import ConfigError, TransportError
-from wechat.simulator.process import free_port
 
 pytestmark = [pytest.mark.asyncio(loop_scope="session"), pytest.mark.harness]
 

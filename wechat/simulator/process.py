@@ -15,8 +15,6 @@ from processes import Child, free_port, http_ok, start_ready
 from wechat.simulator.admin import SimulatorAdmin
 from wechat.simulator.defaults import APP_SECRET_ENV, DEMO_APP_ID, DEMO_APP_SECRET
 
-__all__ = ["SimulatorProcess", "free_port", "start_simulator"]
-
 
 @dataclass
 class SimulatorProcess:
