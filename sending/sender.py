@@ -53,7 +53,6 @@ __all__ = [
     "StopKind",
     "StopSignal",
     "TokenSource",
-    "fix_hint",
     "send_rows",
     "stop_signal",
 ]
@@ -268,63 +267,9 @@ class TokenSource:
         return fresh
 
 
-# -- what to fix -----------------------------------------------------------------------------
-
-_FIX: dict[int, str] = {
-    40036: "check the template ID: it must be a template of this account",
-    40037: "template_id not found in this account: check the template ID",
-    47003: "a template value breaks WeChat's rules: check the field errmsg names",
-    47001: "wxpush sent a body WeChat could not parse: report it with the errmsg",
-    44002: "wxpush sent an empty body: report it with the errmsg",
-    40033: "wxpush sent escaped characters: report it with the errmsg",
-    41001: "the request had no access_token: report it",
-    41030: "check the mini-program page path",
-    40165: "check the mini-program page path",
-    40164: "add this machine's egress IP to the account's API IP whitelist",
-    61004: "add this machine's egress IP to the account's API IP whitelist",
-    40002: "check the wechat-app block's settings",
-    40013: "check the AppID in the wechat-app block",
-    40125: "check the AppSecret in the wechat-app block",
-    40243: "the AppSecret is frozen: unfreeze or reset it in the MP console",
-    48001: "this account may not call this API (permission or token type): check the MP console",
-    48004: "this API is banned for the account: see the MP console",
-    50002: "the account is limited (frozen, deregistered or punished): see the MP console",
-    89501: "an administrator must confirm this IP in the MP console",
-    89503: "an administrator must confirm this IP in the MP console",
-    89506: "an administrator rejected this IP: retry after 24 h",
-    89507: "an administrator rejected this IP: retry after 1 h",
-    45009: "the daily quota is used up: resume after Beijing midnight (or after clear_quota)",
-    48006: "clear_quota was used too often this month: resume after Beijing midnight",
-    # A recipient's refusal never stops a campaign; these say what a test send can change.
-    40003: "use the OpenID of a follower of this account (OpenIDs differ per AppID)",
-    43004: "this user must follow the account first",
-    50005: "this user must follow the account first",
-    46004: "check the OpenID: no such user",
-    43019: "this user is in the account's blacklist: remove them in the MP console",
-    48002: "this user turned off messages from the account; only they can turn them back on",
-    43101: "this user has no subscription authorization left for the template",
-    45015: "the user must write to the account first (48-hour window)",
-    45047: "wait until the user writes to the account again",
-}
-_FIX_BY_CLASS: dict[ErrorClass, str] = {
-    ErrorClass.RECIPIENT: "this user cannot get the message: try another OpenID",
-    ErrorClass.REQUEST: "WeChat refused the request itself: read the errmsg, fix, then resume",
-    ErrorClass.CONFIG: "fix the account's configuration, then resume",
-    ErrorClass.QUOTA: "a quota is used up: resume when it resets",
-}
-
-
-def fix_hint(errcode: int | None, error_class: ErrorClass) -> str:
-    """What an operator should do about an errcode that stops a campaign or refuses a test
-    send."""
-    if errcode is not None and errcode in _FIX:
-        return _FIX[errcode]
-    return _FIX_BY_CLASS.get(error_class, "read the errmsg")
-
-
 def _is_unknown(exc: WeChatError) -> bool:
     """An answer the errcode table does not know (or an HTTP 4xx): not the row's fault."""
-    return exc.errcode is None or lookup(exc.errcode).meaning == "unknown errcode"
+    return exc.errcode is None or not lookup(exc.errcode).known
 
 
 # -- the batch result ------------------------------------------------------------------------
@@ -501,7 +446,7 @@ class _Batch:
         """REQUEST, CONFIG, QUOTA: no further sends anywhere in the campaign."""
         cls = error.error_class
         code = "no errcode" if error.errcode is None else f"errcode {error.errcode}"
-        reason = f"{code} ({error.meaning}): {fix_hint(error.errcode, cls)}"
+        reason = f"{code} ({error.meaning}): {error.fix}"
         if cls is _QUOTA:
             self.stop.set(
                 "pause", reason, errcode=error.errcode, error_class=str(cls), openid=openid

@@ -118,13 +118,10 @@ def _wechat(exc: WeChatError, resume: str) -> tuple[StopKind, str]:
             f"api_base_url, then {resume}"
         )
     if isinstance(exc, QuotaError):
-        return "pause", f"WeChat says {code}{where}; after the quota resets, {resume}"
+        return "pause", f"WeChat says {code}{where}; {exc.fix}, then {resume}"
     if isinstance(exc, RetryableError):
         said = f"WeChat kept answering {code}{where}" if code else str(exc)
         return "pause", f"{said}; when it recovers, {resume}"
     if code is None:
         return "stop", f"{str(exc).rstrip('.')}; then {resume}"
-    return "stop", (
-        f"WeChat refused: {code}{where}. Fix the app's settings (`wxpush setup`, or the "
-        f"wechat-app block in the UI), then {resume}"
-    )
+    return "stop", f"WeChat refused: {code}{where}; {exc.fix}, then {resume}"

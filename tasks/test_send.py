@@ -18,12 +18,12 @@ from pydantic import BaseModel
 from db.audience import recipient_row
 from db.outcomes import DeliveryOutcome, DeliveryStatus
 from sending.message import MessageSpec
-from sending.sender import StopSignal, TokenSource, fix_hint, send_rows
+from sending.sender import StopSignal, TokenSource, send_rows
 from tasks.database import engine
 from tasks.params import TestSendParams
 from tasks.token import get_access_token, load_app, refresh_if_current
 from wechat.client import WeChatClient
-from wechat.errors import AccountKind, ErrorClass, lookup
+from wechat.errors import AccountKind, ErrorClass, fix_hint, lookup
 from wechat.fields import field_type
 
 #: A value each template field type accepts (wechat/fields.py's rules; a test pins them).
@@ -140,7 +140,7 @@ def _answer(
     cls = (
         ErrorClass(outcome.error_class)
         if outcome.error_class
-        else lookup(outcome.errcode).error_class
+        else lookup(outcome.errcode, kind).error_class
     )
     return TestSendAnswer(
         openid=openid,
@@ -148,7 +148,7 @@ def _answer(
         sent=False,
         errcode=outcome.errcode,
         meaning=lookup(outcome.errcode, kind).meaning,
-        fix=fix_hint(outcome.errcode, cls),
+        fix=fix_hint(outcome.errcode, cls, kind),
     )
 
 

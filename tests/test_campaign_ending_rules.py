@@ -40,7 +40,12 @@ def _status(exc: BaseException, campaign_id: str = "c-1") -> tuple[CampaignStatu
         (
             api_error(40125, "invalid appsecret rid: 1-2-3", endpoint="stable_token"),
             CampaignStatus.FAILED,
-            ["40125", "wxpush setup", "resume"],
+            ["40125", "AppSecret", "wxpush setup", "resume"],
+        ),
+        (
+            api_error(40037, "invalid template_id", endpoint="template/send"),
+            CampaignStatus.FAILED,
+            ["40037", "check the template ID", "resume"],
         ),
         (
             AppNotConfigured("There is no wechat-app block named 'x'. Run `wxpush setup`."),
@@ -61,7 +66,7 @@ def _status(exc: BaseException, campaign_id: str = "c-1") -> tuple[CampaignStatu
         (
             api_error(45009, "api freq out of limit", endpoint="stable_token"),
             CampaignStatus.PAUSED,
-            ["45009", "resume"],
+            ["45009", "Beijing midnight", "resume"],
         ),
         (
             AudienceQueryError("the audience SQL took longer than the 2 s timeout; make it faster"),

@@ -137,7 +137,8 @@ async def test_unknown_errcode_stops_conservatively(client: WeChatClient) -> Non
     respx.post(SEND).mock(return_value=httpx.Response(200, json={"errcode": 12345, "errmsg": "?"}))
     with pytest.raises(errors.RequestError) as info:
         await client.send_template(TOKEN, MESSAGE)
-    assert info.value.meaning == "unknown errcode"
+    assert not errors.lookup(12345).known and info.value.meaning == errors.UNKNOWN_MEANING
+    assert info.value.fix == errors.CLASS_FIX[errors.ErrorClass.REQUEST]
 
 
 async def test_refused_connection_is_named_as_such() -> None:

@@ -40,7 +40,36 @@ def test_wecom_meanings_differ_where_documented() -> None:
 def test_unknown_errcode_is_conservative() -> None:
     row = lookup(99999)
     assert row.error_class is errors.UNKNOWN_CLASS is ErrorClass.REQUEST
-    assert row.meaning == "unknown errcode"
+    assert row.known is False and row.meaning == errors.UNKNOWN_MEANING
+    assert row.fix == errors.CLASS_FIX[ErrorClass.REQUEST]
+    tables = (errors.OFFICIAL_ACCOUNT, errors.WECOM_OVERRIDES)
+    assert all(row.known for table in tables for row in table.values())
+
+
+@pytest.mark.parametrize("kind", ["official_account", "wecom"])
+def test_every_errcode_has_a_fix_for_the_operator(kind: errors.AccountKind) -> None:
+    """The fix is a column of the one table: every row has one, and it is the hint
+    `fix_hint` gives and an `api_error` carries, for the account kind's own meaning."""
+    codes = {*errors.OFFICIAL_ACCOUNT, *(errors.WECOM_OVERRIDES if kind == "wecom" else ())}
+    for code in codes:
+        row = lookup(code, kind)
+        assert row.fix.strip(), code
+        assert errors.fix_hint(code, row.error_class, kind) == row.fix
+        assert api_error(code, "x", endpoint="e", kind=kind).fix == row.fix
+
+
+def test_the_fix_follows_the_account_kind() -> None:
+    """48002 is a user's choice on an Official Account, a missing permission on WeCom."""
+    assert "turn them back on" in errors.fix_hint(48002, ErrorClass.RECIPIENT)
+    assert "admin console" in errors.fix_hint(48002, ErrorClass.CONFIG, "wecom")
+    assert errors.fix_hint(40002, ErrorClass.CONFIG) != errors.CLASS_FIX[ErrorClass.CONFIG]
+
+
+def test_without_a_known_errcode_the_class_says_what_to_do() -> None:
+    for cls in ErrorClass:
+        assert errors.fix_hint(None, cls) == errors.CLASS_FIX[cls]
+        assert errors.fix_hint(99999, cls) == errors.CLASS_FIX[cls]
+    assert errors.TransportError("timed out").fix == errors.CLASS_FIX[ErrorClass.RETRY]
 
 
 def test_every_class_has_its_exception() -> None:

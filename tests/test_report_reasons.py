@@ -21,7 +21,7 @@ from tasks import database
 from tasks import report as report_module
 from tasks.ending import expected
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop, stop_markdown
-from wechat.errors import api_error
+from wechat.errors import CLASS_FIX, ErrorClass, api_error, lookup
 
 T0 = datetime(2026, 11, 27, 9, 0, tzinfo=UTC)
 
@@ -163,6 +163,26 @@ def test_nothing_sent_has_no_send_span() -> None:
     text_ = report.markdown()
     assert "**Send span:**" not in text_ and "**Run time:** 1.00 s" in text_
     assert "Invalid rows by reason" not in text_, "no reasons known: no empty table"
+
+
+def test_top_errcodes_say_what_to_do() -> None:
+    """Each top errcode's row carries the errcode table's fix; an unknown code its class's."""
+    report = CampaignReport.build(
+        campaign_id="c-1",
+        name="n",
+        status="failed",
+        reason="x",
+        counts={"failed": 4},
+        errcodes={"43004": 3, "99999": 1},
+        seconds=1.0,
+    )
+    assert [(e["errcode"], e["fix"]) for e in report.errcodes] == [
+        (43004, lookup(43004).fix),
+        (99999, CLASS_FIX[ErrorClass.REQUEST]),
+    ]
+    lines = report.markdown().splitlines()
+    assert "| errcode | count | class | meaning | what to do |" in lines
+    assert f"| 43004 | 3 | RECIPIENT | {lookup(43004).meaning} | {lookup(43004).fix} |" in lines
 
 
 def test_invalid_reasons_keep_the_rule_not_the_value() -> None:

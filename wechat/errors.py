@@ -41,15 +41,32 @@ class ErrorClass(StrEnum):
 
 @dataclass(frozen=True)
 class Errcode:
-    """One row of the errcode table."""
+    """One row of the errcode table: what the code means, what the sender does, and what an
+    operator should do. `known` is False for a code the table does not have."""
 
     errcode: int
     meaning: str
     error_class: ErrorClass
+    fix: str
+    known: bool = True
 
 
-def _table(rows: list[tuple[int, ErrorClass, str]]) -> dict[int, Errcode]:
-    return {code: Errcode(code, meaning, cls) for code, cls, meaning in rows}
+#: The operator's fix for a class, where a row has nothing more specific (and for unknown
+#: codes and answers without an errcode).
+CLASS_FIX: dict[ErrorClass, str] = {
+    ErrorClass.RETRY: "nothing to do at once: wxpush retries; if it persists, check WeChat",
+    ErrorClass.REFRESH: "nothing to do at once: wxpush refreshes the access_token once",
+    ErrorClass.RECIPIENT: "this user cannot get the message: try another OpenID",
+    ErrorClass.REQUEST: "WeChat refused the request itself: read the errmsg and fix the message",
+    ErrorClass.CONFIG: "fix the app's settings: `wxpush setup`, or the wechat-app block in the UI",
+    ErrorClass.QUOTA: "a quota is used up: wait until it resets",
+}
+
+
+def _table(rows: list[tuple[int, ErrorClass, str, str | None]]) -> dict[int, Errcode]:
+    return {
+        code: Errcode(code, meaning, cls, fix or CLASS_FIX[cls]) for code, cls, meaning, fix in rows
+    }
 
 
 R, F, P, Q, Q_, C = (
@@ -60,68 +77,195 @@ R, F, P, Q, Q_, C = (
     ErrorClass.QUOTA,
     ErrorClass.CONFIG,
 )
+_MP = "the MP console"
+_BLOCK = "the wechat-app block (`wxpush setup`, or the UI)"
+_IP_WHITELIST = "add this machine's egress IP to the account's API IP whitelist"
+_FOLLOW = "this user must follow the account first"
+_PAGE = "check the mini-program page path"
+_CONFIRM_IP = f"an administrator must confirm this IP in {_MP}"
 
-#: Official Account errcodes; meanings and sources: docs/wechat-protocol.md.
+#: Official Account errcodes; meanings and sources: docs/wechat-protocol.md. The last column
+#: is the operator's fix (None: the class's, CLASS_FIX). A recipient's refusal never stops a
+#: campaign; its fix says what a test send can change.
 OFFICIAL_ACCOUNT: dict[int, Errcode] = _table(
     [
-        (-1, R, "system busy, retry later"),
-        (-1000, R, "system error (semantics unconfirmed; retried with the -1 limits)"),
-        (45011, R, "per-minute API quota reached; retry after a minute"),
-        (40001, F, "access_token invalid or not the latest (on a token fetch: wrong AppSecret)"),
-        (40014, F, "invalid access_token"),
-        (42001, F, "access_token expired"),
-        (43004, P, "recipient does not follow (or has unfollowed) the account"),
-        (40003, P, "invalid openid: not a follower, or an openid of another AppID"),
-        (43019, P, "recipient is in the account's blacklist"),
-        (48002, P, "user turned off messages from this account"),
-        (43101, P, "user refuses this message (no subscription authorization left)"),
-        (46004, P, "user does not exist"),
-        (50005, P, "user has not followed the account"),
-        (45015, P, "outside the 48-hour customer-service window since the last interaction"),
-        (45047, P, "customer-service send count for this user's window exhausted"),
-        (40037, Q, "invalid template_id (deleted, or not in this account)"),
-        (40036, Q, "invalid template_id length"),
-        (47003, Q, "template argument invalid (the errmsg names the field)"),
-        (47001, Q, "JSON/XML parse error"),
-        (40033, Q, "illegal \\uxxxx characters in the request"),
-        (41030, Q, "invalid mini-program page path"),
-        (40165, Q, "invalid mini-program page path"),
-        (44002, Q, "empty POST body"),
-        (41001, Q, "access_token parameter missing (a bug in the caller)"),
-        (45009, Q_, "daily API quota reached"),
-        (48006, Q_, "clear_quota limit reached"),
-        (40002, C, "invalid grant_type"),
-        (40013, C, "invalid AppID"),
-        (40125, C, "invalid AppSecret"),
-        (40164, C, "caller IP not in the API IP whitelist"),
-        (61004, C, "caller IP not in the whitelist for token APIs"),
-        (40243, C, "AppSecret frozen"),
-        (89501, C, "IP call waiting for administrator confirmation"),
-        (89503, C, "this call needs administrator confirmation"),
-        (89506, C, "administrator rejected this IP; retry after 24 h"),
-        (89507, C, "administrator rejected this IP; retry after 1 h"),
-        (48001, C, "API unauthorized for this account (no permission or wrong token type)"),
-        (48004, C, "API banned for this account"),
-        (50002, C, "account limited: frozen, deregistered or punished"),
+        (-1, R, "system busy, retry later", None),
+        (-1000, R, "system error (semantics unconfirmed; retried with the -1 limits)", None),
+        (45011, R, "per-minute API quota reached; retry after a minute", None),
+        (
+            40001,
+            F,
+            "access_token invalid or not the latest (on a token fetch: wrong AppSecret)",
+            "wxpush refreshes the token once; on a token fetch, check the AppSecret in "
+            f"{_BLOCK}",
+        ),
+        (40014, F, "invalid access_token", None),
+        (42001, F, "access_token expired", None),
+        (43004, P, "recipient does not follow (or has unfollowed) the account", _FOLLOW),
+        (
+            40003,
+            P,
+            "invalid openid: not a follower, or an openid of another AppID",
+            "use the OpenID of a follower of this account (OpenIDs differ per AppID)",
+        ),
+        (
+            43019,
+            P,
+            "recipient is in the account's blacklist",
+            f"this user is in the account's blacklist: remove them in {_MP}",
+        ),
+        (
+            48002,
+            P,
+            "user turned off messages from this account",
+            "this user turned off messages from the account; only they can turn them back on",
+        ),
+        (
+            43101,
+            P,
+            "user refuses this message (no subscription authorization left)",
+            "this user has no subscription authorization left for the template",
+        ),
+        (46004, P, "user does not exist", "check the OpenID: no such user"),
+        (50005, P, "user has not followed the account", _FOLLOW),
+        (
+            45015,
+            P,
+            "outside the 48-hour customer-service window since the last interaction",
+            "the user must write to the account first (48-hour window)",
+        ),
+        (
+            45047,
+            P,
+            "customer-service send count for this user's window exhausted",
+            "wait until the user writes to the account again",
+        ),
+        (
+            40037,
+            Q,
+            "invalid template_id (deleted, or not in this account)",
+            "template_id not found in this account: check the template ID",
+        ),
+        (
+            40036,
+            Q,
+            "invalid template_id length",
+            "check the template ID: it must be a template of this account",
+        ),
+        (
+            47003,
+            Q,
+            "template argument invalid (the errmsg names the field)",
+            "a template value breaks WeChat's rules: check the field errmsg names",
+        ),
+        (
+            47001,
+            Q,
+            "JSON/XML parse error",
+            "wxpush sent a body WeChat could not parse: report it with the errmsg",
+        ),
+        (
+            40033,
+            Q,
+            "illegal \\uxxxx characters in the request",
+            "wxpush sent escaped characters: report it with the errmsg",
+        ),
+        (41030, Q, "invalid mini-program page path", _PAGE),
+        (40165, Q, "invalid mini-program page path", _PAGE),
+        (44002, Q, "empty POST body", "wxpush sent an empty body: report it with the errmsg"),
+        (
+            41001,
+            Q,
+            "access_token parameter missing (a bug in the caller)",
+            "the request had no access_token: report it",
+        ),
+        (
+            45009,
+            Q_,
+            "daily API quota reached",
+            "the daily quota is used up: resume after Beijing midnight (or after clear_quota)",
+        ),
+        (
+            48006,
+            Q_,
+            "clear_quota limit reached",
+            "clear_quota was used too often this month: resume after Beijing midnight",
+        ),
+        (40002, C, "invalid grant_type", "wxpush asked for a token the wrong way: report it"),
+        (40013, C, "invalid AppID", f"check the AppID in {_BLOCK}"),
+        (40125, C, "invalid AppSecret", f"check the AppSecret in {_BLOCK}"),
+        (40164, C, "caller IP not in the API IP whitelist", _IP_WHITELIST),
+        (61004, C, "caller IP not in the whitelist for token APIs", _IP_WHITELIST),
+        (
+            40243,
+            C,
+            "AppSecret frozen",
+            f"the AppSecret is frozen: unfreeze or reset it in {_MP}",
+        ),
+        (89501, C, "IP call waiting for administrator confirmation", _CONFIRM_IP),
+        (89503, C, "this call needs administrator confirmation", _CONFIRM_IP),
+        (
+            89506,
+            C,
+            "administrator rejected this IP; retry after 24 h",
+            "an administrator rejected this IP: retry after 24 h",
+        ),
+        (
+            89507,
+            C,
+            "administrator rejected this IP; retry after 1 h",
+            "an administrator rejected this IP: retry after 1 h",
+        ),
+        (
+            48001,
+            C,
+            "API unauthorized for this account (no permission or wrong token type)",
+            f"this account may not call this API (permission or token type): check {_MP}",
+        ),
+        (
+            48004,
+            C,
+            "API banned for this account",
+            f"this API is banned for the account: see {_MP}",
+        ),
+        (
+            50002,
+            C,
+            "account limited: frozen, deregistered or punished",
+            f"the account is limited (frozen, deregistered or punished): see {_MP}",
+        ),
     ]
 )
+
+_WECOM_ADMIN = "the WeCom admin console"
 
 #: WeCom codes whose meaning differs from the Official Account's (docs/wechat-protocol.md).
 WECOM_OVERRIDES: dict[int, Errcode] = _table(
     [
-        (40001, C, "invalid secret"),
-        (40091, C, "invalid secret"),
-        (48002, C, "API forbidden (no permission)"),
-        (60020, C, "IP not in the app's trusted IP list"),
-        (40056, C, "invalid agentid"),
-        (301002, C, "no permission on that app"),
-        (81013, Q, "every user/party/tag invalid or without permission"),
-        (60111, P, "userid does not exist"),
-        (45033, R, "concurrent-call limit exceeded"),
+        (40001, C, "invalid secret", f"check the app's secret in {_BLOCK}"),
+        (40091, C, "invalid secret", f"check the app's secret in {_BLOCK}"),
+        (48002, C, "API forbidden (no permission)", f"grant the app this API in {_WECOM_ADMIN}"),
+        (
+            60020,
+            C,
+            "IP not in the app's trusted IP list",
+            f"add this machine's egress IP to the app's trusted IPs in {_WECOM_ADMIN}",
+        ),
+        (40056, C, "invalid agentid", f"check the agentid in {_BLOCK}"),
+        (301002, C, "no permission on that app", f"check the app's permissions in {_WECOM_ADMIN}"),
+        (
+            81013,
+            Q,
+            "every user/party/tag invalid or without permission",
+            "check the recipients: every user, party or tag was invalid or out of the app's scope",
+        ),
+        (60111, P, "userid does not exist", "check the userid: no such member"),
+        (45033, R, "concurrent-call limit exceeded", None),
     ]
 )
 
 UNKNOWN_CLASS = ErrorClass.REQUEST
+UNKNOWN_MEANING = "unknown errcode"
 TOKEN_ERRCODES = frozenset({40001, 40014, 42001})
 
 
@@ -132,7 +276,16 @@ def lookup(errcode: int, kind: AccountKind = "official_account") -> Errcode:
     known = OFFICIAL_ACCOUNT.get(errcode)
     if known is not None:
         return known
-    return Errcode(errcode, "unknown errcode", UNKNOWN_CLASS)
+    return Errcode(errcode, UNKNOWN_MEANING, UNKNOWN_CLASS, CLASS_FIX[UNKNOWN_CLASS], known=False)
+
+
+def fix_hint(
+    errcode: int | None, error_class: ErrorClass, kind: AccountKind = "official_account"
+) -> str:
+    """What an operator should do: the errcode's row, else (unknown code, or an answer
+    without one) what `error_class` calls for."""
+    row = lookup(errcode, kind) if errcode is not None else None
+    return row.fix if row is not None and row.known else CLASS_FIX[error_class]
 
 
 def classify(errcode: int, kind: AccountKind = "official_account") -> ErrorClass:
@@ -163,6 +316,7 @@ class WeChatError(Exception):
         rid: str | None = None,
         endpoint: str = "",
         meaning: str = "",
+        fix: str = "",
     ) -> None:
         super().__init__(message)
         self.errcode = errcode
@@ -170,6 +324,8 @@ class WeChatError(Exception):
         self.rid = rid
         self.endpoint = endpoint
         self.meaning = meaning or message
+        #: What an operator should do about it (the errcode table's fix column).
+        self.fix = fix or CLASS_FIX[self.error_class]
 
 
 class RetryableError(WeChatError):
@@ -240,5 +396,11 @@ def api_error(
     rid = parse_rid(errmsg)
     message = f"{endpoint}: errcode {errcode} ({cls.error_class}: {row.meaning}): {errmsg}"
     return cls(
-        message, errcode=errcode, errmsg=errmsg, rid=rid, endpoint=endpoint, meaning=row.meaning
+        message,
+        errcode=errcode,
+        errmsg=errmsg,
+        rid=rid,
+        endpoint=endpoint,
+        meaning=row.meaning,
+        fix=fix_hint(errcode, cls.error_class, kind),
     )
