@@ -32,7 +32,7 @@ from sqlalchemy import Engine, create_engine, text
 
 from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN, SEND_TEST_MESSAGE
 from processes import ChildFailed, pick_port, start
-from tasks.message import client_msg_id_for
+from sending.message import client_msg_id_for
 from tasks.report import artifact_key
 from tests.browser import form_field, open_browser, table_with
 from tests.waiting import wait_until
