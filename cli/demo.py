@@ -33,6 +33,7 @@ from cli.services import (
 )
 from config import env_var, overridden
 from processes import pick_port
+from receiver.writer import IDLE_WAKE_SECONDS, RECHECK_AFTER_SECONDS
 
 
 def _say(text: str) -> None:
@@ -50,11 +51,14 @@ def _run_flow(flow_fn: Any, *args: Any, **kwargs: Any) -> Any:
 #: The faults the demo's simulator injects, so the retries have something to do.
 DEMO_FAULTS = {"seed": 2026, "minus_one_rate": 0.05, "http_5xx_rate": 0.02, "drop_rate": 0.005}
 DEMO_RECIPIENTS = 1000
-#: How long the demo waits for the last delivery receipts after the campaign, at most.
-RECEIPT_WAIT_SECONDS = 30.0
+#: How long the demo waits for the last delivery receipts after the campaign, at most (it
+#: returns as soon as every sent row has its receipt: normally within seconds).
+RECEIPT_WAIT_SECONDS = 60.0
 #: Nothing left to push and no new receipt for this long: the rest will not come (a push
-#: that failed every attempt); longer than the receiver's re-check of early receipts (3 s).
-RECEIPT_QUIET_SECONDS = 5.0
+#: that failed every attempt). A receipt that raced its ledger row is matched by the
+#: receiver's re-check a few seconds later: wait three of those, for a loaded machine
+#: (5 s once returned a moment before the last match, under the test suite's load).
+RECEIPT_QUIET_SECONDS = 3 * RECHECK_AFTER_SECONDS + IDLE_WAKE_SECONDS
 
 
 def run_demo(*, keep_running: bool = False) -> None:

@@ -34,7 +34,7 @@ def test_demo_closes_the_loop_and_stops_what_it_started(tmp_path: Path) -> None:
     assert int(match.group(1)) == int(match.group(2)) > 500, "1,000 seeded, most eligible"
     sent = int(match.group(2))
     receipts = _receipts(done.stdout)
-    assert receipts["not yet received"] == 0, "the demo waits for every receipt"
+    assert receipts["not yet received"] == 0, f"the demo waits for every receipt: {receipts}"
     assert (
         receipts["delivered"] + receipts["blocked by the user"] + receipts["failed in WeChat"]
         == sent
