@@ -30,6 +30,7 @@ from cli.services import (
     python_module,
     receiver,
     simulator,
+    stop_on_signals,
 )
 from config import env_var, overridden
 from processes import pick_port
@@ -65,6 +66,7 @@ def run_demo(*, keep_running: bool = False) -> None:
     """Everything `make demo` does; raises on any failure so `make` exits non-zero. The demo's
     database (`local_database_url()`) is what this process's flows and the report use, and
     what the seed and the receiver are handed; the environment is left as it is."""
+    stop_on_signals()  # a SIGTERM, like Ctrl-C, stops what the demo started
     with overridden(database_url=local_database_url()):
         _run_demo(keep_running=keep_running)
 
@@ -243,8 +245,8 @@ def _report(
 
 
 def _wait_for_ctrl_c(ui_url: str) -> None:
-    typer.echo(f"\nEverything keeps running; open {ui_url}. Ctrl-C stops it.")
-    try:
+    try:  # a signal right after the line below is caught too
+        typer.echo(f"\nEverything keeps running; open {ui_url}. Ctrl-C stops it.")
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:

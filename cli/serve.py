@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import contextlib
 import json
-import signal
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -37,6 +36,7 @@ from cli.services import (
     running,
     simulator,
     state_dir,
+    stop_on_signals,
 )
 from processes import pick_port
 
@@ -65,17 +65,6 @@ def _worker(database_url: str) -> Iterator[Service]:
         startup_timeout=90,
     ) as worker:
         yield worker
-
-
-def _stop_on_signals() -> None:
-    """Ctrl-C and SIGTERM (a service manager, `kill`) both unwind, so everything is stopped
-    (SIGINT is re-armed: a shell starting us in the background may have ignored it)."""
-
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, handler)
 
 
 def _campaign_deployment_id() -> str:
@@ -119,7 +108,7 @@ def run_serve(
     from db.migrate import upgrade
     from wechat.simulator import defaults
 
-    _stop_on_signals()
+    stop_on_signals()
     state_dir().mkdir(parents=True, exist_ok=True)
     # Handed explicitly to everything that uses it (the seed, the receiver, the worker).
     db_url = database_url(local_database_url())

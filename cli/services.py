@@ -8,10 +8,12 @@ descendant on exit (a Prefect worker starts flow runs in sessions of their own).
 from __future__ import annotations
 
 import contextlib
+import signal
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import processes
 from config import env_var, settings
@@ -152,3 +154,15 @@ def point_simulator_at(sim_url: str, receiver_url: str) -> None:
             encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
             receipt_mix=RECEIPT_MIX,
         )
+
+
+def stop_on_signals() -> None:
+    """Ctrl-C and SIGTERM (a service manager, `kill`) both unwind, so every child a command
+    started is stopped; SIGTERM's default would end the process and orphan them (SIGINT is
+    re-armed: a shell starting us in the background may have ignored it)."""
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, handler)

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import psutil
 import pytest
+
+from tests.waiting import wait_until
 
 
 @pytest.mark.process
@@ -52,6 +55,46 @@ def test_demo_closes_the_loop_and_stops_what_it_started(tmp_path: Path) -> None:
     assert "/runs/flow-run/" in done.stdout
     assert (tmp_path / ".wxpush" / "prefect" / "prefect.db").exists(), "run history is kept"
     assert _started_in(tmp_path, exclude=before) == []
+
+
+@pytest.mark.process
+@pytest.mark.timeout(240)
+def test_sigterm_stops_a_demo_kept_running_and_everything_it_started(tmp_path: Path) -> None:
+    """`wxpush demo --keep-running` under a service manager or `kill`: SIGTERM unwinds like
+    Ctrl-C (its default would end the demo and orphan the simulator, server and receiver)."""
+    before = {p.pid for p in psutil.process_iter()}
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "client-home")}
+    env.pop("PREFECT_API_URL", None)
+    demo = subprocess.Popen(
+        [sys.executable, "-m", "cli.main", "demo", "--keep-running"],
+        cwd=tmp_path,
+        env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        assert demo.stdout is not None
+        for line in demo.stdout:  # the demo's own output, until it says it keeps running
+            if "Everything keeps running" in line:
+                break
+        else:
+            raise AssertionError(f"the demo ended with {demo.wait()} before it kept running")
+        started = _started_in(tmp_path, exclude=before)
+        assert len(started) >= 3, f"simulator, Prefect server and receiver run: {started}"
+        demo.send_signal(signal.SIGTERM)
+        rest, _ = demo.communicate(timeout=90)
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    assert "Stopping." in rest, rest[-3000:]
+    assert "Traceback" not in rest, rest[-3000:]
+    wait_until(
+        lambda: _started_in(tmp_path, exclude=before) == [],
+        "every process the demo started has ended",
+        timeout=30,
+        poll=0.2,
+    )
 
 
 def _receipts(report: str) -> dict[str, int]:
