@@ -100,6 +100,7 @@ def run_serve(
     with_simulator: bool,
     recipients: int,
     ready_file: Path | None = None,
+    receiver_port: int = 8902,
 ) -> None:
     """Everything `make serve` does, until Ctrl-C."""
     from cli.demo import seed_recipients
@@ -141,7 +142,7 @@ def run_serve(
                 if recipients:
                     seed_recipients(sim_url, recipients, db_url)
                 _say(f"{next(step)}/{steps} Callback receiver, and the simulator pushing to it")
-                receiver_url = stack.enter_context(receiver(pick_port(8902), db_url)).url
+                receiver_url = stack.enter_context(receiver(pick_port(receiver_port), db_url)).url
                 point_simulator_at(sim_url, receiver_url)
             else:
                 setup_app(app="default")
@@ -213,6 +214,9 @@ def register(app: typer.Typer) -> None:
     def serve(
         ui_port: Annotated[int, typer.Option("--ui-port", help="Prefect UI/API port.")] = 4200,
         simulator_port: Annotated[int, typer.Option("--simulator-port")] = 8900,
+        receiver_port: Annotated[
+            int, typer.Option("--receiver-port", help="Callback receiver port.")
+        ] = 8902,
         no_simulator: Annotated[
             bool,
             typer.Option(
@@ -232,6 +236,7 @@ def register(app: typer.Typer) -> None:
         run_serve(
             ui_port=ui_port,
             simulator_port=simulator_port,
+            receiver_port=receiver_port,
             with_simulator=not no_simulator,
             recipients=recipients,
             ready_file=ready_file,

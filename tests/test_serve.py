@@ -105,8 +105,10 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         "WXPUSH_DATABASE_URL": None,
     }
     args = (
-        # Ports the OS picks: a developer's own `make serve` may hold 4200 and 8900.
+        # Ports the OS picks: a developer's own `make serve` (or the demo test on another
+        # worker) may hold 4200, 8900 and 8902.
         f"--ui-port {pick_port(0)} --simulator-port {pick_port(0)} "
+        f"--receiver-port {pick_port(0)} "
         f"--recipients {RECIPIENTS} --ready-file {ready}"
     )
     child = start(  # its own group, like a terminal's foreground job
