@@ -636,7 +636,7 @@ _LOOKUP_CHUNK = 500
 
 def _final_condition(retry_failed: bool) -> ColumnElement[bool]:
     """A ledger row final for a re-run: every status but `pending`; with `retry_failed`, a
-    failure of a RETRY or QUOTA class is not (db.ledger.final_openids judges the same)."""
+    failure of a RETRY or QUOTA class is not (db.ledger._final_for_rerun judges the same)."""
     final = deliveries.c.status.in_([str(status) for status in FINAL_STATUSES])
     if not retry_failed:
         return final

@@ -246,13 +246,7 @@ def _verdict(stored: Any, attempt: Attempt, *, retry_failed: bool, safe_for: tim
         if stored.client_msg_id is None or began is None or attempt.attempted_at - began > safe_for:
             return "unknown"
         return "mark"
-    if (
-        retry_failed
-        and stored.status == DeliveryStatus.FAILED
-        and stored.error_class in RETRYABLE_ERROR_CLASSES
-    ):
-        return "mark"
-    return "final"
+    return "final" if _final_for_rerun(stored, retry_failed=retry_failed) else "mark"
 
 
 def record_attempts(
@@ -270,7 +264,7 @@ def record_attempts(
     openids marked; send those and no others. Not marked:
 
     - a final row (`sent`, `skipped`, `invalid`, `unknown`, and `failed` unless
-      `retry_failed` and its class is retryable, as `final_openids` judges);
+      `retry_failed` and its class is retryable, as `_final_for_rerun` judges);
     - a row still in flight from an earlier attempt whose answer was never recorded, when
       the new attempt comes more than `safe_for` after it (WeChat would no longer drop the
       repeat) or the kind has no client_msg_id at all: it is recorded `unknown` (reason
@@ -417,21 +411,29 @@ def final_openids(
         deliveries.c.campaign_id == campaign_id,
         deliveries.c.openid.in_(bindparam("openids", expanding=True)),
     )
-    final = {str(s) for s in FINAL_STATUSES}
     found: set[str] = set()
     for start in range(0, len(wanted), _MAX_ROWS_PER_STATEMENT):
         chunk = wanted[start : start + _MAX_ROWS_PER_STATEMENT]
-        for openid, status, error_class in executor.execute(query, {"openids": chunk}):
-            if status not in final:
-                continue
-            if (
-                retry_failed
-                and status == DeliveryStatus.FAILED
-                and error_class in RETRYABLE_ERROR_CLASSES
-            ):
-                continue
-            found.add(openid)
+        for row in executor.execute(query, {"openids": chunk}):
+            if _final_for_rerun(row, retry_failed=retry_failed):
+                found.add(row.openid)
     return found
+
+
+_FINAL = frozenset(str(status) for status in FINAL_STATUSES)
+
+
+def _final_for_rerun(row: Any, *, retry_failed: bool) -> bool:
+    """Whether a re-run leaves this ledger row (its `status` and `error_class`) alone: every
+    status but `pending`; with `retry_failed`, not a failure of a RETRY or QUOTA class.
+    (db.audience says the same in SQL for the stream's snapshot.)"""
+    if row.status not in _FINAL:
+        return False
+    return not (
+        retry_failed
+        and row.status == DeliveryStatus.FAILED
+        and row.error_class in RETRYABLE_ERROR_CLASSES
+    )
 
 
 def status_counts(executor: Executor, campaign_id: str) -> dict[str, int]:
