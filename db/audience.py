@@ -291,8 +291,12 @@ def read_only(connection: Connection, timeout_seconds: float) -> Iterator[Watchd
         yield watchdog
     finally:
         watchdog.close()
-        raw.set_authorizer(None)
-        raw.execute("PRAGMA query_only = OFF")
+        # A signal (Ctrl-C, Prefect's SIGTERM) inside a fetch makes SQLAlchemy invalidate the
+        # connection and close the file: nothing is left to undo, and touching it would raise
+        # over the signal ("Cannot operate on a closed database").
+        if not connection.invalidated:
+            raw.set_authorizer(None)
+            raw.execute("PRAGMA query_only = OFF")
 
 
 #: Wording for SQLSTATEs an operator meets; others get PostgreSQL's condition name.

@@ -158,6 +158,25 @@ def test_a_statement_that_writes_is_rejected_and_nothing_changes(
     assert _state(db_engine) == before == (2, ["上海", "上海"])
 
 
+class _Signal(BaseException):
+    """Like KeyboardInterrupt or Prefect's TerminationSignal: not an Exception."""
+
+
+def test_a_signal_inside_a_read_only_fetch_is_not_masked_by_the_cleanup(
+    db_engine: Engine, audience_engine: Engine
+) -> None:
+    """SQLAlchemy invalidates (closes) a connection a signal interrupted; undoing the
+    read-only settings on it raised "closed database" over the signal, so a SIGTERM ended a
+    campaign `failed` with a ProgrammingError instead of pausing it."""
+    _add(db_engine, {"openid": "o-1"})
+    with audience_engine.connect() as connection:
+        with pytest.raises(_Signal), read_only(connection, 5):
+            connection.execute(text("SELECT openid FROM recipients")).all()
+            connection.invalidate()  # what SQLAlchemy does when an exit exception hits a fetch
+            raise _Signal
+        assert connection.invalidated
+
+
 def test_the_read_only_transaction_itself_refuses_writes(
     db_engine: Engine, audience_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
