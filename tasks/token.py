@@ -11,27 +11,20 @@ The `wechat-access-token/<app>` block holds the token every sender uses. Three e
   configuration problem (`TokenRefusedAgain`), never a loop.
 - `ensure_token` / `verify_token`: what the `refresh_access_token` flow runs.
 
-The lock has three layers, cheapest first (docs/tokens.md has the full story):
-
-1. an in-memory "latest token seen" per app: a failure with a token this process already
-   knows was replaced returns the replacement without any I/O;
-2. a per-process single flight: concurrent callers that need the same refresh share one
-   `concurrent.futures.Future`; one leads, the rest await it from whatever thread and event
-   loop they run on (a `threading.Lock` guards only dict look-ups, never an `await`);
-3. a Prefect global concurrency limit of 1 per app (`wxpush-token-refresh-<app>`), the
-   cross-process lock, under which the block is re-read before anything is fetched.
+Concurrent refreshes are made safe by one lock: a Prefect global concurrency limit of 1 per
+app (`wxpush-token-refresh-<app>`), the cross-process lock, under which the block is re-read
+before anything is fetched, so whoever waited finds the winner's token and fetches nothing.
+This module keeps no token in memory between calls: sharing one refresh among the concurrent
+refusals of a campaign run is `sending.sender.TokenSource`'s job (docs/tokens.md).
 
 Nothing here logs, raises or returns a token as a plain string.
 """
 
 from __future__ import annotations
 
-import asyncio
-import concurrent.futures
-import hashlib
 import logging
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -137,18 +130,26 @@ class TokenOutcome:
 
 @dataclass
 class TokenStats:
-    """Process-wide counters: how often each layer of the lock was needed."""
+    """Process counters of the costly steps (WeChat fetches, block saves, lock acquisitions),
+    so tests and benchmarks can compare snapshots; they hold no token and decide nothing."""
 
     fetches: int = 0
     saves: int = 0
     lock_acquisitions: int = 0
-    memory_hits: int = 0
-    shared_waits: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def count(self, name: Literal["fetches", "saves", "lock_acquisitions"]) -> None:
+        """Add one; callers run on several threads."""
+        with self._lock:
+            setattr(self, name, getattr(self, name) + 1)
 
     def snapshot(self) -> TokenStats:
         """A copy, for before/after comparisons."""
-        with _memory.lock:
-            return TokenStats(**vars(self))
+        with self._lock:
+            return TokenStats(self.fetches, self.saves, self.lock_acquisitions)
+
+
+stats = TokenStats()
 
 
 # -- names -------------------------------------------------------------------------------
@@ -167,128 +168,11 @@ def _log() -> logging.Logger | logging.LoggerAdapter[Any]:
         return _module_logger
 
 
-def _fingerprint(token: SecretStr) -> str:
-    """A stable, non-reversible key for a token (never logged either)."""
-    return hashlib.sha256(token.get_secret_value().encode()).hexdigest()[:24]
-
-
 def _ts(moment: datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-# -- layers 1 and 2: in-process memory and single flight ---------------------------------
-
-
-class _LeaderGone(Exception):
-    """The caller doing a shared refresh was cancelled; a waiter should take over."""
-
-
-@dataclass
-class _Memory:
-    """The latest token seen per app and the refreshes in flight, shared by all threads."""
-
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    latest: dict[str, WeChatAccessToken] = field(default_factory=dict)
-    seen: dict[str, dict[str, datetime]] = field(default_factory=dict)
-    inflight: dict[tuple[str, str], concurrent.futures.Future[TokenOutcome]] = field(
-        default_factory=dict
-    )
-
-    def remember(self, app: str, token: WeChatAccessToken) -> None:
-        """Record a token read from or written to the block (call with `lock` held)."""
-        seen = self.seen.setdefault(app, {})
-        seen.setdefault(_fingerprint(token.access_token), token.fetched_at)
-        while len(seen) > 32:  # tokens live 2 h; a handful is plenty
-            seen.pop(next(iter(seen)))
-        latest = self.latest.get(app)
-        if latest is None or token.fetched_at >= latest.fetched_at:
-            self.latest[app] = token
-
-    def replacement_for(self, app: str, failed: SecretStr) -> WeChatAccessToken | None:
-        """A live token known to be newer than `failed` (call with `lock` held)."""
-        latest = self.latest.get(app)
-        if latest is None or latest.same_token(failed) or not latest.usable():
-            return None
-        failed_at = self.seen.get(app, {}).get(_fingerprint(failed))
-        if failed_at is None or failed_at > latest.fetched_at:
-            return None  # a token we never saw: only the block can tell
-        return latest
-
-
-_memory = _Memory()
-stats = TokenStats()
-
-
-def _count(name: str) -> None:
-    with _memory.lock:
-        setattr(stats, name, getattr(stats, name) + 1)
-
-
-def _remember(app: str, token: WeChatAccessToken) -> None:
-    with _memory.lock:
-        _memory.remember(app, token)
-
-
-def reset_memory() -> None:
-    """Forget every token seen in this process (tests; after rotating an AppSecret)."""
-    with _memory.lock:
-        _memory.latest.clear()
-        _memory.seen.clear()
-
-
-async def _shared(
-    key: tuple[str, str],
-    work: Callable[[], Awaitable[TokenOutcome]],
-    shortcut: Callable[[], TokenOutcome | None] = lambda: None,
-) -> TokenOutcome:
-    """Run `work` once per `key` in this process; concurrent callers await the same result.
-
-    `shortcut` is consulted under the same lock as the leader election, so a caller never
-    starts a refresh that another caller has just finished. Works across threads and
-    event loops: the result travels in a `concurrent.futures.Future`.
-    """
-    for _ in range(3):
-        with _memory.lock:
-            hit = shortcut()
-            future = None if hit else _memory.inflight.get(key)
-            leader = hit is None and future is None
-            if leader:
-                future = concurrent.futures.Future()
-                _memory.inflight[key] = future
-        if hit is not None:
-            _count("memory_hits")
-            _log().debug(
-                "Token of app %r: %s; it expires at %s.",
-                key[0],
-                hit.note,
-                _ts(hit.token.expires_at),
-            )
-            return hit
-        assert future is not None
-        if not leader:
-            _count("shared_waits")
-            try:
-                # shield: a cancelled waiter must not cancel the shared future.
-                shared = await asyncio.shield(asyncio.wrap_future(future))
-            except _LeaderGone:
-                continue
-            _log().debug("Token of app %r: another caller in this process got it.", key[0])
-            return shared
-        try:
-            outcome = await work()
-        except BaseException as exc:
-            with _memory.lock:
-                _memory.inflight.pop(key, None)
-            future.set_exception(exc if isinstance(exc, Exception) else _LeaderGone())
-            raise
-        with _memory.lock:
-            _memory.inflight.pop(key, None)
-        future.set_result(outcome)
-        return outcome
-    raise TokenLockUnavailable("token refresh: the refreshing caller was cancelled three times")
-
-
-# -- layer 3: the cross-process lock ------------------------------------------------------
+# -- the cross-process lock --------------------------------------------------------------
 
 
 @asynccontextmanager
@@ -320,7 +204,7 @@ async def _refresh_lock(app: str) -> AsyncIterator[None]:
                 f"waited {LOCK_TIMEOUT_SECONDS:.0f} s for the token lock {name!r}; another "
                 "refresh is stuck or the Prefect API is slow"
             ) from exc
-        _count("lock_acquisitions")
+        stats.count("lock_acquisitions")
         yield
 
 
@@ -349,7 +233,6 @@ async def read_token(app: str, client: PrefectClient | None = None) -> WeChatAcc
         if isinstance(exc.__cause__, ObjectNotFound):
             return None
         raise
-    _remember(app, token)
     return token
 
 
@@ -360,7 +243,7 @@ async def _fetch(app: str, block: WeChatApp) -> WeChatAccessToken:
             f"wechat-app/{app} is a WeCom app: WeCom tokens (gettoken) are not supported by "
             "the token path yet"
         )
-    _count("fetches")
+    stats.count("fetches")
     async with WeChatClient(block.api_base_url, kind=block.kind) as client:
         if block.token_mode == "classic":
             issued = await client.classic_token(block.app_id, block.app_secret)
@@ -371,8 +254,7 @@ async def _fetch(app: str, block: WeChatApp) -> WeChatAccessToken:
 
 async def _save(app: str, token: WeChatAccessToken, client: PrefectClient) -> None:
     await token.asave(app, overwrite=True, client=client)
-    _count("saves")
-    _remember(app, token)
+    stats.count("saves")
 
 
 # -- the locked refresh --------------------------------------------------------------------
@@ -384,7 +266,8 @@ async def _locked_refresh(
     """Under the app's lock: re-read the block; keep it if still good, else fetch and save.
 
     "Good" means not the `stale` token (compare-and-expire) and more than `margin_seconds`
-    left. Called only through `_shared`, so one caller per process gets here at a time.
+    left. Every caller that needs a refresh gets here; the lock lets one in at a time, in
+    this process and in any other, and the re-read makes all but the first keep its token.
     """
     log = _log()
     async with _refresh_lock(app), get_client() as client:
@@ -473,10 +356,7 @@ async def ensure_token(
         "is missing" if current is None else f"expires at {_ts(current.expires_at)}",
     )
     try:
-        return await _shared(
-            (app, f"margin:{margin_seconds}"),
-            lambda: _locked_refresh(app, stale=None, margin_seconds=margin_seconds),
-        )
+        return await _locked_refresh(app, stale=None, margin_seconds=margin_seconds)
     except RetryableError as exc:
         if not keep_on_transient_error or current is None or not current.usable():
             raise
@@ -505,18 +385,7 @@ async def get_access_token(
 async def compare_and_expire(app: str, failed_token: SecretStr | str) -> TokenOutcome:
     """`refresh_if_current`, with what was done (the refresh flow reports it)."""
     failed = failed_token if isinstance(failed_token, SecretStr) else SecretStr(failed_token)
-
-    def shortcut() -> TokenOutcome | None:
-        newer = _memory.replacement_for(app, failed)
-        if newer is None:
-            return None
-        return TokenOutcome("kept", newer, "this process already has a newer token")
-
-    return await _shared(
-        (app, f"failed:{_fingerprint(failed)}"),
-        lambda: _locked_refresh(app, stale=failed, margin_seconds=0),
-        shortcut,
-    )
+    return await _locked_refresh(app, stale=failed, margin_seconds=0)
 
 
 async def refresh_if_current(app: str, failed_token: SecretStr | str) -> SecretStr:
