@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import signal
 from collections.abc import Callable, Iterator
@@ -265,7 +266,7 @@ def run_here(params: Any) -> Any:
         # Known before the run starts, so a stopped run can still say which campaign it was.
         params = params.model_copy(update={"campaign_id": new_campaign_id()})
     state = run_stoppable(
-        lambda: push_campaign(params, return_state=True),
+        lambda: asyncio.run(push_campaign(params, return_state=True)),
         campaign_id=params.campaign_id,
         dry_run=params.dry_run,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -94,7 +95,7 @@ def run(
     params = parameters_from(DigestParams, params_file, flags)
     require_app(params.app)
     state = run_stoppable(
-        lambda: daily_digest(params, return_state=True),
+        lambda: asyncio.run(daily_digest(params, return_state=True)),
         campaign_id=params.campaign(digest_day(params)).campaign_id,
         dry_run=params.dry_run,
     )

@@ -9,23 +9,27 @@ publish the report.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import signal
+import threading
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.futures import PrefectFuture
+from prefect.client.schemas.objects import TaskRun
+from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
 from prefect.states import Completed, Failed, State
-from prefect.task_runners import ThreadPoolTaskRunner
 from prefect.utilities.annotations import quote
-from prefect.utilities.asyncutils import run_coro_as_sync
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from db import campaigns as campaign_rows
 from db.audience import (
@@ -36,19 +40,21 @@ from db.audience import (
     preview_audience,
     stream_audience,
 )
+from db.callbacks import match_pending_receipts
 from db.ledger import (
     LedgerFigures,
     ledger_figures,
+    record_attempts,
     record_outcomes,
     reopen_unknown,
     settle_unanswered,
     status_counts,
 )
-from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
+from db.outcomes import Attempt, CampaignStatus, DeliveryOutcome, DeliveryStatus
 from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from sending.plan import DryRunPlan
-from sending.sender import RetryPolicy, Stop, StopKind, StopSignal, stop_signal
-from tasks.batch import BatchSummary, SendSettings, send_batch
+from sending.ratelimit import RateLimiter
+from sending.sender import CampaignRun, RetryPolicy, Stop, StopKind, StopSignal, TokenSource
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
 from tasks.ending import CampaignFailed, expected, stop_for_error
@@ -56,16 +62,23 @@ from tasks.flow_runs import CANCELLED_REASON
 from tasks.params import CampaignForm, CampaignParams
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop
-from tasks.token import AppNotConfigured, get_access_token, load_app, verify_token
+from tasks.token import (
+    AppNotConfigured,
+    get_access_token,
+    load_app,
+    refresh_if_current,
+    verify_token,
+)
+from wechat.client import WeChatClient
+from wechat.errors import RetryableError
 
-#: Batches in flight at once: one sends while the next is being prepared or recorded.
+#: Batches in flight at once: one sends while the next is being fetched or finishing.
 PARALLEL_BATCHES = 2
+#: How often a batch's ledger write is tried before the task fails (answers stay buffered).
+LEDGER_ATTEMPTS = 4
 #: Failure-ratio pauses need this many attempted messages before they can trigger.
 ERROR_RATIO_MIN_ATTEMPTS = 200
 PREFLIGHT_SAMPLE = 20
-#: How often the flow's thread wakes while it waits for a batch: a signal delivered to another
-#: thread is only handled when the main thread runs, and a batch at a slow rate takes minutes.
-WAIT_SLICE_SECONDS = 0.25
 #: After a stop, how long in-flight batches get to record the answers they already have.
 DRAIN_GRACE_SECONDS = 30.0
 
@@ -226,6 +239,112 @@ async def _check(params: CampaignParams, campaign_id: str, sql: str, binds: dict
 # -- stage 3: stream, send, record ------------------------------------------------------------
 
 
+class BatchSummary(BaseModel):
+    """What a batch did; small, secret-free, shown as the task's result."""
+
+    index: int
+    rows: int
+    not_sent: int = Field(description="Rows not sent: final already, in doubt, or stopped.")
+    counts: dict[str, int]
+    errcodes: dict[str, int]
+    attempts: int
+    seconds: float
+    stop_kind: str | None = None
+    stop_reason: str | None = None
+
+
+class SqlLedger:
+    """The run's `Ledger` on the SQL ledger: every call runs in a thread, so the sends on
+    the event loop go on while the database works."""
+
+    def __init__(self, campaign_id: str, *, retry_failed: bool) -> None:
+        self.campaign_id = campaign_id
+        self.retry_failed = retry_failed
+
+    async def mark(self, attempts: Sequence[Attempt]) -> Collection[str]:
+        return await asyncio.to_thread(self._mark, attempts)
+
+    async def record(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        await asyncio.to_thread(self._record, outcomes)
+
+    def _mark(self, attempts: Sequence[Attempt]) -> Collection[str]:
+        with engine().begin() as conn:
+            return record_attempts(
+                conn, self.campaign_id, attempts, retry_failed=self.retry_failed
+            ).marked
+
+    def _record(self, outcomes: Sequence[DeliveryOutcome]) -> None:
+        """One upsert; a short retry covers a locked or restarting database."""
+        delay = 0.5
+        for attempt in range(1, LEDGER_ATTEMPTS + 1):
+            try:
+                with engine().begin() as conn:
+                    record_outcomes(conn, self.campaign_id, outcomes)
+                    # WeChat's receipt can beat this write; the receiver kept those,
+                    # unmatched, for this moment.
+                    match_pending_receipts(conn, [o.msgid for o in outcomes if o.msgid])
+                return
+            except Exception:
+                if attempt == LEDGER_ATTEMPTS:
+                    raise
+                time.sleep(delay)
+                delay *= 2
+
+
+async def _infrastructure_failure(task: Any, task_run: TaskRun, state: State[Any]) -> bool:
+    """Retry a batch only for failures around the sends (the database, Prefect, network)."""
+    exc = await state.aresult(raise_on_failure=False)
+    return isinstance(exc, RetryableError | OSError | ConnectionError) or (
+        type(exc).__module__.startswith("sqlalchemy")
+    )
+
+
+@task(
+    name="send-batch",
+    task_run_name="send-batch-{index}",
+    cache_policy=NO_CACHE,
+    retries=2,
+    retry_delay_seconds=[5, 30],
+    retry_condition_fn=_infrastructure_failure,
+)
+async def send_batch(
+    run: CampaignRun, index: int, app: str, rows: list[dict[str, Any]]
+) -> BatchSummary:
+    """Send one batch of eligible audience rows through the run; every answer recorded.
+
+    A retry of the task sends the same rows again: the ledger's in-flight marks let through
+    only the rows without a final answer (db.ledger.record_attempts), so none goes twice.
+    """
+    started = time.monotonic()
+    result = None
+    if not run.stop.is_set():
+        # The token store's current token: a run longer than a token's life follows the
+        # refresh flow's renewals.
+        run.tokens.offer(await get_access_token(app))
+        result = await run.send(rows)
+    stop = run.stop
+    summary = BatchSummary(
+        index=index,
+        rows=len(rows),
+        not_sent=len(rows) if result is None else result.not_attempted,
+        counts={} if result is None else {k: v for k, v in result.counts.items() if v},
+        errcodes={} if result is None else {str(k): v for k, v in result.errcodes.items()},
+        attempts=0 if result is None else result.http_attempts,
+        seconds=round(time.monotonic() - started, 3),
+        stop_kind=stop.kind,
+        stop_reason=stop.reason,
+    )
+    get_run_logger().info(
+        "Batch %d: %d rows, %d not sent, %s in %.2f s.",
+        index,
+        len(rows),
+        summary.not_sent,
+        ", ".join(f"{v} {k}" for k, v in sorted(summary.counts.items())) or "nothing sent",
+        summary.seconds,
+    )
+    return summary
+
+
 def _skipped(rows: list[Any], now: datetime) -> list[DeliveryOutcome]:
     return [
         DeliveryOutcome(
@@ -263,17 +382,15 @@ class _Tally:
         return self.counts["failed"] / self.attempted if self.attempted else 0.0
 
 
-def _collect(
-    future: PrefectFuture[BatchSummary],
+async def _collect(
+    batch: asyncio.Task[BatchSummary],
     tally: _Tally,
     stop: StopSignal,
     params: CampaignParams,
     progress: Progress,
 ) -> None:
-    _finished(future, None)
-    summary = future.result()
-    tally.add(summary)
-    progress.update(tally.rows, tally.counts)
+    tally.add(await batch)
+    await asyncio.to_thread(progress.update, tally.rows, tally.counts)
     if (
         params.max_error_ratio < 1
         and tally.attempted >= ERROR_RATIO_MIN_ATTEMPTS
@@ -287,14 +404,25 @@ def _collect(
         )
 
 
-def _dry_run(
-    spec: MessageSpec, campaign_id: str, batch: list[Any], tally: _Tally, plan: DryRunPlan
-) -> None:
-    for row in batch:
-        tally.counts[plan.add(spec, campaign_id, row.values, row.skip_reason)] += 1
+class _Batches:
+    """The audience stream, read in a thread of its own (its connection stays in one thread),
+    so the event loop keeps sending while the next batch is fetched."""
+
+    def __init__(self, stream: Iterator[list[Any]]) -> None:
+        self._stream = stream
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="wxpush-audience")
+
+    async def next(self) -> list[Any] | None:
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._thread, next, self._stream, None)
+
+    def close(self) -> None:
+        """Close the stream (its connections) in its thread, after any fetch under way."""
+        self._thread.submit(getattr(self._stream, "close", lambda: None))
+        self._thread.shutdown(wait=False)
 
 
-def _send_all(
+async def _send_all(
     params: CampaignParams,
     app: WeChatApp,
     campaign_id: str,
@@ -304,87 +432,105 @@ def _send_all(
     progress: Progress,
 ) -> _Tally:
     spec = message_spec(params)
-    settings = SendSettings(
-        api_base_url=app.api_base_url,
-        kind=app.kind,
-        concurrency=params.concurrency,
-        rate_per_second=params.rate_per_second,
-        timeout_seconds=params.request_timeout_seconds,
-        retry_failed=params.retry_failed,
-        retry=RetryPolicy(max_attempts=params.max_attempts),
-    )
     tally = _Tally(
         DryRunPlan(name=params.name, campaign_id=params.campaign_id) if params.dry_run else None
     )
-    in_flight: deque[PrefectFuture[BatchSummary]] = deque()
-    batches = stream_audience(
-        audience_engine(),
-        sql,
-        binds,
-        ledger=engine(),
-        campaign_id=campaign_id,
-        window_hours=params.window_hours,
-        now=datetime.now(UTC),
-        batch_size=params.batch_size,
-        retry_failed=params.retry_failed,
-        timeout_seconds=params.audience_timeout_seconds,
+    batches = _Batches(
+        stream_audience(
+            audience_engine(),
+            sql,
+            binds,
+            ledger=engine(),
+            campaign_id=campaign_id,
+            window_hours=params.window_hours,
+            now=datetime.now(UTC),
+            batch_size=params.batch_size,
+            retry_failed=params.retry_failed,
+            timeout_seconds=params.audience_timeout_seconds,
+        )
     )
     try:
-        for index, batch in enumerate(batches):
-            if stop.is_set():
-                break
-            tally.rows += len(batch)
-            if tally.plan is not None:
-                _dry_run(spec, campaign_id, batch, tally, tally.plan)
-                progress.update(tally.rows, tally.counts)
-                continue
-            skipped = [row for row in batch if row.skip_reason]
-            if skipped:
-                with engine().begin() as conn:
-                    record_outcomes(conn, campaign_id, _skipped(skipped, datetime.now(UTC)))
-                tally.counts["skipped"] += len(skipped)
-            eligible = [dict(row.values, openid=row.openid) for row in batch if not row.skip_reason]
-            if eligible:
-                in_flight.append(
-                    # quote(): Prefect would otherwise walk every row looking for futures.
-                    send_batch.submit(
-                        campaign_id, index, params.app, spec, quote(eligible), settings
-                    )
-                )
-            while len(in_flight) >= PARALLEL_BATCHES:
-                _collect(in_flight[0], tally, stop, params, progress)
-                in_flight.popleft()  # only once collected: a batch being waited for is drained
-        while in_flight:
-            _collect(in_flight[0], tally, stop, params, progress)
-            in_flight.popleft()
-    except BaseException as exc:
-        # Whatever ended the loop (an error, Ctrl-C, SIGTERM): stop the other batches and let
-        # them record the answers they already have before the campaign's status is written.
-        stop.set(*stop_for_error(exc, campaign_id))
-        _drain(in_flight, DRAIN_GRACE_SECONDS + params.request_timeout_seconds)
-        raise
+        if tally.plan is not None:
+            while (batch := await batches.next()) is not None and not stop.is_set():
+                tally.rows += len(batch)
+                for row in batch:
+                    tally.counts[
+                        tally.plan.add(spec, campaign_id, row.values, row.skip_reason)
+                    ] += 1
+                await asyncio.to_thread(progress.update, tally.rows, tally.counts)
+            return tally
+        tokens = TokenSource(
+            await get_access_token(params.app),
+            refresh=lambda failed: refresh_if_current(params.app, failed),
+        )
+        async with (
+            WeChatClient(
+                app.api_base_url,
+                kind=app.kind,
+                max_connections=params.concurrency * PARALLEL_BATCHES,
+                timeout=params.request_timeout_seconds,
+            ) as client,
+            CampaignRun(
+                spec=spec,
+                campaign_id=campaign_id,
+                client=client,
+                tokens=tokens,
+                limiter=RateLimiter(params.rate_per_second),
+                concurrency=params.concurrency,
+                retry=RetryPolicy(max_attempts=params.max_attempts),
+                stop=stop,
+                ledger=SqlLedger(campaign_id, retry_failed=params.retry_failed),
+            ) as run,
+        ):
+            await _send_batches(run, params, batches, tally, progress)
+    finally:
+        batches.close()
     return tally
 
 
-def _finished(future: PrefectFuture[Any], seconds: float | None) -> bool:
-    """Wait up to `seconds` (None = for ever) in short slices, so the flow's thread stays
-    responsive to signals; True once the future is done."""
-    deadline = None if seconds is None else time.monotonic() + seconds
-    wrapped = getattr(future, "wrapped_future", None)
-    while wrapped is not None and not wrapped.done():
-        left = WAIT_SLICE_SECONDS if deadline is None else deadline - time.monotonic()
-        if left <= 0:
-            return False
-        future.wait(min(WAIT_SLICE_SECONDS, left))
-    return True
+async def _send_batches(
+    run: CampaignRun, params: CampaignParams, batches: _Batches, tally: _Tally, progress: Progress
+) -> None:
+    """Hand the batches to `send_batch` tasks, PARALLEL_BATCHES at a time, on this loop."""
+    stop = run.stop
+    in_flight: deque[asyncio.Task[BatchSummary]] = deque()
+    index = 0
+    try:
+        while not stop.is_set() and (batch := await batches.next()) is not None:
+            tally.rows += len(batch)
+            skipped = [row for row in batch if row.skip_reason]
+            if skipped:
+                run.note(_skipped(skipped, datetime.now(UTC)))
+                tally.counts["skipped"] += len(skipped)
+            eligible = [dict(row.values, openid=row.openid) for row in batch if not row.skip_reason]
+            if eligible:
+                # quote(): Prefect would otherwise walk every row looking for futures.
+                sending = send_batch(run, index, params.app, quote(eligible))
+                in_flight.append(asyncio.ensure_future(sending))
+            index += 1
+            while len(in_flight) >= PARALLEL_BATCHES:
+                await _collect(in_flight[0], tally, stop, params, progress)
+                in_flight.popleft()  # only once collected: a batch being waited for is drained
+        while in_flight:
+            await _collect(in_flight[0], tally, stop, params, progress)
+            in_flight.popleft()
+    except BaseException as exc:
+        # Whatever ended the loop (an error, a cancel): stop the other batches and let them
+        # record the answers they already have before the campaign's status is written.
+        stop.set(*stop_for_error(exc, run.campaign_id))
+        await _drain(in_flight, DRAIN_GRACE_SECONDS + params.request_timeout_seconds)
+        raise
 
 
-def _drain(in_flight: deque[PrefectFuture[BatchSummary]], seconds: float) -> None:
-    """Give stopped batches up to `seconds` to finish and write their answers to the ledger;
-    their results are not needed (the ledger is read afterwards)."""
-    deadline = time.monotonic() + seconds
-    for future in in_flight:
-        _finished(future, max(0.0, deadline - time.monotonic()))
+async def _drain(in_flight: deque[asyncio.Task[BatchSummary]], seconds: float) -> None:
+    """Give stopped batches up to `seconds` to finish their sends in flight; then cancel
+    them. Their answers are in the run's buffer, written when the run closes."""
+    if not in_flight:
+        return
+    _, late = await asyncio.wait(in_flight, timeout=seconds)
+    for batch in late:
+        batch.cancel()
+    await asyncio.gather(*in_flight, return_exceptions=True)
 
 
 # -- stage 4: the outcome -------------------------------------------------------------------
@@ -412,9 +558,14 @@ def decide_status(counts: dict[str, int], stop: StopSignal) -> tuple[CampaignSta
     return CampaignStatus.COMPLETED, None
 
 
-def _close(campaign_id: str, stop: StopSignal) -> tuple[CampaignStatus, str | None, LedgerFigures]:
-    """Write the campaign's final status, decided from the ledger's counts and the stop;
-    returns (status, reason, the ledger's figures for the report)."""
+def _close(
+    campaign_id: str,
+    stop: StopSignal,
+    movable: Collection[CampaignStatus] = (CampaignStatus.RUNNING,),
+) -> tuple[CampaignStatus, str | None, LedgerFigures]:
+    """Write the campaign's final status, decided from the ledger's counts and the stop,
+    if the row is still in one of the `movable` statuses; returns (status, reason, the
+    ledger's figures for the report)."""
     with engine().connect() as conn:
         # Read together, so the receipts add up to the sent count shown.
         figures = ledger_figures(conn, campaign_id)
@@ -427,6 +578,10 @@ def _close(campaign_id: str, stop: StopSignal) -> tuple[CampaignStatus, str | No
         "eligible": audience - counts.get("skipped", 0),
     }
     with engine().begin() as conn:
+        record = campaign_rows.get_campaign(conn, campaign_id)
+        if record is not None and record.status not in movable:
+            # Closed already: a cancel from the UI, recorded by the worker's hook, wins.
+            return record.status, record.status_reason, figures
         campaign_rows.set_status(conn, campaign_id, status, reason, counts=stored)
     return status, reason, figures
 
@@ -467,27 +622,74 @@ def _stopped(params: CampaignParams, campaign_id: str | None, stop: StopSignal) 
 
 def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
     """A flow hook that closes the campaign row when the flow body could not: a cancel from
-    the UI (which wins over any other stop), a crash or a signal (the body set the stop
-    before it re-raised), a failure the body could not record. `kind`/`reason` apply when
-    no stop says more. The ledger already holds every answer."""
+    the UI (which wins over the pause the body wrote when its process got SIGTERM), a crash,
+    a failure the body could not record. The ledger already holds every answer."""
 
     def hook(flow: Any, flow_run: Any, state: Any) -> None:
         with engine().connect() as conn:
             record = campaign_rows.find_by_flow_run(conn, str(flow_run.id))
-        if record is None or record.status != CampaignStatus.RUNNING:
+        if record is None:
             return
-        stop = stop_signal(record.id)
-        if kind == "cancel" or not stop.is_set():
-            stop.set(kind, reason.format(campaign_id=record.id))
-        _close(record.id, stop)
+        open_statuses = {CampaignStatus.RUNNING}
+        if kind == "cancel":
+            open_statuses.add(CampaignStatus.PAUSED)
+        if record.status not in open_statuses:
+            return
+        stop = StopSignal()
+        stop.set(kind, reason.format(campaign_id=record.id))
+        _close(record.id, stop, open_statuses)
 
     return hook
+
+
+_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interruption(signum: int) -> BaseException:
+    """What a signal would have raised, raised once the run has recorded where it stopped."""
+    if signum == signal.SIGINT:
+        return KeyboardInterrupt()
+    return TerminationSignal(signal=signum)
+
+
+@contextlib.contextmanager
+def _signals_pause(stop: StopSignal, campaign_id: str) -> Iterator[list[int]]:
+    """While the campaign sends, SIGINT and SIGTERM pause it: no new send starts, the sends
+    in flight finish and are recorded. Yields the signals received; the body re-raises the
+    first once the campaign row says where it stopped. A second signal cancels the run's
+    batches at once. Only in the main thread (elsewhere Python delivers no signal)."""
+    received: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield received
+        return
+    loop = asyncio.get_running_loop()
+    body = asyncio.current_task()
+    log = get_run_logger()
+
+    def on_signal(signum: int) -> None:
+        received.append(signum)
+        if len(received) > 1:
+            if body is not None:
+                body.cancel()
+            return
+        stop.set(*stop_for_error(_interruption(signum), campaign_id))
+        log.warning("Stopping: no new message starts; the ones in flight finish and are recorded.")
+
+    previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
+    for sig in _SIGNALS:
+        loop.add_signal_handler(sig, on_signal, sig)
+    try:
+        yield received
+    finally:
+        for sig, handler in previous.items():
+            loop.remove_signal_handler(sig)
+            if handler is not None:
+                signal.signal(sig, handler)
 
 
 @flow(
     name="push-campaign",
     flow_run_name="campaign-{params.name}",
-    task_runner=ThreadPoolTaskRunner(max_workers=PARALLEL_BATCHES),
     log_prints=False,
     on_cancellation=[_end_abnormally("cancel", CANCELLED_REASON)],
     on_crashed=[
@@ -503,18 +705,18 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
         )
     ],
 )
-def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
+async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     """Send one campaign: every eligible recipient at most once, every row in the ledger.
 
     Returns a state holding the CampaignResult: Completed (its message says why when the
     campaign paused) or Failed when the campaign failed; a Failed state whose message says
     what to fix when an expected stop (preflight, the audience SQL, the database) cut the
-    run short.
+    run short. Ctrl-C or SIGTERM pause the campaign, then end the run as the signal would.
     """
     log = get_run_logger()
     started = time.monotonic()
     try:
-        app = run_coro_as_sync(load_app(params.app))
+        app = await load_app(params.app)
     except AppNotConfigured as exc:  # a name typed in the form: said before any campaign row
         refused = StopSignal()
         refused.set("stop", f"{str(exc).rstrip('.')}, {RUN_AGAIN}.")
@@ -525,42 +727,41 @@ def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
         campaign_id = params.campaign_id or f"dry-run-{uuid.uuid4().hex[:12]}"
     else:
         campaign_id = start_campaign(params)
-    stop = stop_signal(campaign_id)
-    stop.clear()
-    try:
-        checked = preflight.submit(params, campaign_id, sql, binds)
-        _finished(checked, None)
-        refused = checked.result()
-        if refused is not None:
-            stop.set(refused.kind, refused.reason)
-            return _stopped(params, campaign_id, stop)
-        progress = Progress.start(
-            campaign_id,
-            params.name,
-            total=count_audience(
-                audience_engine(), sql, binds, timeout_seconds=params.audience_timeout_seconds
-            ),
-        )
-        if not params.dry_run:
-            with engine().connect() as conn:
-                progress.done_before = sum(
-                    n
-                    for status, n in status_counts(conn, campaign_id).items()
-                    if status != "pending"
-                )
-        tally = _send_all(params, app, campaign_id, sql, binds, stop, progress)
-    except BaseException as exc:
-        if expected(exc):
+    stop = StopSignal()
+    with _signals_pause(stop, campaign_id) as received:
+        try:
+            refused = await preflight(params, campaign_id, sql, binds)
+            if refused is not None:
+                stop.set(refused.kind, refused.reason)
+                return _stopped(params, campaign_id, stop)
+            progress = Progress.start(
+                campaign_id,
+                params.name,
+                total=count_audience(
+                    audience_engine(), sql, binds, timeout_seconds=params.audience_timeout_seconds
+                ),
+            )
+            if not params.dry_run:
+                with engine().connect() as conn:
+                    progress.done_before = sum(
+                        n
+                        for status, n in status_counts(conn, campaign_id).items()
+                        if status != "pending"
+                    )
+            tally = await _send_all(params, app, campaign_id, sql, binds, stop, progress)
+        except BaseException as caught:
+            # A second signal cancelled the batches: still the signal's ending.
+            exc = _interruption(received[0]) if received else caught
+            if expected(exc):
+                stop.set(*stop_for_error(exc, campaign_id))
+                log.debug("The stop's traceback:", exc_info=exc)  # the reason says what to do
+                return _stopped(params, campaign_id, stop)
+            if params.dry_run:
+                raise
             stop.set(*stop_for_error(exc, campaign_id))
-            log.debug("The stop's traceback:", exc_info=exc)  # the reason says what to do
-            return _stopped(params, campaign_id, stop)
-        if params.dry_run:
-            raise
-        stop.set(*stop_for_error(exc, campaign_id))
-        if isinstance(exc, Exception):
             try:
                 status, reason, _ = _close(campaign_id, stop)
-            except Exception as unrecorded:  # the on_failure hook tries again
+            except Exception as unrecorded:  # the on_failure / on_crashed hook tries again
                 log.error(
                     "Could not record how campaign %r ended (%s).",
                     params.name,
@@ -568,10 +769,27 @@ def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
                 )
             else:
                 log.error("Campaign %r %s: %s", params.name, status, reason)
-        # A bug keeps its traceback (Prefect logs it). A signal or cancellation: the
-        # on_crashed / on_cancellation hook closes the row, since only Prefect knows
-        # whether the SIGTERM was a cancel from the UI.
-        raise
+            # A bug keeps its traceback (Prefect logs it); a signal ends the run as it
+            # would have, and a cancel from the UI turns the pause into `cancelled` (hook).
+            if received:
+                raise exc from None
+            raise
+    result = await _finish(params, campaign_id, stop, tally, progress, started)
+    if received:
+        raise _interruption(received[0])
+    return _run_state(result)
+
+
+async def _finish(
+    params: CampaignParams,
+    campaign_id: str,
+    stop: StopSignal,
+    tally: _Tally,
+    progress: Progress,
+    started: float,
+) -> CampaignResult:
+    """Close the campaign row from the ledger, publish the report, log the one-line end."""
+    log = get_run_logger()
     seconds = time.monotonic() - started
     figures: LedgerFigures | None = None  # a dry run records nothing, so has none
     if params.dry_run:
@@ -619,7 +837,7 @@ def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
         sent_now,
         result.messages_per_second,
     )
-    return _run_state(result)
+    return result
 
 
 def _run_state(result: CampaignResult) -> State[Any]:

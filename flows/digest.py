@@ -44,7 +44,7 @@ def _run_name() -> str:
 
 
 @flow(name="daily-digest", flow_run_name=_run_name, log_prints=False)
-def daily_digest(params: DigestForm = DEFAULT_DIGEST) -> CampaignResult | State[Any]:
+async def daily_digest(params: DigestForm = DEFAULT_DIGEST) -> CampaignResult | State[Any]:
     """Send one day's digest: each recipient's own content from the digest SQL, at most once.
 
     Args:
@@ -65,8 +65,8 @@ def daily_digest(params: DigestForm = DEFAULT_DIGEST) -> CampaignResult | State[
         campaign.audience_params["day_start"],
         campaign.audience_params["day_end"],
     )
-    state = push_campaign(campaign, return_state=True)
+    state = await push_campaign(campaign, return_state=True)
     if state.is_failed():
         # An expected stop: its message says what to fix; raising it would log a traceback.
         return Failed(message=state.message)
-    return Completed(message=state.message, data=state.result())  # "paused: why" when paused
+    return Completed(message=state.message, data=await state.aresult())  # "paused: why" when paused

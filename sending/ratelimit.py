@@ -1,10 +1,9 @@
-"""A local rate limiter that holds a configured message rate across threads and event loops.
+"""The rate limiter of one campaign run: one schedule for every batch of the run.
 
 Per-message throttling is plain code, not Prefect's server limiter (polling based, ~160 ms
-per acquire: docs/performance.md, docs/architecture.md decision 10). Prefect runs each async
-task in its own thread with its own event loop, and two batch tasks of one campaign send at
-the same time, so they must share one schedule: it lives under a `threading.Lock`, and each
-caller sleeps on its own loop *outside* the lock.
+per acquire: docs/performance.md, docs/architecture.md decision 10). A run's batches all
+send from its one event loop (sending.sender.CampaignRun), so the schedule needs no lock
+beyond the one that keeps `reserve()` safe if a second thread ever calls it.
 
 The algorithm is GCRA (the "virtual scheduling" form of a token bucket): the limiter keeps
 the theoretical arrival time `tat` of the next message. `reserve()` takes the slot
@@ -18,10 +17,9 @@ from __future__ import annotations
 
 import threading
 import time
-import weakref
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 
-__all__ = ["RateLimiter", "shared_limiter"]
+__all__ = ["RateLimiter"]
 
 
 class RateLimiter:
@@ -74,23 +72,3 @@ class RateLimiter:
     def __repr__(self) -> str:
         rate = "unlimited" if self.rate is None else f"{self.rate:g}/s"
         return f"RateLimiter({rate}, burst={self.burst})"
-
-
-_registry: weakref.WeakValueDictionary[Hashable, RateLimiter] = weakref.WeakValueDictionary()
-_registry_lock = threading.Lock()
-
-
-def shared_limiter(key: Hashable, rate_per_second: float | None, *, burst: int = 1) -> RateLimiter:
-    """The one limiter of `key` (a campaign id) in this process, created on first use.
-
-    Every batch of a campaign that runs in this process shares it while any of them holds
-    it (the registry keeps weak references, so finished campaigns leave nothing behind).
-    Asking with a different rate or burst replaces it: the operator changed the setting.
-    """
-    wanted = rate_per_second or None
-    with _registry_lock:
-        limiter = _registry.get(key)
-        if limiter is None or limiter.rate != wanted or limiter.burst != burst:
-            limiter = RateLimiter(wanted, burst=burst)
-            _registry[key] = limiter
-        return limiter

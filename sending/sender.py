@@ -1,10 +1,12 @@
-"""The send engine: a batch of audience rows in, one `DeliveryOutcome` per attempted row out.
+"""The send engine: one `CampaignRun` per run of a campaign, on one event loop.
 
-Prefect-free and database-free: the caller (the `send_batch` task) removes rows the ledger
-already marks final, calls `send_rows`, and upserts the outcomes it gets back.
+Prefect-free and database-free: the flow gives the run its client, token, limiter and a
+`Ledger` (two async calls: mark attempts, record outcomes), then hands it one batch of
+audience rows at a time (`CampaignRun.send`).
 
     rows ─► render (invalid ⇒ outcome `invalid`, never sent)
-         ─► `concurrency` worker coroutines, each: limiter slot ─► client.send_* ─► answer
+         ─► mark in flight, a chunk ahead of the senders (the ledger says which may go)
+         ─► `concurrency` sender coroutines, each: limiter slot ─► client.send_* ─► answer
          ─► by the error's class (docs/architecture.md decision 4, docs/sending.md):
               RETRY      back off (full jitter) and try again, same client_msg_id
               REFRESH    compare-and-expire the token once (single flight), retry once
@@ -12,8 +14,9 @@ already marks final, calls `send_rows`, and upserts the outcomes it gets back.
               REQUEST    `failed`, stop the campaign: no new sends anywhere
               CONFIG     `failed`, stop the campaign
               QUOTA      `pending`, pause the campaign (a resume finishes it)
+         ─► outcomes buffered, written at least every second (FLUSH_SECONDS)
 
-Rows never attempted get no outcome: they stay unsent in the ledger and a resume sends them.
+Rows never attempted get no outcome (marked ones go back to `pending`): a resume sends them.
 The hot loop logs nothing and validates nothing twice; see docs/sending.md for the figures.
 """
 
@@ -22,17 +25,16 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import threading
 import time
-from collections import Counter
-from collections.abc import Awaitable, Callable, Hashable, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections import Counter, deque
+from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
-from db.outcomes import DeliveryOutcome, DeliveryStatus
+from db.outcomes import Attempt, DeliveryOutcome, DeliveryStatus, PendingReason
 from sending.message import (
     MessageSpec,
     RenderedMessage,
@@ -48,13 +50,14 @@ from wechat.models import SendResult
 
 __all__ = [
     "BatchResult",
+    "CampaignRun",
+    "Ledger",
     "RetryPolicy",
     "Stop",
     "StopKind",
     "StopSignal",
     "TokenSource",
     "send_rows",
-    "stop_signal",
 ]
 
 MINUTE_QUOTA_ERRCODE = 45011
@@ -118,16 +121,18 @@ class Stop:
 
 
 class StopSignal:
-    """Shared by every batch of one campaign in a process: a stop in one halts all.
+    """One per campaign run: a stop raised by any send halts every batch of the run.
 
-    Thread-safe: batches run in their own threads and event loops. A more severe kind
-    replaces a milder one (pause < stop < cancel); otherwise the first reason stays.
+    An `asyncio.Event` on the run's event loop wakes waiting senders (a rate-limit slot, a
+    retry back-off) at once. `set` may be called from another thread (a signal handler, a
+    database thread): the event is then set through the loop. A more severe kind replaces a
+    milder one (pause < stop < cancel); otherwise the first reason stays.
     """
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
         self._stop: Stop | None = None
-        self._sleepers: set[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = set()
+        self._event: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def stop(self) -> Stop | None:
@@ -153,11 +158,6 @@ class StopSignal:
         """Stop sending, resumable (quota, error ratio)."""
         return self.set("pause", reason, errcode=errcode)
 
-    def clear(self) -> None:
-        """Forget the stop: a new run of the campaign starts sending again."""
-        with self._lock:
-            self._stop = None
-
     def set(
         self,
         kind: StopKind,
@@ -168,54 +168,43 @@ class StopSignal:
         openid: str | None = None,
     ) -> Stop:
         """Raise the signal (idempotent); returns the stop now in force."""
-        with self._lock:
-            current = self._stop
-            if current is None or _SEVERITY[kind] > _SEVERITY[current.kind]:
-                self._stop = Stop(kind, reason, errcode, error_class, openid)
-            sleepers = list(self._sleepers)
-            result = self._stop
-        for loop, event in sleepers:
-            # A closed loop has nobody sleeping on it any more.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(event.set)
-        return result
+        current = self._stop
+        if current is None or _SEVERITY[kind] > _SEVERITY[current.kind]:
+            self._stop = Stop(kind, reason, errcode, error_class, openid)
+        if self._event is not None and self._loop is not None:
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is self._loop:
+                self._event.set()
+            else:
+                # A closed loop has nobody waiting any more.
+                with contextlib.suppress(RuntimeError):
+                    self._loop.call_soon_threadsafe(self._event.set)
+        return self._stop
+
+    def _waitable(self) -> asyncio.Event:
+        if self._event is None:
+            self._loop = asyncio.get_running_loop()
+            self._event = asyncio.Event()
+            if self._stop is not None:
+                self._event.set()
+        return self._event
+
+    async def wait(self) -> None:
+        """Return once the signal is raised."""
+        await self._waitable().wait()
 
     async def sleep(self, seconds: float) -> bool:
-        """Sleep `seconds` on the caller's loop, waking early on a stop; True if stopped."""
+        """Sleep `seconds`, waking early on a stop; True if stopped."""
         if self._stop is not None:
             return True
-        entry = (asyncio.get_running_loop(), asyncio.Event())
-        with self._lock:
-            if self._stop is not None:
-                return True
-            self._sleepers.add(entry)
-        try:
+        event = self._waitable()
+        with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
-                await entry[1].wait()
-        except TimeoutError:
-            pass
-        finally:
-            with self._lock:
-                self._sleepers.discard(entry)
+                await event.wait()
         return self._stop is not None
-
-
-_signals: dict[Hashable, StopSignal] = {}
-_signals_lock = threading.Lock()
-
-
-def stop_signal(key: Hashable) -> StopSignal:
-    """The campaign's one `StopSignal` in this process (created on first use).
-
-    Kept for the life of the process: a stop must outlive the batch that raised it, so that
-    batches queued behind it, and the flow's end hooks, see it. A new run of the same
-    campaign in the same process must `clear()` it first (the flow does, at start).
-    """
-    with _signals_lock:
-        signal = _signals.get(key)
-        if signal is None:
-            signal = _signals[key] = StopSignal()
-        return signal
 
 
 # -- the token ---------------------------------------------------------------------------------
@@ -230,7 +219,7 @@ class TokenSource:
     `lambda t: tasks.token.refresh_if_current(app, t)`, compare-and-expire across processes)
     at most once per refused token: concurrent refusals of the same token share one call,
     and a refusal of a token already replaced returns the replacement without any call.
-    One event loop (one batch) per instance; the process-wide sharing is tasks.token's job.
+    One per campaign run, on the run's event loop; across processes, tasks.token's lock.
     """
 
     def __init__(self, token: SecretStr | str, refresh: Refresh) -> None:
@@ -242,6 +231,13 @@ class TokenSource:
     @property
     def current(self) -> SecretStr:
         return self._current
+
+    def offer(self, token: SecretStr) -> None:
+        """Take the token store's current token (read at each batch's start), so a run
+        longer than a token's life follows the refresh flow's renewals. Ignored while a
+        refresh is in flight: that refresh's answer is at least as new."""
+        if self._inflight is None:
+            self._current = token
 
     async def refresh(self, failed: SecretStr) -> SecretStr:
         """A token to retry with after WeChat refused `failed`."""
@@ -277,7 +273,7 @@ def _is_unknown(exc: WeChatError) -> bool:
 
 @dataclass(frozen=True, slots=True)
 class BatchResult:
-    """Everything one `send_rows` call did; `outcomes` go to the ledger as they are."""
+    """Everything one `send` call did; its `outcomes` are the rows answered or refused."""
 
     outcomes: list[DeliveryOutcome]
     rows: int  # rows given; rows - len(outcomes) were never attempted (stop/pause)
@@ -296,42 +292,257 @@ class BatchResult:
         return self.rows - len(self.outcomes)
 
 
+# -- where a run writes --------------------------------------------------------------------------
+
+
+class Ledger(Protocol):
+    """Where a run records what it does (the flow's is the SQL ledger, db/ledger.py).
+
+    `mark` runs before a chunk of sends and returns the openids that may be sent: the
+    others are final already, or in doubt. `record` stores answers; both may be slow
+    (a database thread), never blocking the sends already in flight.
+    """
+
+    async def mark(self, attempts: Sequence[Attempt]) -> Collection[str]: ...
+
+    async def record(self, outcomes: Sequence[DeliveryOutcome]) -> None: ...
+
+
 # -- the engine ------------------------------------------------------------------------------
 
 Sender = Callable[[SecretStr, Any], Awaitable[SendResult]]
 _RETRY, _REFRESH = ErrorClass.RETRY, ErrorClass.REFRESH
 _RECIPIENT, _QUOTA = ErrorClass.RECIPIENT, ErrorClass.QUOTA
+#: Rows marked in flight at once, per batch, ahead of the senders. A crash leaves at most
+#: this many marked rows per batch that were never sent (they become `unknown` after the
+#: dedupe window): small, yet large enough that marking keeps ahead of the sends.
+MARK_CHUNK = 128
+#: Answers are written to the ledger at least this often (seconds) and in chunks of at
+#: most FLUSH_ROWS, so a crash loses at most about a second of answers.
+FLUSH_SECONDS = 1.0
+FLUSH_ROWS = 500
 
 
 def _utc(ts: float) -> datetime:
     return datetime.fromtimestamp(ts, UTC)
 
 
-@dataclass
-class _Batch:
-    """One `send_rows` call: shared state of its worker coroutines (one event loop)."""
+@dataclass(slots=True)
+class _Ready:
+    """A rendered message, marked in flight, waiting for a sender."""
 
-    spec: MessageSpec
-    campaign_id: int | str
-    send: Sender
-    tokens: TokenSource
-    limiter: RateLimiter | None
-    retry: RetryPolicy
-    stop: StopSignal
-    dedupe: bool  # WeChat dedupes this kind on client_msg_id
-    rng: random.Random = field(default_factory=random.Random)
-    outcomes: list[DeliveryOutcome] = field(default_factory=list)
+    openid: str
+    cmid: str | None
+    message: RenderedMessage
 
-    async def worker(self, rows: Iterable[Mapping[str, Any]]) -> None:
-        """Take rows off the shared iterator until it is empty or the campaign stops."""
-        for row in rows:
-            outcome = await self.deliver(row)
-            if outcome is not None:
-                self.outcomes.append(outcome)
-            if self.stop._stop is not None:
-                return
 
-    async def deliver(self, row: Mapping[str, Any]) -> DeliveryOutcome | None:
+class _Feed:
+    """One batch's rows, rendered and marked a chunk ahead of its senders."""
+
+    def __init__(self, stop: StopSignal) -> None:
+        self.ready: deque[_Ready] = deque()
+        self.done = False
+        self._stop = stop
+        self._more = asyncio.Event()
+        self._room = asyncio.Event()
+
+    def put(self, items: Iterable[_Ready]) -> None:
+        self.ready.extend(items)
+        self._more.set()
+
+    def close(self) -> None:
+        self.done = True
+        self._more.set()
+
+    async def take(self) -> _Ready | None:
+        """The next message, or None when the batch has no more."""
+        while not self.ready:
+            if self.done:
+                return None
+            self._more.clear()
+            await self._more.wait()
+        item = self.ready.popleft()
+        if len(self.ready) < MARK_CHUNK // 2:
+            self._room.set()
+        return item
+
+    def wake(self) -> None:
+        """A sender left (a stop): the filler must not wait for room any more."""
+        self._room.set()
+
+    async def wait_for_room(self) -> None:
+        """Hold the next chunk's marking until the senders are halfway through this one."""
+        while len(self.ready) >= MARK_CHUNK // 2 and self._stop._stop is None:
+            self._room.clear()
+            await self._room.wait()
+
+
+class CampaignRun:
+    """One run of one campaign: what its batches share on its one event loop.
+
+    It owns the connection pool (through `client`), the token, the rate limiter, the stop
+    signal and the ledger buffer; `send(rows)` sends one batch through them. Per row:
+
+        render (a problem ⇒ `invalid`, never sent) ─► mark in flight (`ledger.mark`, a chunk
+        ahead) ─► `concurrency` senders: limiter slot ─► client.send_* ─► WeChat's answer
+        ─► by the answer's class (module docstring) ─► the outcome, buffered ─► `ledger.record`
+        at least every FLUSH_SECONDS
+
+    Without a ledger (tests, benches) nothing is marked or recorded: `send` returns the
+    outcomes. Use it as an async context manager: leaving writes what is still buffered.
+    """
+
+    def __init__(
+        self,
+        *,
+        spec: MessageSpec,
+        campaign_id: int | str,
+        client: WeChatClient,
+        tokens: TokenSource,
+        limiter: RateLimiter | None = None,
+        concurrency: int = 16,
+        retry: RetryPolicy | None = None,
+        stop: StopSignal | None = None,
+        ledger: Ledger | None = None,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        self.spec = spec
+        self.campaign_id = campaign_id
+        self.client = client
+        self.tokens = tokens
+        self.limiter = None if limiter is None or limiter.unlimited else limiter
+        self.concurrency = concurrency
+        self.retry = retry or RetryPolicy()
+        self.stop = stop or StopSignal()
+        self.ledger = ledger
+        self.dedupe = spec.kind == "template"  # WeChat dedupes this kind on client_msg_id
+        self._send = _sender(client, spec.kind)
+        self._rng = random.Random()
+        self._buffer: list[DeliveryOutcome] = []
+        self._writing = asyncio.Lock()
+        self._ticker: asyncio.Task[None] | None = None
+
+    # -- the ledger buffer ------------------------------------------------------------------
+
+    async def __aenter__(self) -> CampaignRun:
+        if self.ledger is not None:
+            self._ticker = asyncio.create_task(self._tick(), name="wxpush-ledger-flush")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+            self._ticker = None
+        await self.flush()
+
+    def note(self, outcomes: Iterable[DeliveryOutcome]) -> None:
+        """Buffer outcomes for the ledger (written within FLUSH_SECONDS)."""
+        self._buffer.extend(outcomes)
+
+    async def flush(self) -> None:
+        """Write everything buffered so far; on failure it stays buffered and this raises."""
+        if self.ledger is None:
+            self._buffer.clear()
+            return
+        async with self._writing:
+            while self._buffer:
+                chunk = self._buffer[:FLUSH_ROWS]
+                del self._buffer[:FLUSH_ROWS]
+                try:
+                    await self.ledger.record(chunk)
+                except BaseException:
+                    self._buffer[:0] = chunk
+                    raise
+
+    async def _tick(self) -> None:
+        """Flush every FLUSH_SECONDS, or sooner when FLUSH_ROWS answers are waiting."""
+        while True:
+            deadline = time.monotonic() + FLUSH_SECONDS
+            while len(self._buffer) < FLUSH_ROWS and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            try:
+                await self.flush()
+            except Exception:  # the batch's own flush raises it; try again later
+                await asyncio.sleep(FLUSH_SECONDS)
+
+    # -- one batch ---------------------------------------------------------------------------
+
+    async def send(
+        self, rows: Iterable[Mapping[str, Any]], *, outcomes: list[DeliveryOutcome] | None = None
+    ) -> BatchResult:
+        """Send one batch of audience rows; return an outcome for every row rendered or
+        attempted, and (with a ledger) leave every one of them recorded.
+
+        `rows` are audience rows (`openid` + the columns the spec uses). Once the stop is
+        set, here or in another batch, no new send starts; rows marked but not sent are
+        recorded `pending` (not_attempted), so a resume sends them. Pass `outcomes` (a list)
+        to see each outcome the moment it is known.
+        """
+        answered = outcomes if outcomes is not None else []
+        todo = list(rows)
+        refreshes_before = self.tokens.refresh_calls
+        started = time.time()
+        clock = time.perf_counter()
+        feed = _Feed(self.stop)
+        if self.stop._stop is None and todo:
+            workers = min(self.concurrency, len(todo))
+            senders = [self._sender_loop(feed, answered) for _ in range(workers)]
+            try:
+                await asyncio.gather(self._fill(feed, todo, answered), *senders)
+            finally:
+                self._unsent(feed)
+        if self.ledger is not None:
+            await self.flush()
+        seconds = time.perf_counter() - clock
+        counts = Counter(str(o.status) for o in answered)
+        done = sum(1 for o in answered if o.attempts)
+        return BatchResult(
+            outcomes=answered,
+            rows=len(todo),
+            counts={status.value: counts.get(status.value, 0) for status in DeliveryStatus},
+            errcodes=dict(Counter(o.errcode for o in answered if o.errcode is not None)),
+            http_attempts=sum(o.attempts for o in answered),
+            token_refreshes=self.tokens.refresh_calls - refreshes_before,
+            started_at=_utc(started),
+            finished_at=_utc(started + seconds),
+            seconds=seconds,
+            messages_per_second=done / seconds if seconds > 0 else 0.0,
+            stop=self.stop.stop,
+        )
+
+    def _answer(self, outcome: DeliveryOutcome, answered: list[DeliveryOutcome]) -> None:
+        answered.append(outcome)
+        if self.ledger is not None:
+            self._buffer.append(outcome)
+
+    async def _fill(
+        self, feed: _Feed, rows: list[Mapping[str, Any]], answered: list[DeliveryOutcome]
+    ) -> None:
+        """Render and mark the rows a chunk at a time, ahead of the senders."""
+        try:
+            for start in range(0, len(rows), MARK_CHUNK):
+                if self.stop._stop is not None:
+                    return
+                ready = [
+                    item
+                    for row in rows[start : start + MARK_CHUNK]
+                    if (item := self._render(row, answered)) is not None
+                ]
+                if ready and self.ledger is not None:
+                    now = datetime.now(UTC)
+                    allowed = await self.ledger.mark(
+                        [Attempt(item.openid, item.cmid, now) for item in ready]
+                    )
+                    ready = [item for item in ready if item.openid in allowed]
+                feed.put(ready)
+                await feed.wait_for_room()
+        finally:
+            feed.close()
+
+    def _render(self, row: Mapping[str, Any], answered: list[DeliveryOutcome]) -> _Ready | None:
         openid = row.get("openid")
         openid = openid if isinstance(openid, str) else str(openid or "")
         cmid = client_msg_id_for(self.campaign_id, openid) if self.dedupe else None
@@ -339,16 +550,52 @@ class _Batch:
             message = render(self.spec, row, client_msg_id=cmid)
         except Exception as exc:  # a value whose str() fails, say: this row only
             reason = unrenderable_reason(exc)
-            return DeliveryOutcome(openid, DeliveryStatus.INVALID, reason=reason)
+            self._answer(DeliveryOutcome(openid, DeliveryStatus.INVALID, reason=reason), answered)
+            return None
         if isinstance(message, list):
             reason = invalid_reason(message)
-            return DeliveryOutcome(openid, DeliveryStatus.INVALID, reason=reason)
+            self._answer(DeliveryOutcome(openid, DeliveryStatus.INVALID, reason=reason), answered)
+            return None
+        return _Ready(openid, cmid, message)
+
+    def _unsent(self, feed: _Feed) -> None:
+        """Rows marked in flight that no sender took (a stop came first): back to pending."""
+        if self.ledger is None or not feed.ready:
+            feed.ready.clear()
+            return
+        self._buffer.extend(
+            DeliveryOutcome(
+                item.openid,
+                DeliveryStatus.PENDING,
+                reason=str(PendingReason.NOT_ATTEMPTED),
+                client_msg_id=item.cmid,
+            )
+            for item in feed.ready
+        )
+        feed.ready.clear()
+
+    async def _sender_loop(self, feed: _Feed, answered: list[DeliveryOutcome]) -> None:
+        """Take messages off the feed until it is empty or the campaign stops."""
         try:
-            return await self.attempt(openid, message, cmid)
-        except Exception as exc:  # a bug, not an answer: keep the batch's other outcomes
-            reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
-            self.stop.set("stop", reason, openid=openid)
-            return DeliveryOutcome(openid, DeliveryStatus.PENDING, reason=reason)
+            await self._take_and_send(feed, answered)
+        finally:
+            feed.wake()
+
+    async def _take_and_send(self, feed: _Feed, answered: list[DeliveryOutcome]) -> None:
+        while self.stop._stop is None:
+            item = await feed.take()
+            if item is None:
+                return
+            try:
+                outcome = await self.attempt(item.openid, item.message, item.cmid)
+            except Exception as exc:  # a bug, not an answer: keep the batch's other outcomes
+                reason = f"unexpected error while sending: {type(exc).__name__}: {exc}"
+                self.stop.set("stop", reason, openid=item.openid)
+                outcome = DeliveryOutcome(item.openid, DeliveryStatus.PENDING, reason=reason)
+            if outcome is None:  # stopped before its first attempt
+                feed.ready.appendleft(item)
+                return
+            self._answer(outcome, answered)
 
     async def attempt(
         self, openid: str, message: RenderedMessage, cmid: str | None
@@ -393,7 +640,7 @@ class _Batch:
                 first = last
             attempts += 1
             try:
-                result = await self.send(token, message)
+                result = await self._send(token, message)
             except WeChatError as exc:
                 error = exc
             else:
@@ -413,7 +660,7 @@ class _Batch:
                         "outcome unknown (timeout or dropped connection) and WeChat does not "
                         f"dedupe {self.spec.kind} messages: not retried, to avoid a duplicate",
                     )
-                delay = self.retry.delay(retries, error.errcode, self.rng)
+                delay = self.retry.delay(retries, error.errcode, self._rng)
                 if await self.stop.sleep(delay):
                     return outcome(DeliveryStatus.PENDING, "campaign stopped before a retry")
             elif cls is _REFRESH:
@@ -498,52 +745,15 @@ async def send_rows(
     stop: StopSignal | None = None,
     outcomes: list[DeliveryOutcome] | None = None,
 ) -> BatchResult:
-    """Send one batch; return an outcome for every row that was rendered or attempted.
-
-    `rows` are audience rows (`openid` + the columns the spec uses) that the ledger does not
-    mark final. At most `concurrency` sends are in flight (create the client with
-    `max_connections >= concurrency`); each attempt waits for a `limiter` slot. `stop` is
-    the campaign's shared signal: once set, here or in another batch, no new send starts.
-
-    Pass `outcomes` (a list) to have each outcome appended the moment it is known: if the
-    batch is cancelled (a task timeout), the caller still holds every answer received so
-    far and can record it before re-raising.
-    """
-    if concurrency < 1:
-        raise ValueError("concurrency must be >= 1")
-    batch = _Batch(
+    """One batch through a `CampaignRun` of its own, without a ledger (tests, benches)."""
+    run = CampaignRun(
         spec=spec,
         campaign_id=campaign_id,
-        send=_sender(client, spec.kind),
+        client=client,
         tokens=token,
-        limiter=None if limiter is None or limiter.unlimited else limiter,
-        retry=retry or RetryPolicy(),
-        stop=stop or StopSignal(),
-        dedupe=spec.kind == "template",
-        outcomes=outcomes if outcomes is not None else [],
+        limiter=limiter,
+        concurrency=concurrency,
+        retry=retry,
+        stop=stop,
     )
-    todo = list(rows)
-    refreshes_before = token.refresh_calls
-    started = time.time()
-    clock = time.perf_counter()
-    if batch.stop.stop is None and todo:
-        shared = iter(todo)  # one iterator, many workers: each row is taken exactly once
-        workers = min(concurrency, len(todo))
-        await asyncio.gather(*(batch.worker(shared) for _ in range(workers)))
-    seconds = time.perf_counter() - clock
-    outcomes = batch.outcomes
-    counts = Counter(str(o.status) for o in outcomes)
-    answered = sum(1 for o in outcomes if o.attempts)
-    return BatchResult(
-        outcomes=outcomes,
-        rows=len(todo),
-        counts={status.value: counts.get(status.value, 0) for status in DeliveryStatus},
-        errcodes=dict(Counter(o.errcode for o in outcomes if o.errcode is not None)),
-        http_attempts=sum(o.attempts for o in outcomes),
-        token_refreshes=token.refresh_calls - refreshes_before,
-        started_at=_utc(started),
-        finished_at=_utc(started + seconds),
-        seconds=seconds,
-        messages_per_second=answered / seconds if seconds > 0 else 0.0,
-        stop=batch.stop.stop,
-    )
+    return await run.send(rows, outcomes=outcomes)

@@ -43,7 +43,10 @@ def artifact_key(campaign_id: str, suffix: str) -> str:
 
 @dataclass
 class Progress:
-    """The run's progress artifact, updated as batches finish."""
+    """The run's progress artifact, updated as batches finish.
+
+    Every artifact call here passes `_sync=True`: called from the async campaign flow,
+    Prefect's dispatch would otherwise return a coroutine and create nothing."""
 
     artifact_id: UUID | None
     description: str
@@ -59,6 +62,7 @@ class Progress:
             0.0,
             key=artifact_key(campaign_id, "progress"),
             description=f"{description}: the share of its audience handled so far",
+            _sync=True,
         )
         return cls(artifact_id=artifact_id, description=description, total=total)
 
@@ -70,14 +74,14 @@ class Progress:
         percent = min(99.0, 100.0 * seen / self.total) if self.total else self.last
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
         update_progress_artifact(
-            self.artifact_id, percent, description=f"{self.description}: {summary}"
+            self.artifact_id, percent, description=f"{self.description}: {summary}", _sync=True
         )
         self.last = percent
 
     def finish(self) -> None:
         """100 %: every audience row has been handled."""
         if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, 100.0)
+            update_progress_artifact(self.artifact_id, 100.0, _sync=True)
 
 
 #: What the report's time measures: one run, or the campaign's whole life (`wxpush report`).
@@ -392,11 +396,13 @@ def publish_report(report: CampaignReport) -> None:
         report.markdown(),
         key=artifact_key(report.campaign_id, "report"),
         description=f"Report of campaign {report.name} ({report.status}): {what}",
+        _sync=True,
     )
     create_table_artifact(
         [{"status": k, "recipients": v} for k, v in sorted(report.counts.items())],
         key=artifact_key(report.campaign_id, "counts"),
         description=f"Recipients per status of campaign {report.name}, as a table",
+        _sync=True,
     )
     if report.has_receipt_section:
         rate = report.delivery_rate
@@ -408,6 +414,7 @@ def publish_report(report: CampaignReport) -> None:
                 f"Delivery receipts of campaign {report.name} at the end of the run ({so_far}); "
                 f"they keep arriving: `wxpush report {report.campaign_id}` shows the current ones"
             ),
+            _sync=True,
         )
 
 
@@ -451,4 +458,5 @@ def publish_stop(
         ),
         key=artifact_key(run_id, "stopped"),
         description=f"Why campaign {name} stopped ({status}), and what to fix",
+        _sync=True,
     )

@@ -143,7 +143,7 @@ def run_campaign(p: CampaignParams) -> Any:
     """Run push_campaign in-process and return its result; the run must complete."""
     from flows.campaign import push_campaign
 
-    state = push_campaign(p, return_state=True)
+    state = asyncio.run(push_campaign(p, return_state=True))
     assert state.is_completed(), state.message
     return state.result()
 

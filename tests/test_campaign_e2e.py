@@ -4,6 +4,7 @@ exactly one ledger row with the right status and reason."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections import Counter
 from typing import Any
@@ -53,12 +54,11 @@ def test_rerun_of_a_completed_campaign_sends_nothing(
 
 
 def test_the_ui_shows_progress_and_a_report(audience: Any, db_engine: Engine, sim: Any) -> None:
-    import asyncio
 
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    state = push_campaign(params(audience.name, name="shown"), return_state=True)
+    state = asyncio.run(push_campaign(params(audience.name, name="shown"), return_state=True))
     result = state.result()
 
     async def artifacts() -> tuple[str, list[Any]]:

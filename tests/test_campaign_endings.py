@@ -28,7 +28,7 @@ def _row(engine: Engine, campaign_id: str) -> campaigns.CampaignRecord:
 
 def _ended(engine: Engine, campaign_id: str, p: Any) -> campaigns.CampaignRecord:
     """Run the campaign (it must not complete) and return its row."""
-    state = push_campaign(p, return_state=True)
+    state = asyncio.run(push_campaign(p, return_state=True))
     assert not state.is_completed(), "the run reports the problem"
     record = _row(engine, campaign_id)
     assert record.status is not CampaignStatus.RUNNING, record
@@ -64,7 +64,7 @@ def test_token_endpoint_minus_one_pauses_for_a_resume(
     assert "-1" in (record.status_reason or "")
     assert "wxpush campaign resume busy" in (record.status_reason or "")
     sim.admin.set_faults()
-    state = push_campaign(params(audience.name, campaign_id="busy"), return_state=True)
+    state = asyncio.run(push_campaign(params(audience.name, campaign_id="busy"), return_state=True))
     assert state.is_completed() and _row(db_engine, "busy").status in (
         CampaignStatus.COMPLETED,
         CampaignStatus.COMPLETED_WITH_FAILURES,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import threading
 import time
@@ -25,7 +26,7 @@ pytestmark = pytest.mark.harness
 
 
 def run_state(p: Any) -> Any:
-    return push_campaign(p, return_state=True)
+    return asyncio.run(push_campaign(p, return_state=True))
 
 
 def test_token_rotated_mid_campaign_refreshes_once(
@@ -102,8 +103,10 @@ def test_bad_audience_stops_before_sending(
 def test_unknown_template_stops_after_the_first_answers(
     audience: Any, db_engine: Engine, sim: Any
 ) -> None:
-    state = push_campaign(
-        params(audience.name, template_id="no-such-template", concurrency=4), return_state=True
+    state = asyncio.run(
+        push_campaign(
+            params(audience.name, template_id="no-such-template", concurrency=4), return_state=True
+        )
     )
     assert state.is_failed(), "the run says the campaign failed, not Completed"
     assert "40037" in (state.message or "") and "\n" not in (state.message or "")
@@ -117,7 +120,7 @@ def test_unknown_template_stops_after_the_first_answers(
 
 def test_quota_pauses_and_a_resume_finishes(audience: Any, db_engine: Engine, sim: Any) -> None:
     sim.admin.set_config(daily_quota=40)
-    state = push_campaign(params(audience.name), return_state=True)
+    state = asyncio.run(push_campaign(params(audience.name), return_state=True))
     assert state.is_completed() and (state.message or "").startswith("paused: "), state
     paused = state.result()
     assert paused.status == "paused"

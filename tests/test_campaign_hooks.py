@@ -14,7 +14,6 @@ from db import campaigns
 from db.ledger import record_outcomes
 from db.outcomes import CampaignStatus, DeliveryOutcome, DeliveryStatus
 from flows.campaign import _end_abnormally, push_campaign
-from sending.sender import stop_signal
 from tasks import database
 from tasks.flow_runs import CANCELLED_REASON
 
@@ -26,7 +25,6 @@ def running(
     """Campaign `c-hook`, running under flow run `run-1`, with one answer in the ledger."""
     monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
     database.dispose_all()
-    stop_signal("c-hook").clear()
     with db_engine.begin() as conn:
         record = campaigns.create_or_resume(
             conn,
@@ -42,7 +40,6 @@ def running(
         record_outcomes(conn, "c-hook", [DeliveryOutcome("o1", DeliveryStatus.SENT, msgid=1)])
     assert record.status is CampaignStatus.RUNNING
     yield record
-    stop_signal("c-hook").clear()
     database.dispose_all()
 
 
@@ -87,10 +84,16 @@ def test_each_hook_closes_the_row_with_a_reason(
     assert stored.sent_count == 1 and stored.finished_at is not None
 
 
-def test_a_signal_the_body_saw_gives_the_crash_its_reason(
+def _paused_by_a_signal(db_engine: Engine) -> None:
+    """What the body writes when SIGTERM stops it, before it re-raises the signal."""
+    with db_engine.begin() as conn:
+        campaigns.set_status(conn, "c-hook", CampaignStatus.PAUSED, "stopped by SIGTERM; resume it")
+
+
+def test_a_signal_the_body_recorded_keeps_its_reason_through_the_crash(
     running: campaigns.CampaignRecord, db_engine: Engine
 ) -> None:
-    stop_signal("c-hook").pause(None, "stopped by SIGTERM; resume it")
+    _paused_by_a_signal(db_engine)
     _end_abnormally("pause", "the run crashed")(None, SimpleNamespace(id="run-1"), None)
     stored = _stored(db_engine)
     assert (stored.status, stored.status_reason) == (
@@ -104,7 +107,7 @@ def test_a_cancel_from_the_ui_wins_over_the_signal_that_delivered_it(
 ) -> None:
     """Prefect cancels a worker's run with SIGTERM: the body sees a signal, the cancellation
     hook knows it was a cancel."""
-    stop_signal("c-hook").pause(None, "stopped by SIGTERM; resume it")
+    _paused_by_a_signal(db_engine)
     _end_abnormally("cancel", CANCELLED_REASON)(None, SimpleNamespace(id="run-1"), None)
     assert _stored(db_engine).status is CampaignStatus.CANCELLED
 

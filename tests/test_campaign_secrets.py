@@ -62,10 +62,10 @@ def test_campaign_leaks_no_secret(
 
     with api_logging():
         sim.admin.set_faults(seed=5, minus_one_rate=0.1)
-        state = push_campaign(params(app.name, rate_per_second=200), return_state=True)
+        state = asyncio.run(push_campaign(params(app.name, rate_per_second=200), return_state=True))
         tokens.append(WeChatAccessToken.load(app.name).access_token.get_secret_value())
         sim.admin.rotate_tokens()
-        again = push_campaign(params(app.name, name="second"), return_state=True)
+        again = asyncio.run(push_campaign(params(app.name, name="second"), return_state=True))
         tokens.append(WeChatAccessToken.load(app.name).access_token.get_secret_value())
     assert state.is_completed() and again.is_completed()
     assert tokens[0] != tokens[1], "the second run refreshed the rotated token"

@@ -55,8 +55,10 @@ def test_a_preflight_stop_ends_failed_in_one_line_with_an_artifact(
     overrides, words = STOPS[case]
     campaign_id = f"stop-{case}"
     with api_logging():
-        state = push_campaign(
-            params(audience.name, campaign_id=campaign_id, **overrides), return_state=True
+        state = asyncio.run(
+            push_campaign(
+                params(audience.name, campaign_id=campaign_id, **overrides), return_state=True
+            )
         )
     assert state.is_failed(), state
     message = state.message or ""
@@ -116,7 +118,7 @@ def _ledger_reasons(engine: Engine, campaign_id: str, status: str) -> dict[str, 
 def test_the_report_says_why_rows_were_skipped_or_invalid_and_what_each_time_measures(
     audience: Any, db_engine: Engine, sim: Any
 ) -> None:
-    state = push_campaign(params(audience.name, name="reasons"), return_state=True)
+    state = asyncio.run(push_campaign(params(audience.name, name="reasons"), return_state=True))
     result = state.result()
     _, artifacts = asyncio.run(_stored(state.state_details.flow_run_id))
     described = {a.key.rsplit("-", 1)[-1]: a.description or "" for a in artifacts}
@@ -163,7 +165,7 @@ def test_a_digest_that_preflight_stops_ends_failed_with_the_reason(
     digest = DigestParams.model_validate(
         {"app": audience.name, "digest_sql": "DELETE FROM recipients WHERE app_id = :app_id"}
     )
-    state = daily_digest(digest, return_state=True)
+    state = asyncio.run(daily_digest(digest, return_state=True))
     assert state.is_failed(), state
     message = state.message or ""
     assert "must only read" in message and "Fix the audience SQL" in message, message
@@ -175,7 +177,7 @@ def test_a_digest_that_preflight_stops_ends_failed_with_the_reason(
 def test_an_app_block_that_does_not_exist_ends_failed_before_any_campaign_row(
     audience: Any, db_engine: Engine, all_logs: Any
 ) -> None:
-    state = push_campaign(params("no-such-app", name="nowhere"), return_state=True)
+    state = asyncio.run(push_campaign(params("no-such-app", name="nowhere"), return_state=True))
     assert state.is_failed(), state
     message = state.message or ""
     assert "no wechat-app block named 'no-such-app'" in message and "wxpush setup" in message
@@ -213,7 +215,9 @@ def test_an_error_in_the_flow_body_keeps_a_traceback_only_when_it_is_a_bug(
 
     monkeypatch.setattr(flow_module, "count_audience", count)
     with api_logging():
-        state = push_campaign(params(audience.name, campaign_id="body"), return_state=True)
+        state = asyncio.run(
+            push_campaign(params(audience.name, campaign_id="body"), return_state=True)
+        )
     assert state.is_failed(), state
     logs, _ = asyncio.run(_stored(state.state_details.flow_run_id))
     stored = "\n".join(log.message for log in logs)

@@ -381,7 +381,7 @@ def _digest(app: str, **overrides: Any) -> DigestParams:
 def _run(params: DigestParams) -> tuple[Any, Any]:
     from flows.digest import daily_digest
 
-    state = daily_digest(params, return_state=True)
+    state = asyncio.run(daily_digest(params, return_state=True))
     assert state.is_completed(), state.message
     return state, state.result()
 

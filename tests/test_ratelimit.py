@@ -7,15 +7,13 @@ itself is asserted, which is deterministic.
 from __future__ import annotations
 
 import asyncio
-import gc
 import itertools
 import threading
 import time
-import weakref
 
 import pytest
 
-from sending.ratelimit import RateLimiter, shared_limiter
+from sending.ratelimit import RateLimiter
 
 
 class FakeClock:
@@ -121,18 +119,3 @@ def test_real_event_loops_in_two_threads_hold_the_rate() -> None:
     assert len(stamps) == 80
     span = max(stamps) - started
     assert 79 / 200 * 0.98 <= span < 2.0  # never faster than the rate; slack for a busy box
-
-
-def test_one_limiter_per_campaign_in_a_process() -> None:
-    first = shared_limiter("cmp-a", 50)
-    assert shared_limiter("cmp-a", 50) is first
-    assert shared_limiter("cmp-b", 50) is not first
-    changed = shared_limiter("cmp-a", 80)
-    assert changed is not first and changed.rate == 80
-    assert shared_limiter("cmp-a", 80) is changed
-    assert shared_limiter("cmp-c", None).unlimited
-    gone = weakref.ref(changed)
-    del first, changed
-    gc.collect()
-    assert gone() is None, "the registry does not keep a finished campaign's limiter alive"
-    assert shared_limiter("cmp-a", 80).rate == 80  # recreated on next use

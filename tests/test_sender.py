@@ -8,7 +8,6 @@ the outcomes the engine returns and what the simulator accepted (`/_sim/messages
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -25,13 +24,13 @@ from sending.message import MessageSpec, client_msg_id_for
 from sending.ratelimit import RateLimiter
 from sending.sender import (
     BatchResult,
+    CampaignRun,
     RetryPolicy,
     StopSignal,
     TokenSource,
     send_rows,
-    stop_signal,
 )
-from tests.waiting import await_until, wait_until
+from tests.waiting import await_until
 from wechat.client import WeChatClient
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID
 from wechat.simulator.process import SimulatorProcess
@@ -433,28 +432,42 @@ async def test_unknown_template_stops_after_the_first_answers(sim: SimulatorProc
     assert sim.admin.messages().total == 0
 
 
-async def test_a_stop_in_one_batch_halts_a_batch_in_another_thread(
+async def test_a_stop_in_one_batch_halts_the_other_batch_of_the_run(
     sim: SimulatorProcess,
 ) -> None:
+    """Two batches of one run, on its one loop, as the flow runs them: a stop raised by
+    one (40037) ends the other's sends within one send."""
     ids = openids(300)
     follow(sim, ids)
-    stop = StopSignal()
-    limiter = RateLimiter(150)  # shared, like two batches of one campaign
     token = await stable_token(sim)
-    bad_spec = SPEC.model_copy(update={"template_id": "deleted-template"})
-
-    def other_batch() -> BatchResult:
-        wait_until(
-            lambda: sim.admin.counters().calls["template_send"] >= 25,
-            "the first batch is under way (25 sends)",
+    async with WeChatClient(sim.base_url) as client:
+        campaign = CampaignRun(
+            spec=SPEC,
+            campaign_id=CAMPAIGN,
+            client=client,
+            tokens=TokenSource(token, Refresher(sim)),
+            limiter=RateLimiter(150),
+            concurrency=8,
+            retry=FAST,
         )
-        return asyncio.run(
-            run(sim, [row(i) for i in ids[:5]], spec=bad_spec, stop=stop, token=token)
+        # The same run, another template: the second batch's sends are refused.
+        bad = CampaignRun(
+            spec=SPEC.model_copy(update={"template_id": "deleted-template"}),
+            campaign_id=CAMPAIGN,
+            client=client,
+            tokens=campaign.tokens,
+            stop=campaign.stop,
+            retry=FAST,
         )
 
-    other = asyncio.to_thread(other_batch)
-    mine = run(sim, [row(i) for i in ids[5:]], stop=stop, limiter=limiter, token=token)
-    theirs, ours = await asyncio.gather(other, mine)
+        async def other_batch() -> BatchResult:
+            await await_until(
+                lambda: sim.admin.counters().calls["template_send"] >= 25,
+                "the first batch is under way (25 sends)",
+            )
+            return await bad.send([row(i) for i in ids[:5]])
+
+        theirs, ours = await asyncio.gather(other_batch(), campaign.send([row(i) for i in ids[5:]]))
 
     assert theirs.stop is not None and theirs.stop.errcode == 40037
     assert ours.stop == theirs.stop
@@ -523,37 +536,31 @@ async def test_an_account_problem_stops_and_keeps_the_row_open(
 async def test_a_batch_started_after_a_stop_sends_nothing(sim: SimulatorProcess) -> None:
     ids = openids(5)
     follow(sim, ids)
-    stop = stop_signal("cmp-stopped")
+    stop = StopSignal()
     stop.pause(45009, "quota")
-    try:
-        result = await run(sim, [row(i) for i in ids], stop=stop)
-    finally:
-        stop.clear()
+    result = await run(sim, [row(i) for i in ids], stop=stop)
     assert result.outcomes == [] and result.not_attempted == 5
     assert sim.admin.counters().calls["template_send"] == 0
-    assert stop_signal("cmp-stopped") is stop and not stop.is_set()
 
 
 # -- StopSignal ------------------------------------------------------------------------------------
 
 
-async def test_stop_wakes_a_sleeper_on_another_event_loop() -> None:
+async def test_a_stop_from_another_thread_wakes_a_sleeper_on_the_run_loop() -> None:
+    """A signal handler or a database thread may raise the stop: the sleeper wakes at once."""
     stop = StopSignal()
-    woke: list[tuple[bool, float]] = []
+    sleeping = asyncio.create_task(stop.sleep(30))
+    await asyncio.sleep(0.01)
+    started = time.monotonic()
 
-    def sleeper() -> None:
-        started = time.monotonic()
-        stopped = asyncio.run(stop.sleep(30))
-        woke.append((stopped, time.monotonic() - started))
+    def from_elsewhere() -> None:
+        stop.pause(45009, "quota")
+        stop.set("stop", "bad template", errcode=40037)  # more severe: replaces the pause
+        stop.pause(45009, "quota again")  # milder: ignored
 
-    thread = threading.Thread(target=sleeper)
-    thread.start()
-    await await_until(lambda: stop._sleepers, "the other thread sleeps on the signal")
-    stop.pause(45009, "quota")
-    stop.set("stop", "bad template", errcode=40037)  # more severe: replaces the pause
-    stop.pause(45009, "quota again")  # milder: ignored
-    thread.join(5)
-    assert woke and woke[0][0] is True and woke[0][1] < 5
+    await asyncio.to_thread(from_elsewhere)
+    assert await asyncio.wait_for(sleeping, 5) is True
+    assert time.monotonic() - started < 5
     assert (stop.kind, stop.errcode, stop.reason) == ("stop", 40037, "bad template")
     assert await stop.sleep(10) is True  # already stopped: returns at once
 
@@ -629,5 +636,3 @@ async def test_a_value_that_cannot_be_rendered_fails_only_its_row(sim: Simulator
     # The exception's class, never its text: that can quote the row (the ledger is value-free).
     assert outcomes[ids[1]].reason == "could not render the message (RuntimeError)"
     assert result.counts["sent"] == 2 and result.stop is None
-
-

@@ -67,7 +67,7 @@ def child_campaign(spec: dict[str, Any]) -> dict[str, Any]:
     answer: dict[str, Any] = {"rss_ready": rss_now()}
     cpu = time.process_time()
     started = time.perf_counter()
-    state = push_campaign(params, return_state=True)
+    state = asyncio.run(push_campaign(params, return_state=True))
     answer["wall"] = time.perf_counter() - started
     answer["cpu"] = time.process_time() - cpu
     if state.is_completed():
