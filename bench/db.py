@@ -3,11 +3,12 @@
     .venv/bin/python bench/db.py --url sqlite:///bench.db
     .venv/bin/python bench/db.py --url postgresql://postgres@127.0.0.1:5432/test --stream 1000000
 
-Ledger: 500-row batches, one transaction each (as send_batch writes them), first as new rows
-(status failed) then as answers to the same rows (sent: the ON CONFLICT path). It compares
-db.ledger.record_outcomes with the same upsert through SQLAlchemy Core, as a driver
-executemany and as one multi-VALUES statement. Stream: seeds N recipients once (app
-`bench-N`), then streams the default audience with a 48-hour window in batches of 500.
+Ledger: 500-row batches, one transaction each (as a campaign run flushes its answers),
+first as new rows (status failed) then as answers to the same rows (sent: the ON CONFLICT
+path). It compares db.ledger.record_outcomes with the same upsert through SQLAlchemy
+Core, as a driver executemany and as one multi-VALUES statement. Stream: seeds N
+recipients once (app `bench-N`), then streams the default audience with a 48-hour window in
+batches of 500.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 `deliveries` for a send; every function takes the connection (or session) first and never
 commits.
 
-Two writes per message, one statement per batch each (docs/architecture.md, decision 5):
+Two writes per message, one statement per call each (docs/architecture.md, decision 5; the
+send path marks 128 rows per call and writes up to 500 answers per call):
 
 - `record_attempts`, committed before the sends start: the row is `pending` with reason
   `in_flight`, its client_msg_id and when the attempt began;
@@ -50,7 +51,7 @@ from db.types import sqlite_text, utcnow
 Executor = Connection | Session
 # Statuses that never change once stored.
 SETTLED_STATUSES = (DeliveryStatus.SENT, DeliveryStatus.SKIPPED, DeliveryStatus.INVALID)
-_MAX_ROWS_PER_STATEMENT = 500  # final_openids: IN lists of at most 500
+_MAX_ROWS_PER_STATEMENT = 500  # record_attempts, final_openids: IN lists of at most 500
 
 # -- the upsert ---------------------------------------------------------------------------------
 # Written once, as SQL, identical on both databases except for how rows arrive: SQLite gets a
@@ -398,9 +399,10 @@ def final_openids(
     *,
     retry_failed: bool = False,
 ) -> set[str]:
-    """Which of `openids` the ledger already marks final for this campaign (a re-run batch
-    skips them before sending). With `retry_failed`, failures of a retryable class (RETRY,
-    QUOTA) do not count as final, matching `stream_audience(retry_failed=True)`."""
+    """Which of `openids` the ledger already marks final for this campaign (the send path no
+    longer asks: `record_attempts` refuses final rows itself). With `retry_failed`,
+    failures of a retryable class (RETRY, QUOTA) do not count as final, matching
+    `stream_audience(retry_failed=True)`."""
     wanted = list(dict.fromkeys(openids))
     if not wanted:
         return set()

@@ -213,7 +213,7 @@ Refresh = Callable[[SecretStr], Awaitable[SecretStr]]
 
 
 class TokenSource:
-    """The batch's current access token, and a single-flight refresh of it.
+    """The run's current access token, and a single-flight refresh of it.
 
     `refresh(failed)` calls the caller's coroutine (in production
     `lambda t: tasks.token.refresh_if_current(app, t)`, compare-and-expire across processes)
@@ -242,7 +242,7 @@ class TokenSource:
     async def refresh(self, failed: SecretStr) -> SecretStr:
         """A token to retry with after WeChat refused `failed`."""
         if failed.get_secret_value() != self._current.get_secret_value():
-            return self._current  # someone in this batch already replaced it
+            return self._current  # someone in this run already replaced it
         if self._inflight is not None:
             return await asyncio.shield(self._inflight)
         future: asyncio.Future[SecretStr] = asyncio.get_running_loop().create_future()
@@ -313,9 +313,10 @@ class Ledger(Protocol):
 Sender = Callable[[SecretStr, Any], Awaitable[SendResult]]
 _RETRY, _REFRESH = ErrorClass.RETRY, ErrorClass.REFRESH
 _RECIPIENT, _QUOTA = ErrorClass.RECIPIENT, ErrorClass.QUOTA
-#: Rows marked in flight at once, per batch, ahead of the senders. A crash leaves at most
-#: this many marked rows per batch that were never sent (they become `unknown` after the
-#: dedupe window): small, yet large enough that marking keeps ahead of the sends.
+#: Rows marked in flight per `ledger.mark` call, ahead of the senders; the next chunk is
+#: marked once fewer than half of this one are left. A crash therefore leaves fewer than
+#: 1.5 × this many marked rows per batch that were never sent (a resume after the dedupe
+#: window records them `unknown`): small, yet large enough that marking keeps ahead.
 MARK_CHUNK = 128
 #: Answers are written to the ledger at least this often (seconds) and in chunks of at
 #: most FLUSH_ROWS, so a crash loses at most about a second of answers.
