@@ -20,14 +20,16 @@ from collections.abc import Callable, Collection, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.objects import StateType, TaskRun
 from prefect.exceptions import TerminationSignal
 from prefect.runtime import deployment as current_deployment
 from prefect.runtime import flow_run as current_flow_run
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 from prefect.utilities.annotations import quote
 from pydantic import BaseModel, Field
 
@@ -749,6 +751,8 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
                         if status != "pending"
                     )
             tally = await _send_all(params, app, campaign_id, sql, binds, stop, progress)
+            if received == [signal.SIGTERM] and await _cancel_requested():
+                stop.set("cancel", CANCELLED_REASON)
         except BaseException as caught:
             # A second signal cancelled the batches: still the signal's ending.
             exc = _interruption(received[0]) if received else caught
@@ -775,9 +779,26 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
                 raise exc from None
             raise
     result = await _finish(params, campaign_id, stop, tally, progress, started)
+    if stop.kind == "cancel":
+        return Cancelled(message=CANCELLED_REASON, data=result)
     if received:
         raise _interruption(received[0])
     return _run_state(result)
+
+
+async def _cancel_requested() -> bool:
+    """Whether the SIGTERM that stopped the run was Prefect cancelling it (the UI's Cancel,
+    `wxpush campaign cancel`): the run's state is then Cancelling. The run then ends
+    Cancelled itself: its SIGTERM handler is this flow's, so Prefect's own cannot say so."""
+    run_id = current_flow_run.id
+    if not run_id:
+        return False
+    try:
+        async with get_client() as client:
+            run = await client.read_flow_run(UUID(run_id))
+    except Exception:  # the server is unreachable: a signal like any other
+        return False
+    return run.state is not None and run.state.type in (StateType.CANCELLING, StateType.CANCELLED)
 
 
 async def _finish(

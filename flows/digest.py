@@ -15,7 +15,7 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.context import FlowRunContext
-from prefect.states import Completed, Failed, State
+from prefect.states import Cancelled, Completed, Failed, State
 
 from db.digest import previous_day
 from flows.campaign import CampaignResult, push_campaign
@@ -69,4 +69,6 @@ async def daily_digest(params: DigestForm = DEFAULT_DIGEST) -> CampaignResult | 
     if state.is_failed():
         # An expected stop: its message says what to fix; raising it would log a traceback.
         return Failed(message=state.message)
+    if state.is_cancelled():  # cancelled from the UI while the campaign sent
+        return Cancelled(message=state.message)
     return Completed(message=state.message, data=await state.aresult())  # "paused: why" when paused
