@@ -655,7 +655,7 @@ def _interruption(signum: int) -> BaseException:
 
 
 @contextlib.contextmanager
-def _signals_pause(stop: StopSignal, campaign_id: str) -> Iterator[list[int]]:
+def _pause_on_signals(stop: StopSignal, campaign_id: str) -> Iterator[list[int]]:
     """While the campaign sends, SIGINT and SIGTERM pause it: no new send starts, the sends
     in flight finish and are recorded. Yields the signals received; the body re-raises the
     first once the campaign row says where it stopped. A second signal cancels the run's
@@ -730,7 +730,7 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     else:
         campaign_id = start_campaign(params)
     stop = StopSignal()
-    with _signals_pause(stop, campaign_id) as received:
+    with _pause_on_signals(stop, campaign_id) as received:
         try:
             refused = await preflight(params, campaign_id, sql, binds)
             if refused is not None:
