@@ -469,7 +469,7 @@ async def _send_all(
             WeChatClient(
                 app.api_base_url,
                 kind=app.kind,
-                max_connections=params.concurrency * PARALLEL_BATCHES,
+                max_connections=params.concurrency,
                 timeout=params.request_timeout_seconds,
             ) as client,
             CampaignRun(

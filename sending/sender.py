@@ -419,6 +419,9 @@ class CampaignRun:
         self.ledger = ledger
         self.dedupe = spec.kind == "template"  # WeChat dedupes this kind on client_msg_id
         self._send = _sender(client, spec.kind)
+        # One bound for the whole run: a batch finishing its last rows leaves its slots
+        # to the next batch, and `concurrency` means what the form says.
+        self._slots = asyncio.Semaphore(concurrency)
         self._rng = random.Random()
         self._buffer: list[DeliveryOutcome] = []
         self._writing = asyncio.Lock()
@@ -641,7 +644,8 @@ class CampaignRun:
                 first = last
             attempts += 1
             try:
-                result = await self._send(token, message)
+                async with self._slots:
+                    result = await self._send(token, message)
             except WeChatError as exc:
                 error = exc
             else:

@@ -220,7 +220,8 @@ class MessageParams(MessageFields):
         le=5000,
         title="Batch size",
         description=(
-            "Recipients sent and saved together; the progress bar moves a batch at a time. "
+            "Recipients handed to one send task (one line in the run's task list); the "
+            "progress bar moves a batch at a time. Answers are saved every second either way. "
             "The default suits most campaigns."
         ),
         json_schema_extra={"position": 11},
@@ -231,8 +232,8 @@ class MessageParams(MessageFields):
         le=256,
         title="Concurrency",
         description=(
-            "Messages sent at the same time. More = faster, up to the rate limit and as fast "
-            "as WeChat answers."
+            "Messages sent at the same time, for the whole campaign. More = faster, up to the "
+            "rate limit and as fast as WeChat answers."
         ),
         json_schema_extra={"position": 12},
     )
