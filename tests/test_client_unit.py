@@ -5,7 +5,11 @@ End-to-end behaviour against the simulator lives in test_client_simulator.py.
 
 from __future__ import annotations
 
+import asyncio
+import gzip
 import logging
+import time
+from collections.abc import AsyncIterator
 
 import httpx
 import pytest
@@ -13,7 +17,7 @@ import respx
 from pydantic import SecretStr
 
 from wechat import errors
-from wechat.client import WeChatClient
+from wechat.client import TransportChoice, WeChatClient
 from wechat.models import TemplateMessage
 
 BASE = "https://api.example.test"
@@ -148,3 +152,89 @@ async def test_refused_connection_is_named_as_such() -> None:
             await c.check_token(TOKEN)
     assert "connection failed" in str(info.value)
     assert TOKEN not in str(info.value)
+
+
+@pytest.mark.parametrize("transport", ["aiohttp", "httpx"])
+async def test_hung_server_times_out_within_the_client_timeout(transport: TransportChoice) -> None:
+    # Requests skip httpx.AsyncClient, so the read timeout must travel in the request itself.
+    async def never_answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read(65536)
+        await asyncio.sleep(5)  # then hang up: without the timeout the test fails, not hangs
+        writer.close()
+
+    server = await asyncio.start_server(never_answer, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    timeout = httpx.Timeout(connect=5.0, read=0.5, write=5.0, pool=5.0)
+    try:
+        async with WeChatClient(
+            f"http://127.0.0.1:{port}", timeout=timeout, transport=transport
+        ) as c:
+            started = time.perf_counter()
+            with pytest.raises(errors.TransportError) as info:
+                await c.send_template(TOKEN, MESSAGE)
+            waited = time.perf_counter() - started
+    finally:
+        server.close()
+    assert 0.4 < waited < 3.0
+    assert "timeout" in str(info.value)
+    assert TOKEN not in str(info.value)
+
+
+async def test_custom_transport_gets_the_timeout_and_a_read_body() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"errcode": 0, "msgid": 5})
+
+    timeout = httpx.Timeout(connect=1.0, read=2.0, write=3.0, pool=4.0)
+    async with WeChatClient(BASE, timeout=timeout, transport=httpx.MockTransport(handler)) as c:
+        result = await c.send_template(TOKEN, MESSAGE)
+    assert result.msgid == 5
+    request = seen[0]
+    assert request.extensions["timeout"] == {"connect": 1.0, "read": 2.0, "write": 3.0, "pool": 4.0}
+    assert request.headers["content-length"] == str(len(request.content))
+    assert request.headers["host"] == "api.example.test"
+    assert request.headers["user-agent"] == "wxpush"
+    assert request.headers["content-type"] == "application/json; charset=utf-8"
+
+
+@respx.mock
+async def test_gzip_answer_is_decoded(client: WeChatClient) -> None:
+    body = gzip.compress(b'{"errcode":0,"errmsg":"ok","msgid":9}')
+    respx.post(SEND).mock(
+        return_value=httpx.Response(200, content=body, headers={"content-encoding": "gzip"})
+    )
+    assert (await client.send_template(TOKEN, MESSAGE)).msgid == 9
+
+
+class _Chunks(httpx.AsyncByteStream):
+    """A body that can be read once, as from a socket."""
+
+    def __init__(self, *chunks: bytes) -> None:
+        self.chunks = iter(chunks)
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+
+class _ReadsFirst(httpx.AsyncBaseTransport):
+    """A wrapping transport that reads the answer before handing it back."""
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = httpx.Response(200, stream=_Chunks(b'{"errcode":0,', b'"msgid":11}'))
+        await response.aread()
+        return response
+
+
+class _Streams(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=_Chunks(b'{"errcode":0,', b'"msgid":12}'))
+
+
+async def test_streamed_and_already_read_answers_are_both_read() -> None:
+    async with WeChatClient(BASE, transport=_ReadsFirst()) as c:
+        assert (await c.send_template(TOKEN, MESSAGE)).msgid == 11
+    async with WeChatClient(BASE, transport=_Streams()) as c:
+        assert (await c.send_template(TOKEN, MESSAGE)).msgid == 12
