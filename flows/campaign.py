@@ -392,7 +392,7 @@ async def _collect(
     progress: Progress,
 ) -> None:
     tally.add(await batch)
-    await asyncio.to_thread(progress.update, tally.rows, tally.counts)
+    await progress.update(tally.rows, tally.counts)
     if (
         params.max_error_ratio < 1
         and tally.attempted >= ERROR_RATIO_MIN_ATTEMPTS
@@ -459,7 +459,7 @@ async def _send_all(
                     tally.counts[
                         tally.plan.add(spec, campaign_id, row.values, row.skip_reason)
                     ] += 1
-                await asyncio.to_thread(progress.update, tally.rows, tally.counts)
+                await progress.update(tally.rows, tally.counts)
             return tally
         tokens = TokenSource(
             await get_access_token(params.app),
@@ -736,7 +736,7 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
             if refused is not None:
                 stop.set(refused.kind, refused.reason)
                 return _stopped(params, campaign_id, stop)
-            progress = Progress.start(
+            progress = await Progress.start(
                 campaign_id,
                 params.name,
                 total=count_audience(
@@ -833,7 +833,7 @@ async def _finish(
         dry_run=params.dry_run,
         plan=tally.plan,
     )
-    progress.finish()
+    await progress.finish()
     publish_report(
         CampaignReport.build(
             campaign_id=campaign_id,

@@ -10,10 +10,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from prefect.artifacts import (
+    acreate_progress_artifact,
+    aupdate_progress_artifact,
     create_markdown_artifact,
-    create_progress_artifact,
     create_table_artifact,
-    update_progress_artifact,
 )
 from pydantic import BaseModel, Field
 
@@ -45,8 +45,10 @@ def artifact_key(campaign_id: str, suffix: str) -> str:
 class Progress:
     """The run's progress artifact, updated as batches finish.
 
-    Every artifact call here passes `_sync=True`: called from the async campaign flow,
-    Prefect's dispatch would otherwise return a coroutine and create nothing."""
+    Async: awaited on the campaign flow's loop, it uses the flow's own Prefect client (a
+    sync call from there would open a client, TLS context and all, for every batch).
+    The other artifacts here are written once per run and pass `_sync=True`: inside an
+    async flow Prefect's dispatch would otherwise return a coroutine and create nothing."""
 
     artifact_id: UUID | None
     description: str
@@ -55,33 +57,32 @@ class Progress:
     last: float = field(default=0.0)
 
     @classmethod
-    def start(cls, campaign_id: str, name: str, total: int | None = None) -> Progress:
+    async def start(cls, campaign_id: str, name: str, total: int | None = None) -> Progress:
         """Create the progress artifact at 0 %."""
         description = f"Progress of campaign {name}"
-        artifact_id = create_progress_artifact(
+        artifact_id = await acreate_progress_artifact(
             0.0,
             key=artifact_key(campaign_id, "progress"),
             description=f"{description}: the share of its audience handled so far",
-            _sync=True,
         )
         return cls(artifact_id=artifact_id, description=description, total=total)
 
-    def update(self, rows_seen: int, counts: Mapping[str, int]) -> None:
+    async def update(self, rows_seen: int, counts: Mapping[str, int]) -> None:
         """Move the bar (when the audience size is known) and say what happened so far."""
         if self.artifact_id is None:
             return
         seen = self.done_before + rows_seen
         percent = min(99.0, 100.0 * seen / self.total) if self.total else self.last
         summary = ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
-        update_progress_artifact(
-            self.artifact_id, percent, description=f"{self.description}: {summary}", _sync=True
+        await aupdate_progress_artifact(
+            self.artifact_id, percent, description=f"{self.description}: {summary}"
         )
         self.last = percent
 
-    def finish(self) -> None:
+    async def finish(self) -> None:
         """100 %: every audience row has been handled."""
         if self.artifact_id is not None:
-            update_progress_artifact(self.artifact_id, 100.0, _sync=True)
+            await aupdate_progress_artifact(self.artifact_id, 100.0)
 
 
 #: What the report's time measures: one run, or the campaign's whole life (`wxpush report`).

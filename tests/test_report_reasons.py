@@ -5,6 +5,7 @@ artifact, and which endings count as expected (logged in one line, no traceback)
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -204,15 +205,18 @@ def _captured(monkeypatch: pytest.MonkeyPatch) -> dict[str, dict[str, Any]]:
         found[kw["key"]] = {"data": data, "description": kw.get("description")}
         return kw["key"]
 
-    for name in ("create_markdown_artifact", "create_table_artifact", "create_progress_artifact"):
+    async def acreate(*args: Any, **kw: Any) -> str:
+        return create(*args, **kw)
+
+    for name in ("create_markdown_artifact", "create_table_artifact"):
         monkeypatch.setattr(report_module, name, create)
-    monkeypatch.setattr(report_module, "update_progress_artifact", lambda *a, **kw: None)
+    monkeypatch.setattr(report_module, "acreate_progress_artifact", acreate)
     return found
 
 
 def test_every_artifact_says_what_it_is(monkeypatch: pytest.MonkeyPatch) -> None:
     found = _captured(monkeypatch)
-    Progress.start("c-1", "spring", total=10)
+    asyncio.run(Progress.start("c-1", "spring", total=10))
     publish_report(
         CampaignReport.build(
             campaign_id="c-1",
