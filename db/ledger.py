@@ -229,6 +229,27 @@ MARK_SQL = {
 }
 
 
+def _judging_mark_sql(*, retry_failed: bool, safe_for: timedelta) -> str:
+    """PostgreSQL's mark with `_verdict` in its ON CONFLICT WHERE, RETURNING what it marked:
+    the conflict goes through the unique (campaign_id, openid) index, the arbiter, so no
+    statistics can turn it into a read of the whole campaign (a SELECT of the same openids
+    can: docs/database.md, "Plans that must not depend on statistics")."""
+    failed = (
+        f" OR (deliveries.status = '{DeliveryStatus.FAILED}' AND deliveries.error_class IN "
+        f"({', '.join(repr(c) for c in RETRYABLE_ERROR_CLASSES)}))"
+        if retry_failed
+        else ""
+    )
+    judged = f"""
+WHERE (deliveries.status = '{_PENDING}' AND deliveries.reason IS DISTINCT FROM '{_IN_FLIGHT}')
+   OR (deliveries.status = '{_PENDING}' AND deliveries.client_msg_id IS NOT NULL
+       AND deliveries.last_attempt_at >= excluded.last_attempt_at
+           - interval '{safe_for.total_seconds():.6f} seconds'){failed}
+RETURNING openid"""
+    base = MARK_SQL["postgresql"]
+    return base[: base.rindex("WHERE ")].rstrip() + judged
+
+
 @dataclass(frozen=True, slots=True)
 class RecordedAttempts:
     """What `record_attempts` did: the openids now marked in flight (send these and only
@@ -287,6 +308,8 @@ def record_attempts(
     connection = _connection(executor)
     dialect = connection.dialect.name
     sqlite = dialect == "sqlite"
+    if not sqlite:
+        return _judge_and_mark(connection, campaign_id, wanted, retry_failed, safe_for)
     query = select(
         deliveries.c.openid,
         deliveries.c.status,
@@ -334,6 +357,30 @@ def record_attempts(
         )
         connection.exec_driver_sql(MARK_SQL[dialect], parameters)
     return RecordedAttempts(frozenset(a.openid for a in marked), frozenset(unknown))
+
+
+def _judge_and_mark(
+    connection: Connection,
+    campaign_id: str,
+    wanted: dict[str, Attempt],
+    retry_failed: bool,
+    safe_for: timedelta,
+) -> RecordedAttempts:
+    """`record_attempts` on PostgreSQL: one upsert that marks what `_verdict` would and
+    returns it; of the rest, the rows still in flight (an attempt too old to repeat, or
+    without a client_msg_id) become `unknown`. A new campaign's chunk is one statement."""
+    now = utcnow()
+    rows = [(campaign_id, a.openid, a.client_msg_id, a.attempted_at, now) for a in wanted.values()]
+    columns = tuple(list(column) for column in zip(*rows, strict=True))
+    sql = _judging_mark_sql(retry_failed=retry_failed, safe_for=safe_for)
+    marked = frozenset(row[0] for row in connection.exec_driver_sql(sql, columns))
+    rest = [openid for openid in wanted if openid not in marked]
+    unknown: list[str] = []
+    for start in range(0, len(rest), _MAX_ROWS_PER_STATEMENT):
+        chunk = rest[start : start + _MAX_ROWS_PER_STATEMENT]
+        statement = _to_unknown(campaign_id, now).where(deliveries.c.openid.in_(chunk))
+        unknown += connection.execute(statement.returning(deliveries.c.openid)).scalars()
+    return RecordedAttempts(marked, frozenset(unknown))
 
 
 def _to_unknown(campaign_id: str, now: datetime) -> Any:
