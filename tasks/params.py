@@ -215,7 +215,7 @@ class MessageParams(MessageFields):
         json_schema_extra={"position": 10},
     )
     batch_size: int = Field(
-        500,
+        2000,
         ge=1,
         le=5000,
         title="Batch size",
