@@ -1,5 +1,6 @@
 """Part 2, `e2e`: `push_campaign` end to end for each batch × concurrency of the grid, then
-the fastest at the other sizes, bracketed by the ceiling."""
+the fastest at the other sizes (`--repeat` times each, a ceiling run between), bracketed by
+the ceiling."""
 
 from __future__ import annotations
 
@@ -32,12 +33,16 @@ def part_e2e(bench: Bench, deadline: float) -> None:
         measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, when="again")
     for size in others:
         for best in ranked[: args.top]:
-            if time.monotonic() > deadline:
-                say(f"  --max-seconds reached: {size:,} not run")
-                break
-            spec = CampaignSpec("e2e", size, best.batch_size, best.concurrency)
-            run = run_campaign(bench, spec, deadline)
-            bench.report.e2e.append(run)
-            say(f"  {size:,}, batch {best.batch_size} × {best.concurrency}: {describe(run)}")
+            for round_ in range(1, args.repeat + 1):
+                if time.monotonic() > deadline:
+                    say(f"  --max-seconds reached: {size:,} not run")
+                    break
+                spec = CampaignSpec("e2e", size, best.batch_size, best.concurrency)
+                run = run_campaign(bench, spec, deadline)
+                bench.report.e2e.append(run)
+                say(f"  {size:,}, batch {best.batch_size} × {best.concurrency}: {describe(run)}")
+                if ceiling is not None and round_ < args.repeat:
+                    # Interleaved, so the goal compares medians taken over the same drift.
+                    measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, "between")
     if ceiling is not None and ranked and time.monotonic() < deadline - 30:
         measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, when="after")

@@ -60,6 +60,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--top", type=int, default=2, help="grid configurations run at the other sizes"
     )
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of each configuration at the other sizes, a ceiling run between each two; "
+        "the goals use the medians",
+    )
     parser.add_argument("--ceiling-messages", type=int, default=20_000)
     parser.add_argument("--rates", type=int_list, default=[50, 200])
     parser.add_argument("--rate-seconds", type=float, default=10.0)

@@ -107,34 +107,65 @@ def print_rss(report: Report) -> None:
         )
 
 
+#: Issue 11's goals for the end-to-end runs at 100k (the ratios use medians: see `goals`).
+E2E_GOAL = {"sqlite": 0.75, "postgresql": 0.70}
+CPU_GOAL = 1.3  # campaign CPU per message ÷ the bare loop's, at most
+RAW_STRETCH = 0.35  # end to end ÷ raw aiohttp, at least
+
+
+def _median(values: list[float]) -> float:
+    ordered = sorted(values)
+    middle = len(ordered) // 2
+    return ordered[middle] if len(ordered) % 2 else (ordered[middle - 1] + ordered[middle]) / 2
+
+
 def goals(report: Report) -> dict[str, Any]:
-    """The issue's three goals, measured."""
+    """The issues' goals, measured. End to end: the median of the runs at 100k of the fastest
+    configuration ÷ the median of every run of the ceiling's loop (before, between and after
+    them: the machine's speed drifts, and one fast loop run is no fairer a yardstick than one
+    slow campaign run); the best and worst pairings are kept beside it."""
     out: dict[str, Any] = {}
     ceiling = report.ceiling_run()
     big = [r for r in report.e2e if r.consistent and r.recipients >= 100_000]
     if big:  # the goal is at 100k: the runs of the smallest size from 100k up, not a larger one
         big = [r for r in big if r.recipients == min(b.recipients for b in big)]
     if ceiling and big:
-        run = max(big, key=lambda r: r.wall_rate)
-        ratio = run.wall_rate / ceiling.rate
+        best = max(big, key=lambda r: r.wall_rate)
+        config = (best.batch_size, best.concurrency)
+        runs = [r for r in big if (r.batch_size, r.concurrency) == config]
         same = [
-            r.rate
+            r
             for r in report.ceiling
             if (r.stack, r.concurrency) == (ceiling.stack, ceiling.concurrency)
         ]
+        e2e = _median([r.wall_rate for r in runs])
+        loop = _median([r.rate for r in same])
+        raw = [r.rate for r in report.ceiling if r.stack == "aiohttp"]
+        database = report.conditions.get("database", "sqlite")
+        goal = E2E_GOAL.get(database, 0.70)
+        ratio = e2e / loop
+        cpu = cpu_ratio(report, runs)
         out["e2e_vs_ceiling_at_100k"] = {
-            "msg_per_s": round(run.wall_rate, 1),
-            "ceiling_msg_per_s": round(ceiling.rate, 1),
+            "batch_x_concurrency": f"{best.batch_size}x{best.concurrency}",
+            "runs": len(runs),
+            "msg_per_s": round(e2e, 1),
+            "msg_per_s_each": [round(r.wall_rate, 1) for r in runs],
+            "ceiling_msg_per_s": round(loop, 1),
+            "ceiling_each": [round(r.rate, 1) for r in same],
             "ratio": round(ratio, 3),
-            "span_ratio": round((run.span_rate or 0) / ceiling.rate, 3),
-            # against the mean of every run of the ceiling's stack and concurrency (before,
-            # and bracketing the large runs): less conservative, shows the machine's drift
-            "ratio_vs_mean_ceiling": round(run.wall_rate / (sum(same) / len(same)), 3),
-            # CPU per message of the bare loop ÷ of the campaign process: steadier than
-            # wall-clock rates on a machine whose speed drifts
-            "cpu_efficiency": cpu_efficiency(report, run),
-            "goal": 0.70,
-            "met": ratio >= 0.70,
+            "ratio_range": [
+                round(min(r.wall_rate for r in runs) / max(r.rate for r in same), 3),
+                round(max(r.wall_rate for r in runs) / min(r.rate for r in same), 3),
+            ],
+            "span_ratio": round(_median([r.span_rate or 0 for r in runs]) / loop, 3),
+            "goal": goal,
+            "met": ratio >= goal,
+            # campaign process CPU per message ÷ the bare loop's: steadier than rates
+            "cpu_ratio": cpu,
+            "cpu_goal": CPU_GOAL,
+            "cpu_met": cpu is not None and cpu <= CPU_GOAL,
+            "vs_raw_aiohttp": round(e2e / max(raw), 3) if raw else None,
+            "raw_stretch": RAW_STRETCH,
         }
     by_size = size_scaling(report)
     if by_size is not None:
@@ -181,39 +212,48 @@ def size_scaling(report: Report) -> dict[str, Any] | None:
     }
 
 
-def cpu_efficiency(report: Report, run: CampaignRun) -> float | None:
-    """Bare-loop CPU per message (mean of the ceiling's stack and concurrency) ÷ the
-    campaign process's CPU per message."""
+def cpu_ratio(report: Report, runs: list[CampaignRun]) -> float | None:
+    """The campaign process's CPU per message (median of `runs`) ÷ the bare loop's (mean of
+    the ceiling's stack and concurrency)."""
     ceiling = report.ceiling_run()
-    if ceiling is None or not run.sent or not run.campaign_cpu:
-        return None
     costs = [
         r.client_cpu_us
         for r in report.ceiling
-        if (r.stack, r.concurrency) == (ceiling.stack, ceiling.concurrency) and r.client_cpu_us
+        if ceiling is not None
+        and (r.stack, r.concurrency) == (ceiling.stack, ceiling.concurrency)
+        and r.client_cpu_us
     ]
-    if not costs:
+    campaign = [r.campaign_cpu / r.sent * 1e6 for r in runs if r.sent and r.campaign_cpu]
+    if not costs or not campaign:
         return None
-    return round((sum(costs) / len(costs)) / (run.campaign_cpu / run.sent * 1e6), 3)
+    return round(_median(campaign) / (sum(costs) / len(costs)), 3)
 
 
 def print_goals(report: Report) -> None:
     measured = goals(report)
     if not measured:
         return
-    say("\nGoals (issue 3)")
+    say("\nGoals")
     if "e2e_vs_ceiling_at_100k" in measured:
         g = measured["e2e_vs_ceiling_at_100k"]
+        low, high = g["ratio_range"]
         say(
-            f"  end to end ≥ 70% of the ceiling at 100k: {g['msg_per_s']:,.0f} ÷ "
-            f"{g['ceiling_msg_per_s']:,.0f} = {g['ratio']:.0%} ({g['span_ratio']:.0%} over the "
-            f"send span; {g['ratio_vs_mean_ceiling']:.0%} of the mean of that loop's runs "
-            f"before and around them) — {met(g['met'])}"
+            f"  (issue 11) end to end at 100k ≥ {g['goal']:.0%} of the bare httpx + aiohttp "
+            f"loop: median of {g['runs']} run(s) of {g['batch_x_concurrency']} "
+            f"{g['msg_per_s']:,.0f} ÷ median of {len(g['ceiling_each'])} loop runs "
+            f"{g['ceiling_msg_per_s']:,.0f} = {g['ratio']:.0%} (any pairing {low:.0%}–"
+            f"{high:.0%}; {g['span_ratio']:.0%} over the send span) — {met(g['met'])}"
         )
-        if g["cpu_efficiency"] is not None:
+        if g["cpu_ratio"] is not None:
             say(
-                f"    CPU per message: the bare loop needs {g['cpu_efficiency']:.0%} of what "
-                "the campaign process spends"
+                f"  (issue 11) campaign CPU per message ≤ {g['cpu_goal']}× the bare loop's: "
+                f"{g['cpu_ratio']:.2f}× — {met(g['cpu_met'])}"
+            )
+        if g["vs_raw_aiohttp"] is not None:
+            say(
+                f"  (issue 11, stretch) end to end ≥ {g['raw_stretch']:.0%} of raw aiohttp "
+                f"(its best run): {g['vs_raw_aiohttp']:.0%} — "
+                f"{met(g['vs_raw_aiohttp'] >= g['raw_stretch'])}"
             )
     if "e2e_by_size" in measured:
         g = measured["e2e_by_size"]
