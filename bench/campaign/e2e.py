@@ -31,18 +31,20 @@ def part_e2e(bench: Bench, deadline: float) -> None:
     ceiling = bench.report.ceiling_run()
     if ceiling is not None and others and ranked:  # bracket the long runs (a noisy machine)
         measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, when="again")
-    for size in others:
+    # One size only: its repeats follow the grid (the grid's own run counts as the first).
+    repeats = {size: args.repeat for size in others} or {first: args.repeat - 1}
+    for size, times in repeats.items():
         for best in ranked[: args.top]:
-            for round_ in range(1, args.repeat + 1):
+            for round_ in range(1, times + 1):
                 if time.monotonic() > deadline:
                     say(f"  --max-seconds reached: {size:,} not run")
                     break
+                if ceiling is not None and (round_ > 1 or size == first):
+                    # Interleaved, so the goal compares medians taken over the same drift.
+                    measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, "between")
                 spec = CampaignSpec("e2e", size, best.batch_size, best.concurrency)
                 run = run_campaign(bench, spec, deadline)
                 bench.report.e2e.append(run)
                 say(f"  {size:,}, batch {best.batch_size} × {best.concurrency}: {describe(run)}")
-                if ceiling is not None and round_ < args.repeat:
-                    # Interleaved, so the goal compares medians taken over the same drift.
-                    measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, "between")
     if ceiling is not None and ranked and time.monotonic() < deadline - 30:
         measure_bare(bench, ceiling.stack, ceiling.concurrency, deadline, when="after")
