@@ -22,7 +22,8 @@ def register(app: typer.Typer) -> None:
         """Run the local WeChat API simulator (default http://127.0.0.1:8900, demo account).
 
         Flags: --host --port --app-id --app-secret --token-expires-in --token-overlap
-        --daily-quota --rate-limit --fault-seed … (see `wxpush simulator --help`).
+        --daily-quota --rate-limit --fault-seed, --account APPID:SECRET (repeatable: more
+        accounts on the same host) … (see `wxpush simulator --help`).
         """
         from wechat.simulator.__main__ import main
 

@@ -93,6 +93,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         help="Start without the demo template and follower.",
     )
     _add_model_flags(parser, AccountConfig, "account")
+    parser.add_argument(
+        "--account",
+        dest="accounts",
+        action="append",
+        type=_extra_account,
+        default=[],
+        metavar="APPID:SECRET[:DAILY_QUOTA]",
+        help="Serve one more account on the same host (repeatable): no demo data, callbacks "
+        "off, the other settings as the flags above. Its secret is visible in the process "
+        "list: use test secrets only.",
+    )
     _add_model_flags(parser, FaultConfig, "faults")
     group = parser.add_argument_group("callbacks (more settings: POST /_sim/callbacks/config)")
     group.add_argument(
@@ -102,6 +113,17 @@ def build_parser(prog: str | None = None) -> argparse.ArgumentParser:
         f"${CALLBACK_TOKEN_ENV}, the EncodingAESKey (safe mode) from ${ENCODING_AES_KEY_ENV}.",
     )
     return parser
+
+
+def _extra_account(text: str) -> tuple[str, str, int | None]:
+    """APPID:SECRET[:DAILY_QUOTA] of --account (argparse shows the error, never the value)."""
+    app_id, _, rest = text.partition(":")
+    secret, _, quota = rest.partition(":")
+    if not app_id or not secret:
+        raise argparse.ArgumentTypeError("--account needs APPID:SECRET[:DAILY_QUOTA]")
+    if quota and not quota.isdigit():
+        raise argparse.ArgumentTypeError("the DAILY_QUOTA of --account must be an integer >= 0")
+    return app_id, secret, int(quota) if quota else None
 
 
 def _callbacks(url: str | None) -> CallbackConfig:
@@ -124,10 +146,19 @@ def settings_from_args(
     def given(model: type[BaseModel]) -> dict[str, Any]:
         return {name: args[name] for name in model.model_fields if args.get(name) is not None}
 
+    account = AccountConfig(**{**_account_defaults(), **given(AccountConfig)})
+    extra: list[AccountConfig] = []
+    for app_id, secret, quota in args["accounts"]:
+        if app_id in {account.app_id, *(other.app_id for other in extra)}:
+            raise SystemExit(f"--account {app_id}: this app_id is served already")
+        quota_field = {} if quota is None else {"daily_quota": quota}
+        settings_of = {**given(AccountConfig), "app_id": app_id, "app_secret": secret}
+        extra.append(AccountConfig(**{**settings_of, **quota_field}))
     return ServerSettings(
         host=args["host"],
         port=args["port"],
-        account=AccountConfig(**{**_account_defaults(), **given(AccountConfig)}),
+        account=account,
+        accounts=extra,
         faults=FaultConfig(**given(FaultConfig)),
         seed_demo=args["seed_demo"],
         callbacks=_callbacks(args["callback_url"]),

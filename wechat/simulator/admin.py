@@ -13,6 +13,7 @@ from pydantic import TypeAdapter
 
 from wechat.simulator.config import AccountConfig, FaultConfig
 from wechat.simulator.models import (
+    AccountInfo,
     CallbackConfigView,
     CallbackCounters,
     ClockInfo,
@@ -29,18 +30,35 @@ from wechat.simulator.models import (
 
 _TEMPLATES = TypeAdapter(list[TemplateSpec])
 _PUSHES = TypeAdapter(list[PushRecord])
+_ACCOUNTS = TypeAdapter(list[AccountInfo])
 FollowerLike = FollowerIn | Mapping[str, Any]
 
 
 class SimulatorAdmin:
-    """`SimulatorAdmin("http://127.0.0.1:8900")`; close it, or use it as a context manager."""
+    """`SimulatorAdmin("http://127.0.0.1:8900")`; close it, or use it as a context manager.
 
-    def __init__(self, base_url: str, *, timeout: float = 30.0) -> None:
+    It addresses the default account; `account(app_id)` gives a client of the same connection
+    that addresses another one (followers, templates, messages, counters, config, faults,
+    tokens, reset of that account only)."""
+
+    def __init__(self, base_url: str, *, timeout: float = 30.0, app_id: str | None = None) -> None:
         self.base_url = base_url.rstrip("/")
+        self.app_id = app_id
         self._http = httpx.Client(base_url=self.base_url + "/_sim", timeout=timeout)
+        self._params: dict[str, str] = {} if app_id is None else {"app_id": app_id}
+        self._owns_http = True
+
+    def account(self, app_id: str) -> SimulatorAdmin:
+        """A client of the account `app_id` on the same connection (closing it closes
+        nothing: the connection is this client's)."""
+        other = SimulatorAdmin.__new__(SimulatorAdmin)
+        other.base_url, other.app_id, other._http = self.base_url, app_id, self._http
+        other._params, other._owns_http = {"app_id": app_id}, False
+        return other
 
     def close(self) -> None:
-        self._http.close()
+        if self._owns_http:
+            self._http.close()
 
     def __enter__(self) -> Self:
         return self
@@ -54,6 +72,8 @@ class SimulatorAdmin:
         self.close()
 
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        if self._params:
+            kwargs["params"] = {**kwargs.get("params", {}), **self._params}
         response = self._http.request(method, path, **kwargs)
         response.raise_for_status()
         return response.json()
@@ -65,8 +85,23 @@ class SimulatorAdmin:
 
     def reset(self, *, everything: bool = False) -> None:
         """Clear messages, counters, tokens, quota use, faults, clock offset; `everything`
-        also restores start-up config, faults, followers and templates."""
+        also restores start-up config, faults, followers and templates, and forgets the
+        accounts added by `add_account`. A client of one account (`account()`) resets that
+        account only, and not the shared clock."""
         self._call("POST", "/reset", json={"everything": everything})
+
+    # ---- accounts --------------------------------------------------------------------------
+
+    def add_account(self, app_id: str, app_secret: str, **config: Any) -> AccountInfo:
+        """Serve one more account on the same host (`config`: AccountConfig's other fields,
+        e.g. `daily_quota=10`): no followers or templates yet, callbacks off. 409 if its
+        app_id is served already."""
+        body = {**config, "app_id": app_id, "app_secret": app_secret}
+        return AccountInfo.model_validate(self._call("POST", "/accounts", json=body))
+
+    def accounts(self) -> list[AccountInfo]:
+        """Every account served, the default one first (no secrets)."""
+        return _ACCOUNTS.validate_python(self._call("GET", "/accounts"))
 
     # ---- clock, config, faults, tokens ------------------------------------------------------
 
@@ -118,7 +153,7 @@ class SimulatorAdmin:
         return self.add_followers([FollowerIn(openid=openid, **fields)])
 
     def follower(self, openid: str) -> FollowerOut | None:
-        response = self._http.get(f"/followers/{openid}")
+        response = self._http.get(f"/followers/{openid}", params=self._params)
         if response.status_code == 404:
             return None
         response.raise_for_status()

@@ -12,6 +12,7 @@ import orjson
 from aiohttp import web
 
 from wechat.simulator import replies
+from wechat.simulator.accounts import Accounts
 from wechat.simulator.faults import Fault
 from wechat.simulator.pusher import CallbackPusher
 from wechat.simulator.replies import Reply
@@ -33,34 +34,39 @@ def json_response(reply: Reply) -> web.Response:
 
 
 class CgiBin:
-    """Handlers of the real API paths, bound to one state."""
+    """Handlers of the real API paths. Each request is answered by one account: the token
+    endpoints pick it by appid, the others by access_token (wechat.simulator.accounts)."""
 
-    def __init__(self, state: SimulatorState) -> None:
-        self.state = state
+    def __init__(self, accounts: Accounts) -> None:
+        self.accounts = accounts
 
     def routes(self) -> list[web.RouteDef]:
-        state, send = self.state, self._send
+        send = self._send
         return [
             web.get("/cgi-bin/token", self.token),
             web.route("*", "/cgi-bin/stable_token", self.stable_token),
             web.get("/cgi-bin/getcallbackip", self.getcallbackip),
             # Any method: a GET carries no body, so it is answered 44002 like WeChat does.
             web.route(
-                "*", "/cgi-bin/message/template/send", send("template_send", state.send_template)
+                "*",
+                "/cgi-bin/message/template/send",
+                send("template_send", SimulatorState.send_template),
             ),
-            web.route("*", "/cgi-bin/message/custom/send", send("custom_send", state.send_custom)),
+            web.route(
+                "*", "/cgi-bin/message/custom/send", send("custom_send", SimulatorState.send_custom)
+            ),
             web.route(
                 "*",
                 "/cgi-bin/message/subscribe/bizsend",
-                send("subscribe_bizsend", state.send_subscribe),
+                send("subscribe_bizsend", SimulatorState.send_subscribe),
             ),
         ]
 
     async def _fault(
-        self, request: web.Request, *, token_endpoint: bool = False
+        self, state: SimulatorState, request: web.Request, *, token_endpoint: bool = False
     ) -> web.StreamResponse | None:
-        """Draw this request's fault and act it out; None means: answer normally."""
-        state = self.state
+        """Draw this request's fault (the account's profile) and act it out; None means:
+        answer normally."""
         fault = state.faults.draw(token_endpoint=token_endpoint)
         if fault is None:
             return None
@@ -82,33 +88,42 @@ class CgiBin:
         return json_response(state.fail(replies.SYSTEM_ERROR, state.clock.now()))
 
     async def token(self, request: web.Request) -> web.StreamResponse:
-        self.state.counters.calls["token"] += 1
-        if (faulted := await self._fault(request, token_endpoint=True)) is not None:
+        state = self.accounts.by_appid(request.query.get("appid"))
+        state.counters.calls["token"] += 1
+        if (faulted := await self._fault(state, request, token_endpoint=True)) is not None:
             return faulted
-        return json_response(self.state.classic_token(request.query))
+        return json_response(state.classic_token(request.query))
 
     async def stable_token(self, request: web.Request) -> web.StreamResponse:
         # Only a POSTed JSON body is read: a GET has no body, so it is answered 44002.
         payload = parse_body(await request.read() if request.method == "POST" else b"")
         force = isinstance(payload, dict) and payload.get("force_refresh") is True
-        self.state.counters.calls["stable_token_force" if force else "stable_token"] += 1
-        if (faulted := await self._fault(request, token_endpoint=True)) is not None:
+        appid = payload.get("appid") if isinstance(payload, dict) else None
+        state = self.accounts.by_appid(appid)
+        state.counters.calls["stable_token_force" if force else "stable_token"] += 1
+        if (faulted := await self._fault(state, request, token_endpoint=True)) is not None:
             return faulted
-        return json_response(self.state.stable_token(payload))
+        return json_response(state.stable_token(payload))
 
     async def getcallbackip(self, request: web.Request) -> web.StreamResponse:
-        self.state.counters.calls["getcallbackip"] += 1
-        return json_response(self.state.callback_ip(request.query.get("access_token")))
+        token = request.query.get("access_token")
+        state = self.accounts.by_token(token)
+        state.counters.calls["getcallbackip"] += 1
+        return json_response(state.callback_ip(token))
 
-    def _send(self, endpoint: str, send: Callable[[str | None, bytes], Reply]) -> Handler:
-        """A message-send path: count, maybe fault, then let the state decide."""
+    def _send(
+        self, endpoint: str, send: Callable[[SimulatorState, str | None, bytes], Reply]
+    ) -> Handler:
+        """A message-send path: find the account, count, maybe fault, then let it decide."""
 
         async def handler(request: web.Request) -> web.StreamResponse:
-            self.state.counters.calls[endpoint] += 1
-            if (faulted := await self._fault(request)) is not None:
+            token = request.query.get("access_token")
+            state = self.accounts.by_token(token)
+            state.counters.calls[endpoint] += 1
+            if (faulted := await self._fault(state, request)) is not None:
                 return faulted
             body = await request.read()
-            return json_response(send(request.query.get("access_token"), body))
+            return json_response(send(state, token, body))
 
         return handler
 
@@ -129,13 +144,16 @@ def _reason(status: int) -> str:
         return "Server Error"
 
 
-def build_app(state: SimulatorState) -> web.Application:
+def build_app(state: SimulatorState | Accounts) -> web.Application:
     """The whole simulator: the real API paths, the admin API under /_sim/, and the callback
-    pusher (started and stopped with the app)."""
+    pusher of the default account (started and stopped with the app). One state is served as
+    the only account."""
+    accounts = state if isinstance(state, Accounts) else Accounts(state)
+    default = accounts.default
     app = web.Application(client_max_size=MAX_BODY_BYTES)
-    pusher = CallbackPusher(state.callbacks, lambda: state.config.app_id)
+    pusher = CallbackPusher(default.callbacks, lambda: default.config.app_id)
     app.on_startup.append(pusher.start)
     app.on_cleanup.append(pusher.stop)
-    app.add_routes(CgiBin(state).routes())
-    app.add_routes(SimApi(state, pusher).routes())
+    app.add_routes(CgiBin(accounts).routes())
+    app.add_routes(SimApi(accounts, pusher).routes())
     return app

@@ -122,6 +122,17 @@ class Health(_Strict):
     messages: int
 
 
+class AccountInfo(_Strict):
+    """One served account in GET/POST /_sim/accounts (no secret)."""
+
+    app_id: str
+    daily_quota: int
+    quota_used_today: int
+    followers: int
+    templates: int
+    messages: int
+
+
 class CallbackConfigView(_Strict):
     """GET /_sim/callbacks/config: the callback settings with the secrets masked
     (`"**********"` when set, null when not); `safe_mode` says whether pushes are encrypted."""

@@ -59,16 +59,21 @@ def start_simulator(
     app_id: str = DEMO_APP_ID,
     app_secret: str = DEMO_APP_SECRET,
     extra_args: Sequence[str] = (),
+    accounts: Sequence[tuple[str, str]] = (),
     python: str = sys.executable,
     startup_timeout: float = 20.0,
 ) -> SimulatorProcess:
     """Launch `python -m wechat.simulator` on a free port and return once /_sim/health answers
     (processes.ChildFailed, with its output, if it does not). The secret reaches the child
-    through its environment, not its (world-readable) argv."""
+    through its environment, not its (world-readable) argv. `accounts` are (app_id, app_secret)
+    of more accounts served beside the default one (`--account`: those secrets are in argv, so
+    pass test secrets only); address them with `sim.admin.account(app_id)`."""
     port = port or free_port(host)
     base_url = f"http://{host}:{port}"
     command = [python, "-m", "wechat.simulator", "--host", host, "--port", str(port)]
     command += ["--app-id", app_id, *extra_args]
+    for other_id, other_secret in accounts:
+        command += ["--account", f"{other_id}:{other_secret}"]
     child = start_ready(
         command,
         name="simulator",

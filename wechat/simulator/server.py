@@ -10,6 +10,7 @@ from typing import Final
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from wechat.simulator.accounts import Accounts
 from wechat.simulator.app import build_app
 from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
 from wechat.simulator.defaults import DEMO_APP_ID, DEMO_APP_SECRET
@@ -31,6 +32,10 @@ class ServerSettings(BaseModel):
     account: AccountConfig = Field(
         default_factory=lambda: AccountConfig(app_id=DEMO_APP_ID, app_secret=DEMO_APP_SECRET)
     )
+    accounts: list[AccountConfig] = Field(
+        default_factory=list,
+        description="More accounts served on the same host (no demo data, callbacks off).",
+    )
     faults: FaultConfig = Field(default_factory=FaultConfig)
     seed_demo: bool = Field(True, description="Register the demo template and follower.")
     callbacks: CallbackConfig = Field(
@@ -48,9 +53,11 @@ def new_state(settings: ServerSettings) -> SimulatorState:
 
 
 async def start(settings: ServerSettings) -> tuple[web.AppRunner, SimulatorState]:
-    """Start listening inside the running loop (for in-process use); stop with runner.cleanup()."""
+    """Start listening inside the running loop (for in-process use); stop with runner.cleanup().
+    Returns the default account's state."""
     state = new_state(settings)
-    runner = web.AppRunner(build_app(state), access_log=None, handle_signals=False)
+    accounts = Accounts(state, settings.accounts)
+    runner = web.AppRunner(build_app(accounts), access_log=None, handle_signals=False)
     await runner.setup()
     try:
         await web.TCPSite(runner, settings.host, settings.port, backlog=1024).start()
@@ -63,10 +70,11 @@ async def start(settings: ServerSettings) -> tuple[web.AppRunner, SimulatorState
 async def _serve_forever(settings: ServerSettings) -> None:
     runner, _ = await start(settings)
     log.info(
-        "WeChat API simulator on http://%s:%s (app_id %s; demo data %s)",
+        "WeChat API simulator on http://%s:%s (app_id %s%s; demo data %s)",
         settings.host,
         settings.port,
         settings.account.app_id,
+        "".join(f", {account.app_id}" for account in settings.accounts),
         "on" if settings.seed_demo else "off",
     )
     try:

@@ -13,6 +13,7 @@ import orjson
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from wechat.simulator.accounts import Accounts, DuplicateAccount, UnknownAccount
 from wechat.simulator.callbacks import PushKind
 from wechat.simulator.clock import iso
 from wechat.simulator.config import AccountConfig, CallbackConfig, FaultConfig
@@ -63,6 +64,8 @@ def _guard(handler: Handler) -> Handler:
             return await handler(request)
         except BadRequest as exc:
             return _json(exc.payload, status=400)
+        except UnknownAccount:
+            return _json({"error": "no such account"}, status=404)
         except orjson.JSONDecodeError as exc:
             return _json({"error": f"invalid JSON: {exc}"}, status=400)
         except ValidationError as exc:
@@ -130,11 +133,23 @@ def _merged(model: type[M], current: M, patch: bytes) -> M:
 
 
 class SimApi:
-    """Handlers of /_sim/…, bound to one state."""
+    """Handlers of /_sim/…. Account-level endpoints take an optional `?app_id=` (default: the
+    default account; unknown: 404); the clock is shared and the callbacks are the default
+    account's."""
 
-    def __init__(self, state: SimulatorState, pusher: CallbackPusher | None = None) -> None:
-        self.state = state
+    def __init__(
+        self, accounts: Accounts | SimulatorState, pusher: CallbackPusher | None = None
+    ) -> None:
+        self.accounts = accounts if isinstance(accounts, Accounts) else Accounts(accounts)
         self.pusher = pusher
+
+    @property
+    def state(self) -> SimulatorState:
+        """The default account (the clock and the callbacks live there)."""
+        return self.accounts.default
+
+    def _account(self, request: web.Request) -> SimulatorState:
+        return self.accounts.get(request.query.get("app_id"))
 
     def routes(self) -> list[web.RouteDef]:
         g = _guard
@@ -161,10 +176,12 @@ class SimApi:
             web.post("/_sim/callbacks/config", g(self.set_callback_config)),
             web.get("/_sim/callbacks/pushes", g(self.callback_pushes)),
             web.post("/_sim/followers/{openid}/{action}", g(self.follower_action)),
+            web.get("/_sim/accounts", g(self.list_accounts)),
+            web.post("/_sim/accounts", g(self.add_account)),
         ]
 
     async def health(self, request: web.Request) -> web.StreamResponse:
-        state = self.state
+        state = self._account(request)
         return _json(
             {
                 "status": "ok",
@@ -183,7 +200,7 @@ class SimApi:
         since = _int_param(request, "since", None)
         offset = _int_param(request, "offset", 0) or 0
         limit = min(_int_param(request, "limit", 100, low=1) or 100, MAX_PAGE)
-        total, page = self.state.log.query(
+        total, page = self._account(request).log.query(
             openid=query.get("openid"),
             template_id=query.get("template_id"),
             kind=kind,
@@ -202,7 +219,7 @@ class SimApi:
         )
 
     async def followers(self, request: web.Request) -> web.StreamResponse:
-        registry = self.state.registry
+        registry = self._account(request).registry
         if _flag(request, "count_only"):
             return _json({"total": len(registry.followers)})
         offset = _int_param(request, "offset", 0) or 0
@@ -214,8 +231,9 @@ class SimApi:
 
     async def upsert_followers(self, request: web.Request) -> web.StreamResponse:
         parsed = _FOLLOWERS_IN.validate_json(await request.read())
-        registry = self.state.registry
-        now = self.state.clock.now()
+        state = self._account(request)
+        registry = state.registry
+        now = state.clock.now()
         created = updated = 0
         for item in parsed if isinstance(parsed, list) else [parsed]:
             changes: dict[str, object] = {
@@ -231,44 +249,52 @@ class SimApi:
         return _json({"created": created, "updated": updated, "total": len(registry.followers)})
 
     async def follower(self, request: web.Request) -> web.StreamResponse:
-        follower = self.state.registry.followers.get(request.match_info["openid"])
+        registry = self._account(request).registry
+        follower = registry.followers.get(request.match_info["openid"])
         if follower is None:
             return _json({"error": "no such follower"}, status=404)
         return _json(follower_json(follower))
 
     async def templates(self, request: web.Request) -> web.StreamResponse:
-        return _json([template_json(t) for t in self.state.registry.templates.values()])
+        templates = self._account(request).registry.templates
+        return _json([template_json(t) for t in templates.values()])
 
     async def add_templates(self, request: web.Request) -> web.StreamResponse:
         parsed = _TEMPLATES_IN.validate_json(await request.read())
         specs = parsed if isinstance(parsed, list) else [parsed]
+        registry = self._account(request).registry
         for spec in specs:
-            self.state.registry.add_template(
-                Template(spec.template_id, tuple(spec.keys), spec.title)
-            )
+            registry.add_template(Template(spec.template_id, tuple(spec.keys), spec.title))
         return _json([spec.model_dump() for spec in specs])
 
     async def delete_template(self, request: web.Request) -> web.StreamResponse:
-        removed = self.state.registry.templates.pop(request.match_info["template_id"], None)
+        removed = self._account(request).registry.templates.pop(
+            request.match_info["template_id"], None
+        )
         if removed is None:
             return _json({"error": "no such template"}, status=404)
         return _json(template_json(removed))
 
     async def faults(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.state.faults.config.model_dump())
+        return _json(self._account(request).faults.config.model_dump())
 
     async def set_faults(self, request: web.Request) -> web.StreamResponse:
         # Replaces the whole fault profile (fields not given are off), unlike /_sim/config.
         config = FaultConfig.model_validate_json(await _body(request))
-        self.state.faults.configure(config)
+        self._account(request).faults.configure(config)
         return _json(config.model_dump())
 
     async def config(self, request: web.Request) -> web.StreamResponse:
-        return _json(self.state.config.model_dump())
+        return _json(self._account(request).config.model_dump())
 
     async def set_config(self, request: web.Request) -> web.StreamResponse:
-        self.state.config = _merged(AccountConfig, self.state.config, await _body(request))
-        return _json(self.state.config.model_dump())
+        state = self._account(request)
+        config = _merged(AccountConfig, state.config, await _body(request))
+        other = self.accounts.find(config.app_id)
+        if other is not None and other is not state:
+            raise BadRequest({"error": "another account has this app_id"})
+        state.config = config
+        return _json(config.model_dump())
 
     def _clock_json(self) -> dict[str, Any]:
         clock = self.state.clock
@@ -289,16 +315,20 @@ class SimApi:
         return _json(self._clock_json())
 
     async def rotate_tokens(self, request: web.Request) -> web.StreamResponse:
-        self.state.tokens.rotate(self.state.clock.now())
+        state = self._account(request)
+        state.tokens.rotate(state.clock.now())
         return _json({"rotated": True})
 
     async def counters(self, request: web.Request) -> web.StreamResponse:
-        state = self.state
+        state = self._account(request)
         return _json(state.counters.snapshot(state.tokens_issued()))
 
     async def reset(self, request: web.Request) -> web.StreamResponse:
         options = ResetRequest.model_validate_json(await _body(request))
-        self.state.reset(everything=options.everything)
+        if request.query.get("app_id"):  # that account only; the shared clock keeps going
+            self._account(request).reset(everything=options.everything, clock=False)
+        else:
+            self.accounts.reset(everything=options.everything)
         return _json({"reset": True, "everything": options.everything})
 
     # ---- callbacks -------------------------------------------------------------------------
@@ -349,17 +379,46 @@ class SimApi:
             return _json({"error": f"action must be one of {', '.join(ACTIONS)}"}, status=404)
         params = FollowerAction.model_validate_json(await _body(request))
         openid = request.match_info["openid"]
+        state = self._account(request)
         try:
-            push = self.state.follower_acts(
+            push = state.follower_acts(
                 kind, openid, text=params.text, key=params.key, url=params.url, scene=params.scene
             )
         except LookupError:
             return _json({"error": "no such follower"}, status=404)
         except FollowerNotFollowing:
             return _json({"error": "the follower does not follow the account"}, status=409)
-        outbox = self.state.callbacks
+        outbox = state.callbacks  # only the default account's callbacks can be switched on
         if self.pusher is not None and outbox.enabled:
             await self.pusher.push_now(push)
         else:
             outbox.drop(push)
         return _json(push.to_json())
+
+    # ---- accounts --------------------------------------------------------------------------
+
+    async def list_accounts(self, request: web.Request) -> web.StreamResponse:
+        return _json([account_json(state) for state in self.accounts])
+
+    async def add_account(self, request: web.Request) -> web.StreamResponse:
+        """Serve one more account (AccountConfig fields: app_id and app_secret required, e.g.
+        daily_quota optional); 409 if its app_id is served already."""
+        config = AccountConfig.model_validate_json(await request.read() or b"{}")
+        try:
+            state = self.accounts.add(config)
+        except DuplicateAccount:
+            return _json({"error": "an account with this app_id exists"}, status=409)
+        return _json(account_json(state), status=201)
+
+
+def account_json(state: SimulatorState) -> dict[str, Any]:
+    """One account in GET/POST /_sim/accounts: no secret (GET /_sim/config?app_id= has it)."""
+    config = state.config
+    return {
+        "app_id": config.app_id,
+        "daily_quota": config.daily_quota,
+        "quota_used_today": state.quota.used(state.clock.day()),
+        "followers": len(state.registry.followers),
+        "templates": len(state.registry.templates),
+        "messages": len(state.log),
+    }

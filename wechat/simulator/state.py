@@ -56,12 +56,13 @@ class SimulatorState:
         *,
         seed_demo: bool = True,
         callbacks: CallbackConfig | None = None,
+        clock: SimClock | None = None,
     ) -> None:
         self.startup_config = config
         self.startup_faults = faults or FaultConfig()
         self.seed_demo = seed_demo
         self.config = config
-        self.clock = SimClock()
+        self.clock = clock or SimClock()  # several accounts share one (wechat.simulator.accounts)
         self.tokens = TokenStore()
         self.registry = Registry()
         self.log = MessageLog()
@@ -77,12 +78,14 @@ class SimulatorState:
 
     # ---- administration ------------------------------------------------------------------
 
-    def reset(self, *, everything: bool = False) -> None:
+    def reset(self, *, everything: bool = False, clock: bool = True) -> None:
         """Forget messages, counters, tokens, quota use, faults (off), the clock offset and the
         callback queue. `everything` also restores the start-up config, faults, callback
-        config, followers and templates."""
+        config, followers and templates. `clock=False` keeps the clock, which one account of
+        several shares with the others."""
         self.generation += 1
-        self.clock.reset()
+        if clock:
+            self.clock.reset()
         self.tokens.reset()
         self.log.reset()
         self.dedupe.reset()
