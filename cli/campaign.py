@@ -428,6 +428,14 @@ def _continue(
     from tasks.params import CampaignParams
 
     record = _record(campaign)
+    if record.ledger_pruned_at is not None:
+        from cli.errors import OperatorError
+
+        raise OperatorError(
+            f"campaign {record.id} cannot be resumed: `wxpush db prune` deleted its ledger on "
+            f"{record.ledger_pruned_at:%Y-%m-%d}, and without it every recipient would be "
+            "messaged again; start a new campaign instead"
+        )
     params = CampaignParams.model_validate(
         resume_parameters(record, retry_failed=retry_failed, resend_unknown=resend_unknown)
     )

@@ -1,6 +1,7 @@
 """`wxpush db upgrade` and `wxpush db current`: bring the database to the current schema (and
 the `errcodes` reference table up to date), or say where it stands; `wxpush db audience-role`:
-the read-only PostgreSQL role audience SQL runs as. The database is `--database-url`, else
+the read-only PostgreSQL role audience SQL runs as; `wxpush db prune`: delete old ledger rows,
+callback events and interactions (db/retention.py). The database is `--database-url`, else
 `$WXPUSH_DATABASE_URL`, else `./wxpush.db`."""
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ def register(app: typer.Typer) -> None:
     """Add the `db` command group to the `wxpush` app."""
     group = typer.Typer(
         name="db",
-        help="The wxpush database: migrations, the audience role.",
+        help="The wxpush database: migrations, the audience role, retention.",
         no_args_is_help=True,
         cls=BoundaryGroup,
     )
@@ -119,6 +120,58 @@ def register(app: typer.Typer) -> None:
             err=True,
         )
         typer.echo(role.url)
+
+    @group.command("prune")
+    def prune_command(
+        older_than: Annotated[
+            str,
+            typer.Option(
+                "--older-than",
+                help="Age to delete past: a whole number and h, d or w (180d, 12h, 2w).",
+            ),
+        ],
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Count what would be deleted; delete nothing.")
+        ] = False,
+        force: Annotated[bool, typer.Option("--force", help="Allow an age under 7 days.")] = False,
+        chunk_size: Annotated[
+            int,
+            typer.Option("--chunk-size", min=1, help="Rows per delete (one transaction each)."),
+        ] = 5000,
+        database_url: DatabaseUrl = None,
+    ) -> None:
+        """Delete old rows: the ledger (deliveries) of campaigns that ended (completed,
+        completed_with_failures, cancelled, failed) longer ago than --older-than, callback
+        events received before then, and older interactions except each follower's latest.
+        Running and paused campaigns keep their ledger; campaign rows and their counts stay;
+        a pruned campaign can no longer be resumed. See docs/database.md, "Retention"."""
+        from sqlalchemy.pool import NullPool
+
+        from cli.errors import OperatorError
+        from db.engine import make_engine
+        from db.retention import MINIMUM_AGE, BadDuration, parse_duration, prune
+
+        try:
+            age = parse_duration(older_than)
+        except BadDuration as exc:
+            raise OperatorError(str(exc)) from None
+        if age < MINIMUM_AGE and not force:
+            raise OperatorError(
+                f"--older-than {older_than} is under {MINIMUM_AGE.days} days; add --force if "
+                "you mean to delete this recent history"
+            )
+        totals: dict[str, int] = {}
+
+        def progress(table: str, rows: int) -> None:
+            totals[table] = totals.get(table, 0) + rows
+            typer.echo(f"  {table}: {totals[table]:,} deleted so far", err=True)
+
+        engine = make_engine(database_url, poolclass=NullPool)
+        try:
+            result = prune(engine, age, dry_run=dry_run, chunk_size=chunk_size, progress=progress)
+        finally:
+            engine.dispose()
+        typer.echo(result.describe())
 
     app.add_typer(group)
 

@@ -3,7 +3,8 @@
 `set_status` is the only writer of `campaigns.status` (listmonk's habit: one function decides
 transitions). A campaign runs, then ends completed / completed_with_failures / paused / failed /
 cancelled; only an explicit resume (`create_or_resume` with the same id, which calls
-`set_status(..., resume=True)`) sets an ended campaign running again. A resume of a campaign
+`set_status(..., resume=True)`) sets an ended campaign running again, unless `wxpush db
+prune` deleted its ledger (`ledger_pruned_at`): that resume is refused. A resume of a campaign
 still marked running is allowed too: that is how a run killed mid-way is continued (the ledger
 makes it safe). Every function takes the connection or session first and never commits.
 """
@@ -76,6 +77,10 @@ class CampaignMismatch(ValueError):
     """A resume asked for a different app, kind or template than the campaign was made with."""
 
 
+class LedgerPruned(IllegalTransition):
+    """A resume of a campaign whose ledger `wxpush db prune` deleted (it would send again)."""
+
+
 @dataclass(frozen=True, slots=True)
 class CampaignRecord:
     """A snapshot of a `campaigns` row. `resumed` and `previous_status` say what
@@ -107,6 +112,7 @@ class CampaignRecord:
     started_at: datetime | None
     finished_at: datetime | None
     updated_at: datetime
+    ledger_pruned_at: datetime | None = None
     resumed: bool = False
     previous_status: CampaignStatus | None = None
 
@@ -250,6 +256,12 @@ def create_or_resume(
     row = _locked_row(executor, campaign_id)
     if row is None:  # pragma: no cover - deleted between the two statements
         raise CampaignNotFound(campaign_id)
+    if row.ledger_pruned_at is not None:
+        raise LedgerPruned(
+            f"campaign {campaign_id} cannot be resumed: `wxpush db prune` deleted its ledger "
+            f"on {row.ledger_pruned_at:%Y-%m-%d}, and without it every recipient would be "
+            "messaged again. Start a new campaign (no campaign id) instead."
+        )
     for column, wanted in (("app", app), ("kind", kind), ("template_id", template_id)):
         if getattr(row, column) != wanted:
             raise CampaignMismatch(
