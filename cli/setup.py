@@ -2,7 +2,8 @@
 
 Idempotent: a second run with the same values changes nothing and says so. Values come
 from flags, else from the `WXPUSH_*` settings (docs/configuration.md), else from the existing
-block.
+block (the account's limits: flags, else the block). A block saved with an older form of the
+block type is saved again with the current one, so the UI's edit form shows every field.
 Secrets are never printed (only the names of the fields that changed).
 """
 
@@ -47,6 +48,11 @@ class SetupReport:
     block_types: dict[str, Change] = field(default_factory=dict)
     app_block: Change = "unchanged"
     changed_fields: list[str] = field(default_factory=list)
+    #: The block was saved with an older form of the block type and saved again.
+    schema_upgraded: bool = False
+    #: The account's limits as the block now holds them (None: unlimited).
+    rate_per_second: float | None = None
+    daily_quota: int | None = None
     limits: dict[str, Change] = field(default_factory=dict)
 
     @property
@@ -60,12 +66,23 @@ class SetupReport:
         out = [f"Prefect API: {self.api_url}"]
         for slug, change in self.block_types.items():
             out.append(f"  block type {slug}: {_word(change, 'registered')}")
-        detail = f" ({', '.join(self.changed_fields)})" if self.changed_fields else ""
+        notes = list(self.changed_fields)
+        if self.schema_upgraded:
+            notes.append("saved with the current form, so the UI shows every field")
+        detail = f" ({', '.join(notes)})" if notes else ""
         out.append(f"  block wechat-app/{self.app}: {self.app_block}{detail}")
+        if self.daily_quota is not None:
+            out.append(f"    {account_limits(self.rate_per_second, self.daily_quota)}")
         for name, change in self.limits.items():
             out.append(f"  concurrency limit {name} (limit 1): {change}")
         out.append("Done." if self.changed else "Nothing to change: already set up.")
         return out
+
+
+def account_limits(rate_per_second: float | None, daily_quota: int) -> str:
+    """`account rate: 50 messages/s, daily quota: 100,000 template messages`."""
+    rate = "unlimited" if rate_per_second is None else f"{rate_per_second:g} messages/s"
+    return f"account rate: {rate}, daily quota: {daily_quota:,} template messages"
 
 
 def _word(change: Change, created: str) -> str:
@@ -111,9 +128,27 @@ def _plain(value: Any) -> Any:
     return value.get_secret_value() if isinstance(value, SecretStr) else value
 
 
+#: `asetup_app(rate_per_second=0)`: back to unlimited (None there means "keep").
+UNLIMITED = 0
+
+
+async def _older_form(client: PrefectClient, app: str) -> bool:
+    """True if the stored document points at an older schema of the block type: the UI edits
+    a document with its own schema, so fields added since (e.g. the account's limits) would
+    be missing from its form until the document is saved again."""
+    document = await client.read_block_document_by_name(
+        app, WeChatApp.get_block_type_slug(), include_secrets=False
+    )
+    schema = document.block_schema
+    # A private helper, as in `_register`: the checksum the current schema is stored under.
+    return schema is not None and schema.checksum != WeChatApp._calculate_schema_checksum()
+
+
 async def _write_app_block(
-    client: PrefectClient, app: str, values: dict[str, Any]
-) -> tuple[Change, list[str]]:
+    client: PrefectClient, app: str, values: dict[str, Any], clear: frozenset[str] = frozenset()
+) -> tuple[Change, list[str], bool, WeChatApp]:
+    """Create or update the block; `clear` names fields set back to None (their default).
+    Returns the change, the fields changed, whether an older form was upgraded, the block."""
     try:
         existing: WeChatApp | None = await WeChatApp.aload(app, client=client)
     except ValueError as exc:
@@ -130,6 +165,7 @@ async def _write_app_block(
         )
         existing = WeChatApp.model_construct(**document.data)
     given = {key: value for key, value in values.items() if value is not None}
+    given.update(dict.fromkeys(clear))
     if existing is None:
         missing = [flag for key, flag in _REQUIRED.items() if not given.get(key)]
         if missing:
@@ -149,14 +185,15 @@ async def _write_app_block(
         ) from None
     if existing is None:
         await block.asave(app, client=client)
-        return "created", []
+        return "created", [], False, block
     changed = [
         key for key in values if _plain(getattr(block, key)) != _plain(getattr(existing, key))
     ]
-    if not changed:
-        return "unchanged", []
+    upgrade = await _older_form(client, app)
+    if not changed and not upgrade:
+        return "unchanged", [], False, block
     await block.asave(app, overwrite=True, client=client)
-    return "updated", changed
+    return "updated", changed, upgrade, block
 
 
 async def _ensure_limit(client: PrefectClient, name: str, limit: int = 1) -> Change:
@@ -197,11 +234,14 @@ async def asetup_app(
     callback_token: str | SecretStr | None = None,
     encoding_aes_key: str | SecretStr | None = None,
     previous_encoding_aes_key: str | SecretStr | None = None,
+    rate_per_second: float | None = None,
+    daily_quota: int | None = None,
 ) -> SetupReport:
     """Register block types, create/update `wechat-app/<app>`, create its limits.
 
-    None means "keep what the block has (or the default)". Raises `SetupError` with a
-    message for the operator.
+    None means "keep what the block has (or the default)"; `rate_per_second=0` (`UNLIMITED`)
+    sets the account's rate back to unlimited. Raises `SetupError` with a message for the
+    operator.
     """
     if not re.match(APP_NAME_PATTERN, app):
         raise SetupError(
@@ -217,14 +257,19 @@ async def asetup_app(
         "callback_token": callback_token,
         "encoding_aes_key": encoding_aes_key,
         "previous_encoding_aes_key": previous_encoding_aes_key,
+        "rate_per_second": None if rate_per_second == UNLIMITED else rate_per_second,
+        "daily_quota": daily_quota,
     }
+    clear = frozenset({"rate_per_second"} if rate_per_second == UNLIMITED else ())
     try:
         async with get_client() as client:
             report = SetupReport(api_url=await _check_api(client), app=app)
             for block_type in BLOCK_TYPES:
                 slug = block_type.get_block_type_slug()
                 report.block_types[slug] = await _register(client, block_type)
-            report.app_block, report.changed_fields = await _write_app_block(client, app, values)
+            written = await _write_app_block(client, app, values, clear)
+            report.app_block, report.changed_fields, report.schema_upgraded, block = written
+            report.rate_per_second, report.daily_quota = block.rate_per_second, block.daily_quota
             for name in required_limits(app):
                 report.limits[name] = await _ensure_limit(client, name)
     except SetupError:
@@ -250,6 +295,13 @@ def _env(flag: str, setting: str, help_text: str, field: str | None = None) -> A
     shown = f"${env_var(setting)}, else the block's current value"
     if field is not None:
         shown += f", else {model_default(WeChatApp, field)}"
+    return typer.Option(flag, help=help_text, show_default=shown)
+
+
+def _kept(flag: str, help_text: str, field: str, unit: str = "", none: str = "none") -> Any:
+    """A flag for one of the account's limits: no WXPUSH_* setting (they belong to one
+    account, not to a machine), so the block's current value, then the WeChatApp default."""
+    shown = f"the block's current value, else {model_default(WeChatApp, field, unit, none)}"
     return typer.Option(flag, help=help_text, show_default=shown)
 
 
@@ -287,9 +339,30 @@ def setup(
             "The EncodingAESKey before a rotation (still accepted by the receiver).",
         ),
     ] = None,
+    rate_per_second: Annotated[
+        float | None,
+        _kept(
+            "--rate-per-second",
+            "The account's send rate limit, messages/s, shared by all its campaigns; 0.1 or "
+            "more, 0 = back to unlimited.",
+            "rate_per_second",
+            none="unlimited",
+        ),
+    ] = None,
+    daily_quota: Annotated[
+        int | None,
+        _kept(
+            "--daily-quota",
+            "Template messages WeChat lets the account send per day (the admin console's API "
+            "quota page).",
+            "daily_quota",
+            "messages",
+        ),
+    ] = None,
 ) -> None:
     """Register wxpush's block types, create or update the app's block, create its limits.
-    A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason."""
+    A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason.
+    Prints the account's rate limit and daily quota as the block now holds them."""
     env = settings()
     report = setup_app(
         app,
@@ -301,6 +374,8 @@ def setup(
         callback_token=callback_token or env.callback_token,
         encoding_aes_key=encoding_aes_key or env.callback_aes_key,
         previous_encoding_aes_key=previous_encoding_aes_key or env.callback_previous_aes_key,
+        rate_per_second=rate_per_second,
+        daily_quota=daily_quota,
     )
     for line in report.lines():
         typer.echo(line)

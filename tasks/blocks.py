@@ -1,10 +1,11 @@
 """The two Prefect Blocks wxpush keeps its WeChat credentials in.
 
-`WeChatApp` holds what an operator types in once (AppID, AppSecret, callback keys);
-`WeChatAccessToken` holds what the refresh flow writes every couple of hours. Both use the
-same document name (`wechat-app/default` ↔ `wechat-access-token/default`), so one name
-picks an account everywhere. Every secret is a `SecretStr` (docs/architecture.md, decision
-8): masked in `repr`, in the UI and in the API unless a client asks for secrets explicitly.
+`WeChatApp` holds what an operator types in once (AppID, AppSecret, the account's rate limit
+and daily quota, callback keys); `WeChatAccessToken` holds what the refresh flow writes every
+couple of hours. Both use the same document name (`wechat-app/default` ↔
+`wechat-access-token/default`), so one name picks an account everywhere. Every secret is a
+`SecretStr` (docs/architecture.md, decision 8): masked in `repr`, in the UI and in the API
+unless a client asks for secrets explicitly.
 
 In async code use `await WeChatApp.aload(name)` / `await block.asave(...)`: the plain
 `load`/`save` return coroutines there (async_dispatch: docs/tokens.md, "Prefect facts").
@@ -14,11 +15,12 @@ from __future__ import annotations
 
 import hmac
 from datetime import UTC, datetime, timedelta
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from tasks.params import MIN_RATE_PER_SECOND
 from wechat.errors import AccountKind
 from wechat.identifiers import callback_token_form, check_app_id, encoding_aes_key_form
 from wechat.models import AccessToken
@@ -30,6 +32,20 @@ TokenMode = Literal["stable", "classic"]
 DEFAULT_API_BASE_URL = "https://api.weixin.qq.com"
 #: Prefect block document names: lowercase letters, digits and dashes.
 APP_NAME_PATTERN = r"^[a-z0-9][a-z0-9-]*$"
+#: WeChat's default daily quota of template messages for an account (it grows with followers).
+DEFAULT_DAILY_QUOTA = 100_000
+
+
+def _one_box(schema: dict[str, Any]) -> None:
+    """One number box in the block's form, empty = unlimited: Prefect's form draws
+    `float | None` as a switch whose "None" side has no box (tasks/params.py, `plain_input`,
+    does the same for the campaign form, and sets a position, which Prefect's block schema
+    assigns itself in declaration order)."""
+    branches = schema.pop("anyOf", [])
+    kept = [branch for branch in branches if branch.get("type") != "null"]
+    schema.update(kept[0] if len(kept) == 1 else {"anyOf": branches})
+    if schema.get("default", 0) is None:
+        del schema["default"]
 
 
 class WeChatApp(Block):
@@ -45,8 +61,9 @@ class WeChatApp(Block):
     _block_type_name: ClassVar[str] = "WeChat App"
     _block_type_slug: ClassVar[str] = "wechat-app"
     _description: ClassVar[str] = (
-        "The WeChat Official Account (or WeCom app) wxpush sends as: AppID, AppSecret and "
-        "the callback keys. The block name is the `app` parameter of wxpush flows."
+        "The WeChat Official Account (or WeCom app) wxpush sends as: AppID, AppSecret, the "
+        "account's rate limit and daily quota, and the callback keys. The block name is the "
+        "`app` parameter of wxpush flows."
     )
 
     app_id: str = Field(
@@ -85,6 +102,32 @@ class WeChatApp(Block):
             "so several refreshers never knock each other out. classic: /cgi-bin/token, "
             "every fetch invalidates the previous token after 5 minutes and counts against "
             "the 2000/day quota."
+        ),
+    )
+    rate_per_second: float | None = Field(
+        default=None,
+        ge=MIN_RATE_PER_SECOND,
+        allow_inf_nan=False,  # "inf" is no limit: that is the empty box
+        title="Account rate limit",
+        description=(
+            "At most this many messages per second for the whole account, shared by every "
+            "campaign that sends as it; 0.1 or more (one message every 10 s). Empty = "
+            "unlimited: as fast as WeChat answers. WeChat publishes no per-second figure: set "
+            "one if the account's API quota page (or WeChat) names one, or to spread the daily "
+            "quota over the day. A campaign's own rate limit still caps that campaign."
+        ),
+        json_schema_extra=_one_box,
+    )
+    daily_quota: int = Field(
+        default=DEFAULT_DAILY_QUOTA,
+        ge=1,
+        title="Daily template quota",
+        description=(
+            "Template messages WeChat lets this account send per day; beyond it WeChat answers "
+            "45009 until midnight, Beijing time. 100,000 is WeChat's default; it grows with the "
+            "follower count. Look it up in the admin console (Settings and Development → API "
+            "quota, 接口权限) or with POST /cgi-bin/openapi/quota/get "
+            '{"cgi_path": "/cgi-bin/message/template/send"}.'
         ),
     )
     callback_token: SecretStr | None = Field(

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from cli.help import model_default
 from cli.main import app
 from receiver.config import ReceiverConfig
+from tasks.blocks import WeChatApp
 from tasks.params import CampaignParams
 
 runner = CliRunner()
@@ -74,6 +75,16 @@ def test_the_receiver_limits_come_from_receiver_config() -> None:
     assert f"[default: ({fields['nonce_cache_entries'].default:,} entries)]" in text
     assert f"[default: ({fields['header_timeout_seconds'].default} s)]" in text
     assert "[16384]" not in text  # no hand-written copy left to drift
+
+
+def test_setup_shows_the_account_limits_defaults_from_the_block() -> None:
+    text = _help("setup")
+    quota = model_default(WeChatApp, "daily_quota", "messages")
+    assert quota == "100,000 messages"
+    assert "--rate-per-second <float>" in text and "--daily-quota <int>" in text
+    assert "[default: (the block's current value, else unlimited)]" in text
+    assert f"[default: (the block's current value, else {quota})]" in text
+    assert "0 = back to unlimited" in text
 
 
 def test_simulator_help_looks_like_the_other_commands() -> None:

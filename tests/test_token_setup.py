@@ -180,3 +180,116 @@ async def test_a_block_saved_before_the_appid_rule_is_repaired_by_setup(
     assert report.app_block == "updated" and report.changed_fields == ["app_id"]
     block = await WeChatApp.aload(name)
     assert block.app_id == "wx00000000000000a6" and block.app_secret.get_secret_value() == SECRET
+
+
+# -- the account's limits ------------------------------------------------------------------
+
+
+def _limits_line(output: str) -> str:
+    return next(line.strip() for line in output.splitlines() if "account rate:" in line)
+
+
+@pytest.mark.harness
+def test_setup_sets_the_account_limits_and_a_rerun_keeps_them(prefect_harness: object) -> None:
+    name = new_app()
+    env = {"WXPUSH_APP_ID": "wx00000000000000a7", "WXPUSH_APP_SECRET": SECRET}
+    first = runner.invoke(wxpush, ["setup", "--app", name], env=env)
+    assert first.exit_code == 0, first.output
+    assert _limits_line(first.output) == (
+        "account rate: unlimited, daily quota: 100,000 template messages"
+    )
+
+    args = ["setup", "--app", name, "--rate-per-second", "50", "--daily-quota", "250000"]
+    second = runner.invoke(wxpush, args, env=env)
+    assert second.exit_code == 0, second.output
+    assert f"block wechat-app/{name}: updated (rate_per_second, daily_quota)" in second.output
+    assert _limits_line(second.output) == (
+        "account rate: 50 messages/s, daily quota: 250,000 template messages"
+    )
+
+    # Neither flag given: the stored values stay, and setup says so.
+    third = runner.invoke(wxpush, ["setup", "--app", name], env=env)
+    assert third.exit_code == 0, third.output
+    assert "Nothing to change: already set up." in third.output
+    assert _limits_line(third.output) == _limits_line(second.output)
+    block = WeChatApp.load(name)
+    assert (block.rate_per_second, block.daily_quota) == (50, 250_000)
+    assert SECRET not in first.output + second.output + third.output
+
+
+@pytest.mark.harness
+async def test_other_changes_keep_the_limits_and_zero_means_unlimited_again(
+    prefect_harness: object,
+) -> None:
+    name = new_app()
+    await asetup_app(
+        name, app_id="wx00000000000000a8", app_secret=SECRET, rate_per_second=0.5, daily_quota=9
+    )
+    report = await asetup_app(name, token_mode="classic")
+    assert report.changed_fields == ["token_mode"]
+    assert (report.rate_per_second, report.daily_quota) == (0.5, 9)
+    block = await WeChatApp.aload(name)
+    assert (block.token_mode, block.rate_per_second, block.daily_quota) == ("classic", 0.5, 9)
+
+    report = await asetup_app(name, rate_per_second=0)
+    assert report.changed_fields == ["rate_per_second"]
+    assert "    account rate: unlimited, daily quota: 9 template messages" in report.lines()
+    block = await WeChatApp.aload(name)
+    assert (block.rate_per_second, block.daily_quota) == (None, 9)
+
+
+@pytest.mark.harness
+@pytest.mark.parametrize(
+    ("flags", "reason"),
+    [
+        (["--rate-per-second", "0.05"], "rate_per_second: Input should be greater than or equal"),
+        (["--rate-per-second", "-2"], "rate_per_second: Input should be greater than or equal"),
+        (["--rate-per-second", "inf"], "rate_per_second: Input should be a finite number"),
+        (["--daily-quota", "0"], "daily_quota: Input should be greater than or equal to 1"),
+    ],
+)
+def test_setup_refuses_a_bad_account_limit_in_one_line(
+    prefect_harness: object, flags: list[str], reason: str
+) -> None:
+    name = new_app()
+    args = ["setup", "--app", name, "--app-id", "wx00000000000000a9", *flags]
+    result = runner.invoke(wxpush, args, env={"WXPUSH_APP_SECRET": SECRET})
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith(f"wxpush setup: Invalid settings for wechat-app/{name}: ")
+    assert reason in lines[0] and "Traceback" not in result.output
+    assert SECRET not in result.output and count_app_blocks(name) == 0
+
+
+def test_setup_refuses_a_limit_that_is_not_a_number_as_a_usage_error() -> None:
+    result = runner.invoke(wxpush, ["setup", "--daily-quota", "lots"], env={})
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.replace("│", " ").split())
+    assert "Invalid value for '--daily-quota': Input should be a valid integer" in text
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.harness
+async def test_setup_saves_a_block_of_an_older_form_with_the_current_one(
+    prefect_harness: object,
+) -> None:
+    from tests.test_blocks import save_older_form
+
+    name = new_app()
+    await save_older_form(name, app_id="wx00000000000000b1", app_secret=SECRET, kind="wecom")
+    report = await asetup_app(name)
+    assert (report.app_block, report.changed_fields, report.schema_upgraded) == (
+        "updated",
+        [],
+        True,
+    )
+    assert "saved with the current form, so the UI shows every field" in "\n".join(report.lines())
+    async with get_client() as client:
+        stored = await client.read_block_document_by_name(name, "wechat-app")
+    # The UI edits a document with the schema it points at: now the one with the limits.
+    assert stored.block_schema is not None
+    assert stored.block_schema.checksum == WeChatApp._calculate_schema_checksum()
+    assert stored.data["daily_quota"] == 100_000 and stored.data["kind"] == "wecom"
+    again = await asetup_app(name)
+    assert again.app_block == "unchanged" and not again.schema_upgraded
