@@ -109,6 +109,7 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
     from cli.deploy import DeployError
     from db.audience import AudienceQueryError
     from db.audience_role import AudienceRoleError
+    from db.campaigns import LedgerPruned
     from db.engine import UnsupportedDatabase
     from processes import ChildFailed
     from receiver.config import ReceiverConfigError
@@ -126,6 +127,7 @@ def _operator_errors() -> tuple[type[BaseException], ...]:
         IdentifierError,
         DeployError,
         ChildFailed,  # a background service (wxpush serve, demo) did not come up
+        LedgerPruned,  # a resume of a campaign `wxpush db prune` emptied
     )
 
 

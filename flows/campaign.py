@@ -43,6 +43,7 @@ from db.audience import (
     stream_audience,
 )
 from db.callbacks import match_pending_receipts
+from db.campaigns import IllegalTransition
 from db.ledger import (
     LedgerFigures,
     ledger_figures,
@@ -115,10 +116,22 @@ def _flow_run_id() -> str | None:
 
 
 @task(name="start-campaign", cache_policy=NO_CACHE)
-def start_campaign(params: CampaignParams) -> str:
-    """Create the campaign row, or resume the one named by `campaign_id`."""
+def start_campaign(params: CampaignParams) -> str | Stop:
+    """Create the campaign row, or resume the one named by `campaign_id`; its id.
+
+    A resume the campaign's status forbids (it runs elsewhere, `wxpush db prune` emptied
+    its ledger) comes back as the Stop saying why: an answer, logged in one line, not a
+    failed task's traceback.
+    """
     # The errcode meanings the analyst views join to follow this version's table.
     sync_errcodes_table(engine())
+    try:
+        return _create_or_resume(params)
+    except IllegalTransition as exc:
+        return Stop("stop", str(exc))
+
+
+def _create_or_resume(params: CampaignParams) -> str:
     with engine().begin() as conn:
         record = campaign_rows.create_or_resume(
             conn,
@@ -728,7 +741,12 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     if params.dry_run:
         campaign_id = params.campaign_id or f"dry-run-{uuid.uuid4().hex[:12]}"
     else:
-        campaign_id = start_campaign(params)
+        opened = start_campaign(params)
+        if isinstance(opened, Stop):  # running elsewhere, its ledger pruned, …
+            refused = StopSignal()
+            refused.set(opened.kind, opened.reason)
+            return _stopped(params, None, refused)
+        campaign_id = opened
     stop = StopSignal()
     with _pause_on_signals(stop, campaign_id) as received:
         try:

@@ -189,6 +189,32 @@ def test_an_app_block_that_does_not_exist_ends_failed_before_any_campaign_row(
     assert f"**Why:** {message}" in str(stopped.data) and "Campaign ID" not in str(stopped.data)
 
 
+def test_resuming_a_pruned_campaign_ends_failed_in_one_line_and_sends_nothing(
+    audience: Any, db_engine: Engine, sim: Any, all_logs: Any
+) -> None:
+    """A resume from the UI (the same campaign ID) of a campaign `wxpush db prune` emptied:
+    without its ledger it would message everyone again, so the run refuses at the start."""
+    from datetime import timedelta
+
+    from db.retention import prune
+
+    first = params(audience.name, campaign_id="pruned")
+    done = asyncio.run(push_campaign(first, return_state=True))
+    assert done.is_completed(), done
+    accepted = sim.admin.counters().accepted
+    assert accepted > 0
+    prune(db_engine, timedelta(0))
+    state = asyncio.run(
+        push_campaign(params(audience.name, campaign_id="pruned"), return_state=True)
+    )
+    assert state.is_failed(), state
+    message = state.message or ""
+    assert "cannot be resumed" in message and "wxpush db prune" in message, message
+    assert "\n" not in message
+    assert "Traceback" not in all_logs.text, all_logs.text[-3000:]
+    assert sim.admin.counters().accepted == accepted, "nothing sent again"
+
+
 @pytest.mark.parametrize(
     ("raised", "traceback"),
     [
