@@ -26,6 +26,7 @@ Precedence, enforced in the upserts' `DO UPDATE … WHERE`, so no order of write
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -205,7 +206,7 @@ _IN_FLIGHT = str(PendingReason.IN_FLIGHT)
 
 # The in-flight mark. `last_attempt_at` is when the unanswered attempts began: marking a row
 # already in flight keeps its stamp, since WeChat's window runs from the first send it took.
-_MARK_CONFLICT = f"""
+_MARK_SET = f"""
 ON CONFLICT (campaign_id, openid) DO UPDATE SET
   status = '{_PENDING}',
   reason = '{_IN_FLIGHT}',
@@ -214,21 +215,21 @@ ON CONFLICT (campaign_id, openid) DO UPDATE SET
     WHEN deliveries.status = '{_PENDING}' AND deliveries.reason = '{_IN_FLIGHT}'
       THEN deliveries.last_attempt_at
     ELSE excluded.last_attempt_at END,
-  updated_at = excluded.updated_at
-WHERE deliveries.status IN ('{_PENDING}', '{DeliveryStatus.FAILED}')"""
+  updated_at = excluded.updated_at"""
 _MARK_INTO = (
     "INSERT INTO deliveries (campaign_id, openid, client_msg_id, last_attempt_at, updated_at, "
     "status, reason, attempts)"
 )
 _MARK_CONSTANTS = f"'{_PENDING}', '{_IN_FLIGHT}', 0"
-MARK_SQL = {
-    "sqlite": f"{_MARK_INTO} VALUES (?, ?, ?, ?, ?, {_MARK_CONSTANTS})" + _MARK_CONFLICT,
-    "postgresql": f"{_MARK_INTO} SELECT c, o, m, a, u, {_MARK_CONSTANTS} FROM unnest("
-    "%b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[]) AS t(c, o, m, a, u)"
-    + _MARK_CONFLICT,
-}
+# SQLite: the keyed read judged every row first (`_verdict`); the upsert only guards statuses.
+MARK_SQL = (
+    f"{_MARK_INTO} VALUES (?, ?, ?, ?, ?, {_MARK_CONSTANTS})"
+    + _MARK_SET
+    + f"\nWHERE deliveries.status IN ('{_PENDING}', '{DeliveryStatus.FAILED}')"
+)
 
 
+@functools.cache
 def _judging_mark_sql(*, retry_failed: bool, safe_for: timedelta) -> str:
     """PostgreSQL's mark with `_verdict` in its ON CONFLICT WHERE, RETURNING what it marked:
     the conflict goes through the unique (campaign_id, openid) index, the arbiter, so no
@@ -240,14 +241,14 @@ def _judging_mark_sql(*, retry_failed: bool, safe_for: timedelta) -> str:
         if retry_failed
         else ""
     )
-    judged = f"""
+    return f"""{_MARK_INTO} SELECT c, o, m, a, u, {_MARK_CONSTANTS} FROM unnest(
+  %b::text[], %b::text[], %b::text[], %b::timestamptz[], %b::timestamptz[]) AS t(c, o, m, a, u)
+{_MARK_SET}
 WHERE (deliveries.status = '{_PENDING}' AND deliveries.reason IS DISTINCT FROM '{_IN_FLIGHT}')
    OR (deliveries.status = '{_PENDING}' AND deliveries.client_msg_id IS NOT NULL
        AND deliveries.last_attempt_at >= excluded.last_attempt_at
            - interval '{safe_for.total_seconds():.6f} seconds'){failed}
 RETURNING openid"""
-    base = MARK_SQL["postgresql"]
-    return base[: base.rindex("WHERE ")].rstrip() + judged
 
 
 @dataclass(frozen=True, slots=True)
@@ -293,8 +294,9 @@ def record_attempts(
       `no_answer`) and reported as such. Inside the window it is marked and may be sent:
       the repeat carries the same client_msg_id, so WeChat sends it once.
 
-    Asks by (campaign_id, openid) only: one keyed read, then at most two writes. On
-    PostgreSQL the read locks the rows it finds until the caller commits.
+    Asks by (campaign_id, openid) only. SQLite: one keyed read, then at most two writes.
+    PostgreSQL: one upsert that judges in its ON CONFLICT clause (`_judge_and_mark`), and an
+    UPDATE of rows in doubt only when there are any.
     """
     wanted: dict[str, Attempt] = {}
     for attempt in attempts:
@@ -306,10 +308,9 @@ def record_attempts(
     if not wanted:
         return RecordedAttempts(frozenset(), frozenset())
     connection = _connection(executor)
-    dialect = connection.dialect.name
-    sqlite = dialect == "sqlite"
-    if not sqlite:
+    if connection.dialect.name != "sqlite":
         return _judge_and_mark(connection, campaign_id, wanted, retry_failed, safe_for)
+    # SQLite: a keyed read, each row judged here, then the marks.
     query = select(
         deliveries.c.openid,
         deliveries.c.status,
@@ -321,8 +322,6 @@ def record_attempts(
         deliveries.c.campaign_id == campaign_id,
         deliveries.c.openid.in_(bindparam("openids", expanding=True)),
     )
-    if not sqlite:
-        query = query.with_for_update()
     openids = list(wanted)
     stored: dict[str, Any] = {}
     for start in range(0, len(openids), _MAX_ROWS_PER_STATEMENT):
@@ -347,15 +346,12 @@ def record_attempts(
                 campaign_id,
                 a.openid,
                 a.client_msg_id,
-                _utc(a.attempted_at, sqlite),
-                _utc(now, sqlite),
+                _utc(a.attempted_at, sqlite=True),
+                _utc(now, sqlite=True),
             )
             for a in marked
         ]
-        parameters: Any = (
-            rows if sqlite else tuple(list(column) for column in zip(*rows, strict=True))
-        )
-        connection.exec_driver_sql(MARK_SQL[dialect], parameters)
+        connection.exec_driver_sql(MARK_SQL, rows)
     return RecordedAttempts(frozenset(a.openid for a in marked), frozenset(unknown))
 
 
