@@ -635,6 +635,10 @@ def _stopped(params: CampaignParams, campaign_id: str | None, stop: StopSignal) 
     return Failed(message=reason if status == CampaignStatus.FAILED else f"{status}: {reason}")
 
 
+#: What a cancel may still close: a running row, or the pause the body wrote on its SIGTERM.
+_CANCELLABLE = (CampaignStatus.RUNNING, CampaignStatus.PAUSED)
+
+
 def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
     """A flow hook that closes the campaign row when the flow body could not: a cancel from
     the UI (which wins over the pause the body wrote when its process got SIGTERM), a crash,
@@ -645,14 +649,9 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
             record = campaign_rows.find_by_flow_run(conn, str(flow_run.id))
         if record is None:
             return
-        open_statuses = {CampaignStatus.RUNNING}
-        if kind == "cancel":
-            open_statuses.add(CampaignStatus.PAUSED)
-        if record.status not in open_statuses:
-            return
         stop = StopSignal()
         stop.set(kind, reason.format(campaign_id=record.id))
-        _close(record.id, stop, open_statuses)
+        _close(record.id, stop, _CANCELLABLE if kind == "cancel" else (CampaignStatus.RUNNING,))
 
     return hook
 
