@@ -1,6 +1,8 @@
 """The tables: `recipients`, `interactions`, `campaigns`, `deliveries`, the `errcodes`
 reference table the analyst views join (filled by `db.errcodes.sync_errcodes`), and
-`callback_events`, every WeChat push the receiver stored (written by `db.callbacks`).
+`callback_events`, every WeChat push the receiver stored (written by `db.callbacks`), and
+the shared state of scaling out: `account_rate` and `account_quota` (each account's limits,
+held for all its campaigns) and `callback_nonces` (the receivers' replay memory).
 
 Declared once here; the Alembic migrations create exactly this (a test compares them on
 SQLite and PostgreSQL). Timestamps are `UTCDateTime` (aware UTC on both databases), JSON is
@@ -11,13 +13,15 @@ What each column means for an analyst is in docs/analytics.md.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -221,9 +225,44 @@ class CallbackEvent(Base):
     received_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
+class AccountRate(Base):
+    """The send-rate schedule of one WeChat account, shared by every campaign, shard and
+    worker sending for it: GCRA's theoretical arrival time of its next message (unix s)."""
+
+    __tablename__ = "account_rate"
+
+    app_id: Mapped[str] = mapped_column(APP_ID, primary_key=True)
+    tat: Mapped[float] = mapped_column(Float)
+
+
+class AccountQuota(Base):
+    """Template messages reserved against one account's daily quota on one Beijing day
+    (WeChat answers 45009 past it). A new day is a new row."""
+
+    __tablename__ = "account_quota"
+
+    app_id: Mapped[str] = mapped_column(APP_ID, primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    used: Mapped[int] = mapped_column(Integer)
+
+
+class CallbackNonce(Base):
+    """A signed push some receiver process accepted (a digest of app, timestamp, nonce):
+    the replay memory every receiver process shares."""
+
+    __tablename__ = "callback_nonces"
+    __table_args__ = (Index(None, "seen_at"),)
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 recipients = Recipient.__table__
 interactions = Interaction.__table__
 campaigns = Campaign.__table__
 deliveries = Delivery.__table__
 errcodes = Errcode.__table__
 callback_events = CallbackEvent.__table__
+account_rate = AccountRate.__table__
+account_quota = AccountQuota.__table__
+callback_nonces = CallbackNonce.__table__
