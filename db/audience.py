@@ -50,6 +50,7 @@ they may quote (`_translate`).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import uuid
@@ -100,6 +101,44 @@ _TRUE_TEXTS = ("1", "true", "t", "yes")
 RETRYABLE_ERROR_CLASSES = ("RETRY", "QUOTA")
 
 DEFAULT_TIMEOUT_SECONDS = 30.0
+
+#: Which shard an openid falls in, in PostgreSQL: the first 8 hex digits of md5(openid) as
+#: an unsigned 32-bit number, modulo the shard count. md5() and the bit-string cast are
+#: documented and stable across versions and platforms (`hashtext` is internal and may
+#: change); `shard_of` is the same in Python. `{openid}` is the column expression.
+SHARD_SQL = "mod(('x' || substr(md5(CAST({openid} AS TEXT)), 1, 8))::bit(32)::bigint, :wx_shards)"
+
+
+@dataclass(frozen=True, slots=True)
+class Shard:
+    """One of `count` disjoint parts of an audience, `index` in [0, count)."""
+
+    index: int
+    count: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.index < self.count:
+            raise ValueError(f"shard {self.index} of {self.count} does not exist")
+
+    def condition(self, openid: str) -> str:
+        """The SQL condition keeping this shard's rows (binds: `binds()`)."""
+        return f"{SHARD_SQL.format(openid=openid)} = :wx_shard"
+
+    def binds(self) -> dict[str, int]:
+        return {"wx_shards": self.count, "wx_shard": self.index}
+
+
+def shard_of(openid: str, count: int) -> int:
+    """The shard `SHARD_SQL` puts `openid` in (for tests and tools)."""
+    return int(hashlib.md5(openid.encode("utf-8")).hexdigest()[:8], 16) % count
+
+
+def _check_shard(connection: Connection, shard: Shard | None) -> None:
+    if shard is not None and connection.dialect.name != "postgresql":
+        raise AudienceQueryError(
+            "splitting an audience into shards needs PostgreSQL (md5 in SQL); "
+            f"this audience database is {connection.dialect.name}"
+        )
 
 
 class AudienceQueryError(ValueError):
@@ -534,19 +573,24 @@ def count_audience(
     params: Mapping[str, Any],
     *,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    shard: Shard | None = None,
 ) -> int:
     """How many rows the audience SQL returns (read-only, with the timeout): the size the
-    campaign's progress bar measures against."""
+    campaign's progress bar measures against. With `shard`, that shard's rows only."""
     statement = checked_sql(sql)
+    where = f" WHERE {shard.condition('_wx_c.openid')}" if shard else ""
     with engine.connect() as connection:
+        _check_shard(connection, shard)
         try:
             with read_only(connection, timeout_seconds) as limit:
                 with _guarded(limit, timeout_seconds):
                     # Always a bind parameter: psycopg sends a statement without one through
                     # the simple-query protocol, which would run a smuggled second command.
                     count = connection.execute(
-                        text(f"SELECT count(*) FROM (\n{statement}\n) AS _wx_c LIMIT :wx_one"),
-                        {**params, "wx_one": 1},
+                        text(
+                            f"SELECT count(*) FROM (\n{statement}\n) AS _wx_c{where} LIMIT :wx_one"
+                        ),
+                        {**params, "wx_one": 1, **(shard.binds() if shard else {})},
                     ).scalar_one()
                 return int(count)
         finally:
@@ -608,7 +652,7 @@ def _comparable_stamp(column: str, dialect: str) -> str:
 
 
 def _stream_statement(
-    sql: str, columns: list[str], dialect: str, *, window_hours: float
+    sql: str, columns: list[str], dialect: str, *, window_hours: float, shard: Shard | None = None
 ) -> TextClause:
     # One window, partitioned by openid and nothing else: when the query already yields
     # openids in order (an index), no sort is needed and the first batch comes at once; any
@@ -627,6 +671,9 @@ FROM (
 ) AS _wx_q
 ) AS _wx_w
 WHERE _wx_w._wx_dup = :wx_first AND _wx_w.openid IS NOT NULL"""
+    if shard is not None:
+        # After the duplicates are dropped: every row of an openid is in the same shard.
+        statement += f" AND {shard.condition('_wx_w.openid')}"
     clause = text(statement)
     if window_hours > 0:
         clause = clause.bindparams(bindparam("wx_cutoff", type_=UTCDateTime()))
@@ -735,6 +782,7 @@ def stream_audience(
     batch_size: int,
     retry_failed: bool = False,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
+    shard: Shard | None = None,
 ) -> Iterator[list[AudienceRow]]:
     """Yield the campaign's remaining audience in batches of at most `batch_size`, each row
     annotated with its skip reason (computed in SQL), never holding more than a batch in
@@ -746,7 +794,9 @@ def stream_audience(
     `campaign_id` when the stream opens are dropped, batch by batch, through `final_snapshot`
     of `ledger` (the main engine; nothing to ask for a new campaign); `pending` rows always
     come back, and with `retry_failed` so do failures of a RETRY or QUOTA class. A batch left
-    empty is not yielded. Close the generator (or exhaust it) to release the connections.
+    empty is not yielded. With `shard` (PostgreSQL only), the rows of that shard alone: the
+    shards of one count are disjoint and together the whole audience (`SHARD_SQL`). Close
+    the generator (or exhaust it) to release the connections.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -756,10 +806,13 @@ def stream_audience(
     binds: dict[str, Any] = {**params, "wx_first": 1}
     if window_hours > 0:
         binds["wx_cutoff"] = now - timedelta(hours=window_hours)
+    if shard is not None:
+        binds.update(shard.binds())
     with (
         final_snapshot(ledger, campaign_id, retry_failed=retry_failed) as final,
         engine.connect() as connection,
     ):
+        _check_shard(connection, shard)
         try:
             with read_only(connection, timeout_seconds) as limit:
                 if connection.dialect.name == "postgresql":
@@ -770,7 +823,11 @@ def stream_audience(
                     columns = _columns(connection, statement_sql, params)
                 _require_columns(columns, window_hours)
                 statement = _stream_statement(
-                    statement_sql, columns, connection.dialect.name, window_hours=window_hours
+                    statement_sql,
+                    columns,
+                    connection.dialect.name,
+                    window_hours=window_hours,
+                    shard=shard,
                 )
                 with _guarded(limit, timeout_seconds):
                     result = connection.execution_options(

@@ -2,7 +2,8 @@
 reference table the analyst views join (filled by `db.errcodes.sync_errcodes`), and
 `callback_events`, every WeChat push the receiver stored (written by `db.callbacks`), and
 the shared state of scaling out: `account_rate` and `account_quota` (each account's limits,
-held for all its campaigns) and `callback_nonces` (the receivers' replay memory).
+held for all its campaigns), `callback_nonces` (the receivers' replay memory) and
+`campaign_shards` (which flow run sends which part of a sharded campaign).
 
 Declared once here; the Alembic migrations create exactly this (a test compares them on
 SQLite and PostgreSQL). Timestamps are `UTCDateTime` (aware UTC on both databases), JSON is
@@ -257,6 +258,36 @@ class CallbackNonce(Base):
     seen_at: Mapped[datetime] = mapped_column(UTCDateTime)
 
 
+#: `campaign_shards.status`: waiting for a worker, sending, or how the shard's last run ended.
+SHARD_STATUSES = ("starting", "running", "completed", "paused", "failed", "cancelled", "crashed")
+
+
+class CampaignShard(Base):
+    """One part of a campaign split across workers (`shards` > 1): which flow run owns it
+    now (only that run may send it), its heartbeat, and how its last run ended
+    (db/shards.py). The ledger stays the campaign's, one row per recipient."""
+
+    __tablename__ = "campaign_shards"
+    __table_args__ = (CheckConstraint(_in_list("status", SHARD_STATUSES), name="status"),)
+
+    campaign_id: Mapped[str] = mapped_column(
+        String(64), ForeignKey("campaigns.id", ondelete="CASCADE"), primary_key=True
+    )
+    shard: Mapped[int] = mapped_column(Integer, primary_key=True)
+    shards: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str | None] = mapped_column(Text)
+    flow_run_id: Mapped[str | None] = mapped_column(String(64))
+    runs: Mapped[int] = mapped_column(Integer, default=0)  # flow runs started for it
+    worker: Mapped[str | None] = mapped_column(String(200))  # host:pid of the run's process
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent: Mapped[int] = mapped_column(Integer, default=0)  # accepted by its last run
+    http_attempts: Mapped[int] = mapped_column(Integer, default=0)
+    errcodes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
+
+
 recipients = Recipient.__table__
 interactions = Interaction.__table__
 campaigns = Campaign.__table__
@@ -266,3 +297,4 @@ callback_events = CallbackEvent.__table__
 account_rate = AccountRate.__table__
 account_quota = AccountQuota.__table__
 callback_nonces = CallbackNonce.__table__
+campaign_shards = CampaignShard.__table__
