@@ -74,7 +74,7 @@ def wait_child(child: Child, deadline: float, profiler: Profiler | None = None) 
 def run_child(
     bench: Bench, mode: str, spec: dict[str, Any], deadline: float, profile: Path | None = None
 ) -> ChildAnswer:
-    """`python -m bench.campaign --child MODE SPEC OUT`, optionally profiled by py-spy."""
+    """`python -m <bench.child_module> --child MODE SPEC OUT`, optionally profiled by py-spy."""
     bench.children += 1
     stem = bench.folder / f"child-{bench.children:02d}-{mode}"
     spec_path, out_path, log_path = (Path(f"{stem}{s}") for s in (".in.json", ".out.json", ".log"))
@@ -82,7 +82,8 @@ def run_child(
     if profiler is not None:
         spec = {**spec, "ready_file": str(profiler.ready), "go_file": str(profiler.go)}
     spec_path.write_text(json.dumps(spec))
-    argv = [sys.executable, "-m", "bench.campaign", "--child", mode, str(spec_path), str(out_path)]
+    argv = [sys.executable, "-m", bench.child_module, "--child", mode]
+    argv += [str(spec_path), str(out_path)]
     started = time.perf_counter()
     child = start(argv, name=f"{mode} child", log=log_path, env=bench.child_env(), cwd=ROOT)
     try:

@@ -147,6 +147,8 @@ class Bench:
     engine: Engine
     report: Report
     children: int = 0
+    #: The module whose `--child MODE SPEC OUT` runs a child (bench.costs wraps this one's).
+    child_module: str = "bench.campaign"
 
     @property
     def postgres(self) -> bool:
