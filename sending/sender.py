@@ -6,7 +6,9 @@ audience rows at a time (`CampaignRun.send`).
 
     rows ─► render (invalid ⇒ outcome `invalid`, never sent)
          ─► mark in flight, a chunk ahead of the senders (the ledger says which may go)
-         ─► `concurrency` sender coroutines, each: limiter slot ─► client.send_* ─► answer
+         ─► `concurrency` sender coroutines, each: limiter slot ─► the account's slot and,
+            for template messages, one of its daily quota (sending/account.py; none left:
+            QUOTA pause before WeChat's 45009) ─► client.send_* ─► answer
          ─► by the error's class (docs/architecture.md decision 4, docs/sending.md):
               RETRY      back off (full jitter) and try again, same client_msg_id
               REFRESH    compare-and-expire the token once (single flight), retry once
@@ -35,6 +37,7 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from db.outcomes import Attempt, DeliveryOutcome, DeliveryStatus, PendingReason
+from sending.account import AccountGate, AccountLimits, quota_reason
 from sending.message import (
     MessageSpec,
     RenderedMessage,
@@ -405,6 +408,7 @@ class CampaignRun:
         retry: RetryPolicy | None = None,
         stop: StopSignal | None = None,
         ledger: Ledger | None = None,
+        account: AccountLimits | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -418,6 +422,16 @@ class CampaignRun:
         self.stop = stop or StopSignal()
         self.ledger = ledger
         self.dedupe = spec.kind == "template"  # WeChat dedupes this kind on client_msg_id
+        # The account's rate and daily quota, shared with every run of the account. WeChat's
+        # daily template quota counts template messages only (docs/scaling.md).
+        gate = None
+        if account is not None:
+            gate = AccountGate(
+                account,
+                counts_quota=spec.kind == "template",
+                campaign_rate=None if self.limiter is None else self.limiter.rate,
+            )
+        self.account = gate if gate is not None and gate.active else None
         self._send = _sender(client, spec.kind)
         # One bound for the whole run: a batch finishing its last rows leaves its slots
         # to the next batch, and `concurrency` means what the form says.
@@ -440,7 +454,12 @@ class CampaignRun:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._ticker
             self._ticker = None
-        await self.flush()
+        try:
+            await self.flush()
+        finally:
+            if self.account is not None:
+                # The quota this run reserved and did not send goes back to the account.
+                await self.account.close()
 
     def note(self, outcomes: Iterable[DeliveryOutcome]) -> None:
         """Buffer outcomes for the ledger (written within FLUSH_SECONDS)."""
@@ -610,6 +629,7 @@ class CampaignRun:
         first = last = 0.0
         error: WeChatError | None = None
         limiter = self.limiter
+        account = self.account
 
         def outcome(
             status: DeliveryStatus, reason: str | None = None, **kw: Any
@@ -634,6 +654,9 @@ class CampaignRun:
             if limiter is not None and (wait := limiter.reserve()) > 0:
                 # A stop wakes the wait: at a slow rate a slot can be minutes away.
                 await self.stop.sleep(wait)
+            # Then the account's slot (so the later of the two), and its quota.
+            if account is not None and self.stop._stop is None:
+                await self._account_turn(account, openid)
             if self.stop._stop is not None:
                 if attempts == 0:
                     return None  # never attempted: no outcome, a resume sends it
@@ -692,6 +715,41 @@ class CampaignRun:
             else:
                 return self._halt(error, outcome, openid)
 
+    async def _account_turn(self, account: AccountGate, openid: str) -> bool:
+        """Wait for the account's next send slot, then take one message of its daily quota
+        for the attempt about to go. False (with the campaign stopped) when it may not go:
+        a stop came while waiting, or the day's quota is spent (a QUOTA pause, before
+        WeChat's 45009), or the account's limits could not be reached (a pause too)."""
+        try:
+            wait = await account.slot()
+            if wait > 0 and await self.stop.sleep(wait):
+                return False
+            if self.stop._stop is not None:
+                return False
+            if await account.take_unit():
+                if self.stop._stop is None:
+                    return True
+                account.put_back()  # the stop came while the quota was being reserved
+                return False
+        except Exception as exc:
+            first_line = (str(exc).splitlines() or [""])[0][:200]
+            self.stop.pause(
+                None,
+                "could not reserve the account's send slots or quota in the database "
+                f"({type(exc).__name__}: {first_line}); resume once it answers",
+            )
+            return False
+        assert account.spent is not None
+        self._quota_pause(quota_reason(account.spent, account.limits.app_id, self.campaign_id))
+        return False
+
+    def _quota_pause(
+        self, reason: str, *, errcode: int | None = None, openid: str | None = None
+    ) -> None:
+        """The account's daily quota is spent (its count here said so, or WeChat's 45009):
+        pause the campaign; the rows not sent stay pending and a resume sends them."""
+        self.stop.set("pause", reason, errcode=errcode, error_class=str(_QUOTA), openid=openid)
+
     def _halt(
         self, error: WeChatError, outcome: Callable[..., DeliveryOutcome], openid: str
     ) -> DeliveryOutcome:
@@ -700,9 +758,7 @@ class CampaignRun:
         code = "no errcode" if error.errcode is None else f"errcode {error.errcode}"
         reason = f"{code} ({error.meaning}): {error.fix}"
         if cls is _QUOTA:
-            self.stop.set(
-                "pause", reason, errcode=error.errcode, error_class=str(cls), openid=openid
-            )
+            self._quota_pause(reason, errcode=error.errcode, openid=openid)
             return outcome(DeliveryStatus.PENDING, reason)
         self.stop.set("stop", reason, errcode=error.errcode, error_class=str(cls), openid=openid)
         # An account problem (CONFIG) or a code the table does not know is not this
@@ -749,9 +805,10 @@ async def send_rows(
     retry: RetryPolicy | None = None,
     stop: StopSignal | None = None,
     outcomes: list[DeliveryOutcome] | None = None,
+    account: AccountLimits | None = None,
 ) -> BatchResult:
     """One batch through a `CampaignRun` of its own, without a ledger (tests, benches)."""
-    run = CampaignRun(
+    async with CampaignRun(
         spec=spec,
         campaign_id=campaign_id,
         client=client,
@@ -760,5 +817,6 @@ async def send_rows(
         concurrency=concurrency,
         retry=retry,
         stop=stop,
-    )
-    return await run.send(rows, outcomes=outcomes)
+        account=account,
+    ) as run:
+        return await run.send(rows, outcomes=outcomes)
