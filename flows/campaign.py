@@ -58,6 +58,7 @@ from sending.message import MessageSpec, client_msg_id_for, invalid_reason, rend
 from sending.plan import DryRunPlan
 from sending.ratelimit import RateLimiter
 from sending.sender import CampaignRun, RetryPolicy, Stop, StopKind, StopSignal, TokenSource
+from tasks.account_limits import account_limits
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
 from tasks.ending import CampaignFailed, expected, stop_for_error
@@ -495,6 +496,8 @@ async def _send_all(
                 retry=RetryPolicy(max_attempts=params.max_attempts),
                 stop=stop,
                 ledger=SqlLedger(campaign_id, retry_failed=params.retry_failed),
+                # The account's rate and daily quota, shared with its other campaigns.
+                account=account_limits(app),
             ) as run,
         ):
             await _send_batches(run, params, batches, tally, progress)
