@@ -50,6 +50,9 @@ async def prepare_app(app: dict[str, str], need_token: bool) -> None:
         app_id=app["app_id"],
         app_secret=app["app_secret"],
         api_base_url=app["api_base_url"],
+        # The bench sends millions a day for one account: its quota must never pause it
+        # (the simulator's is as large).
+        daily_quota=1_000_000_000,
     )
     if need_token:
         await ensure_token(app["name"], 0)
