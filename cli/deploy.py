@@ -29,10 +29,11 @@ if TYPE_CHECKING:
 WORK_POOL = "wxpush"
 #: The deployments of prefect.yaml by the name the API knows them: "<flow>/<deployment>".
 PUSH_CAMPAIGN = "push-campaign/push-campaign"
+PUSH_CAMPAIGN_SHARD = "push-campaign-shard/push-campaign-shard"
 SEND_TEST_MESSAGE = "send-test-message/send-test-message"
 REFRESH_TOKEN = "refresh-access-token/refresh-access-token"
 DAILY_DIGEST = "daily-digest/daily-digest"
-DEPLOYMENTS = (PUSH_CAMPAIGN, SEND_TEST_MESSAGE, REFRESH_TOKEN, DAILY_DIGEST)
+DEPLOYMENTS = (PUSH_CAMPAIGN, PUSH_CAMPAIGN_SHARD, SEND_TEST_MESSAGE, REFRESH_TOKEN, DAILY_DIGEST)
 
 
 class DeployError(RuntimeError):
@@ -191,8 +192,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Create the `wxpush` work pool and deploy push-campaign, send-test-message,
-        refresh-access-token and daily-digest to the Prefect server of PREFECT_API_URL."""
+        """Create the `wxpush` work pool and deploy push-campaign, push-campaign-shard,
+        send-test-message, refresh-access-token and daily-digest to the Prefect server of
+        PREFECT_API_URL."""
         deployed = deploy_all(prefect_file, digest_template_id=digest_template_id)
         typer.echo(deployed.output.rstrip())  # a DeployError: one line from cli/errors.py
         for note in deployed.notes:

@@ -37,6 +37,7 @@ from db import campaigns as campaign_rows
 from db.audience import (
     DEFAULT_AUDIENCE_SQL,
     AudienceQueryError,
+    Shard,
     count_audience,
     has_nothing_to_send,
     preview_audience,
@@ -66,6 +67,7 @@ from tasks.flow_runs import CANCELLED_REASON
 from tasks.params import CampaignForm, CampaignParams
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop
+from tasks.shards import run_shards, sharding_refusal
 from tasks.token import (
     AppNotConfigured,
     get_access_token,
@@ -446,6 +448,7 @@ async def _send_all(
     binds: dict[str, Any],
     stop: StopSignal,
     progress: Progress,
+    shard: Shard | None = None,
 ) -> _Tally:
     spec = message_spec(params)
     tally = _Tally(
@@ -463,6 +466,7 @@ async def _send_all(
             batch_size=params.batch_size,
             retry_failed=params.retry_failed,
             timeout_seconds=params.audience_timeout_seconds,
+            shard=shard,
         )
     )
     try:
@@ -743,6 +747,10 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     if params.dry_run:
         campaign_id = params.campaign_id or f"dry-run-{uuid.uuid4().hex[:12]}"
     else:
+        if (refusal := sharding_refusal(params.shards)) is not None:
+            refused = StopSignal()
+            refused.set("stop", refusal)
+            return _stopped(params, None, refused)
         opened = start_campaign(params)
         if isinstance(opened, Stop):  # running elsewhere, its ledger pruned, …
             refused = StopSignal()
@@ -770,7 +778,10 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
                         for status, n in status_counts(conn, campaign_id).items()
                         if status != "pending"
                     )
-            tally = await _send_all(params, app, campaign_id, sql, binds, stop, progress)
+            if params.shards > 1 and not params.dry_run:
+                tally = await _sharded(params, campaign_id, stop, progress)
+            else:
+                tally = await _send_all(params, app, campaign_id, sql, binds, stop, progress)
             if received == [signal.SIGTERM] and await _cancel_requested():
                 stop.set("cancel", CANCELLED_REASON)
         except BaseException as caught:
@@ -804,6 +815,18 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     if received:
         raise _interruption(received[0])
     return _run_state(result)
+
+
+async def _sharded(
+    params: CampaignParams, campaign_id: str, stop: StopSignal, progress: Progress
+) -> _Tally:
+    """Send as `params.shards` push-campaign-shard runs on any workers (tasks/shards.py)."""
+    done = await run_shards(campaign_id, params.shards, stop, progress)
+    tally = _Tally()
+    tally.counts["sent"] = done.sent
+    tally.errcodes.update(done.errcodes)
+    tally.http_attempts = done.http_attempts
+    return tally
 
 
 async def _cancel_requested() -> bool:

@@ -360,6 +360,20 @@ class CampaignParams(MessageParams):
         "repeat). Each of them may get the message twice.",
         json_schema_extra={"position": 17.5},
     )
+    shards: int = Field(
+        1,
+        ge=1,
+        le=32,
+        title="Split across workers",
+        description=(
+            "Split the audience into this many parts, each sent by its own run on any free "
+            "worker, for large campaigns; 1 = this run sends everyone. Each person is still "
+            "messaged once, and the rate limit and concurrency above stay for the whole "
+            "campaign. More than 1 needs the PostgreSQL database and that many free worker "
+            "slots besides this run's."
+        ),
+        json_schema_extra={"position": 14.7},
+    )
 
     @field_validator("audience_sql", "campaign_id", mode="before")
     @classmethod
