@@ -111,6 +111,7 @@ def run(
         float | None, _param("--rate", "rate_per_second", "per s", none="no limit")
     ] = None,
     max_error_ratio: Annotated[float | None, _param("--max-error-ratio", "max_error_ratio")] = None,
+    shards: Annotated[int | None, _param("--shards", "shards", "runs")] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help=model_help(CampaignParams, "dry_run"))
     ] = False,
@@ -147,6 +148,7 @@ def run(
         "concurrency": concurrency,
         "rate_per_second": rate,
         "max_error_ratio": max_error_ratio,
+        "shards": shards,
         "dry_run": dry_run or None,
         "campaign_id": campaign_id,
         "retry_failed": retry_failed or None,
