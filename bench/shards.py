@@ -168,9 +168,15 @@ def main(argv: list[str] | None = None) -> None:
             stack.enter_context(overridden(database_url=db_url, audience_database_url=audience))
             engine = make_engine(db_url)
             stack.callback(engine.dispose)
-            from prefect.settings import PREFECT_API_URL, temporary_settings
+            from prefect.settings import (
+                PREFECT_API_URL,
+                PREFECT_LOGGING_TO_API_ENABLED,
+                temporary_settings,
+            )
 
-            stack.enter_context(temporary_settings(updates={PREFECT_API_URL: server.api_url}))
+            # No run logs shipped: at exit Prefect would drain them to a server already gone.
+            updates = {PREFECT_API_URL: server.api_url, PREFECT_LOGGING_TO_API_ENABLED: False}
+            stack.enter_context(temporary_settings(updates=updates))
             say(f"seeding {args.recipients:,} recipients and simulator followers …")
             seed(engine, sim, args.recipients)
             asyncio.run(setup_app(sim))
