@@ -1,21 +1,25 @@
-"""How many WeChat callbacks one receiver process takes per second, and how fast it answers.
+"""How many WeChat callbacks the receiver takes per second, and how fast it answers, with
+one process and with several on one port.
 
     .venv/bin/python -m bench.receiver [--callbacks 20000] [--concurrency 64]
-        [--modes plaintext safe] [--database-url URL]
+        [--modes plaintext safe] [--rates 0 1000] [--processes 1 2] [--database-url URL]
 
-Starts `wxpush receiver` (uvicorn, one process) on a fresh database, then for each mode
-sends `--callbacks` TEMPLATESENDJOBFINISH pushes exactly as WeChat would (signed; in safe
-mode encrypted, with msg_signature), each a different receipt, from `--concurrency`
-connections of one aiohttp client process. The pushes are built and signed before the clock
-starts. It prints callbacks/s over the send span, p50/p99/max answer time, and then waits
-for the writer and counts the rows in `callback_events`: zero lost means every acknowledged
-push is there.
+For each `--processes` count, starts `wxpush receiver --processes N` (uvicorn) on a fresh
+database, then for each mode and rate sends `--callbacks` TEMPLATESENDJOBFINISH pushes
+exactly as WeChat would (signed; in safe mode encrypted, with msg_signature), each a
+different receipt, from `--concurrency` connections of one aiohttp client process. The
+pushes are built and signed before the clock starts. It prints callbacks/s over the send
+span, p50/p99/max answer time, the receiver's CPU per callback (its process tree, the
+supervisor included) and, on PostgreSQL, its database backends' CPU per callback; then it
+counts the rows in `callback_events`: zero lost means every acknowledged push is there.
+Every push claims its key in `callback_nonces` (the replay memory the processes share).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -25,14 +29,17 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import httpx
-from sqlalchemy import func, select
+import psutil
+from sqlalchemy import select, text
 
+from bench.campaign.services import tree_cpu
 from db.engine import make_engine
 from db.migrate import upgrade
-from db.models import callback_events
+from db.models import callback_events, callback_nonces
 from processes import Child, http_ok, pick_port, start
 from wechat.crypto import MessageCrypto, signed_query
 from wechat.events import to_xml
@@ -45,6 +52,7 @@ STATUSES = ("success", "failed:user block", "failed: system failed")
 
 @dataclass
 class Result:
+    processes: int
     mode: str
     offered: float
     callbacks: int
@@ -52,6 +60,9 @@ class Result:
     latencies: list[float]
     refused: int
     stored: int
+    lost: int
+    receiver_cpu: float | None
+    database_cpu: float | None
 
     @property
     def rate(self) -> float:
@@ -90,12 +101,14 @@ def build(mode: str, count: int, first_msgid: int) -> list[tuple[dict[str, str],
 
 @dataclass
 class Answers:
-    """What one burst got back: per push index, whether it was acknowledged (`success`)."""
+    """What one burst got back: per push index, whether it was acknowledged (`success`),
+    and each push's HTTP status (0: no answer)."""
 
     seconds: float = 0.0
     latencies: list[float] = field(default_factory=list)
     acknowledged: list[int] = field(default_factory=list)
     refused: int = 0
+    statuses: dict[int, int] = field(default_factory=dict)
 
 
 async def send_all(
@@ -126,6 +139,7 @@ async def send_all(
             except aiohttp.ClientError:
                 status, text = 0, ""
             answers.latencies.append(time.perf_counter() - started)
+            answers.statuses[n] = status
             if status == 200 and text == "success":
                 answers.acknowledged.append(n)
             else:
@@ -205,6 +219,86 @@ def wait_written(base: str, expected: int, timeout: float = 120.0) -> None:
     raise SystemExit(f"the receiver wrote only {health['written']} of {expected}")
 
 
+def _backend_cpu(engine: Any) -> dict[int, float]:
+    """CPU seconds of each PostgreSQL backend connected to the bench's database but this
+    one (the receivers' connections); {} on SQLite."""
+    if engine.dialect.name != "postgresql":
+        return {}
+    with engine.connect() as conn:
+        pids = conn.execute(
+            text(
+                "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+            )
+        ).scalars()
+        found = {}
+        for pid in pids:
+            with contextlib.suppress(psutil.Error):
+                times = psutil.Process(pid).cpu_times()
+                found[pid] = times.user + times.system
+    return found
+
+
+def _stored(engine: Any) -> set[str]:
+    with engine.connect() as conn:
+        return set(conn.execute(select(callback_events.c.dedupe_key)).scalars())
+
+
+def run_receiver(args: argparse.Namespace, url: str, engine: Any, processes: int) -> list[Result]:
+    """Every mode and rate against one `wxpush receiver --processes N` on a fresh table."""
+    with engine.begin() as conn:
+        conn.execute(callback_events.delete())
+        conn.execute(callback_nonces.delete())
+    receiver = start_receiver(url, args=["--processes", str(processes)])
+    base = f"{receiver.base}/wechat/callback"
+    results = []
+    acknowledged: set[str] = set()
+    sent = 0
+    try:
+        for mode in args.modes:
+            for rate in args.rates:
+                first = 10**15 + sent
+                pushes = build(mode, args.callbacks, first_msgid=first)
+                sent += len(pushes)
+                warm = asyncio.run(send_all(base, pushes[:200], 16))
+                cpu0, db0 = tree_cpu(receiver.process.pid), _backend_cpu(engine)
+                answers = asyncio.run(send_all(base, pushes[200:], args.concurrency, rate or None))
+                cpu1, db1 = tree_cpu(receiver.process.pid), _backend_cpu(engine)
+                acknowledged.update(f"receipt:{first + n}" for n in warm.acknowledged)
+                acknowledged.update(f"receipt:{first + 200 + n}" for n in answers.acknowledged)
+                callbacks = len(pushes) - 200
+                stored = _stored(engine)
+                results.append(
+                    Result(
+                        processes,
+                        mode,
+                        rate,
+                        callbacks,
+                        answers.seconds,
+                        answers.latencies,
+                        answers.refused,
+                        len(stored),
+                        len(acknowledged - stored),
+                        None if cpu0 is None or cpu1 is None else (cpu1 - cpu0) / callbacks,
+                        (sum(t - db0.get(pid, 0.0) for pid, t in db1.items()) / callbacks)
+                        if db1
+                        else None,
+                    )
+                )
+    finally:
+        # Graceful: bounded however the database is doing (docs/receiver.md).
+        stopped_in = receiver.stop(timeout=60)
+        # uvicorn re-raises the signal once it has shut down cleanly.
+        if receiver.process.returncode not in (0, -signal.SIGTERM):
+            raise SystemExit(f"the receiver stopped badly: {receiver.output()[-2000:]}")
+    print(f"{processes} process(es): stopped {stopped_in:.1f} s after SIGTERM", flush=True)
+    return results
+
+
+def _us(seconds: float | None) -> str:
+    return "" if seconds is None else f"{seconds * 1e6:,.0f}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--callbacks", type=int, default=20_000)
@@ -217,6 +311,13 @@ def main() -> None:
         default=[0, 1000],
         help="Pushes per second, open loop; 0 = as fast as the receiver answers.",
     )
+    parser.add_argument(
+        "--processes",
+        nargs="+",
+        type=int,
+        default=[1],
+        help="Receiver processes on the one port; each count is a run of its own.",
+    )
     parser.add_argument("--database-url", default=None)
     args = parser.parse_args()
 
@@ -224,65 +325,25 @@ def main() -> None:
         url = args.database_url or f"sqlite:///{Path(folder) / 'receiver-bench.db'}"
         upgrade(url)
         engine = make_engine(url)
-        with engine.begin() as conn:
-            conn.execute(callback_events.delete().where(callback_events.c.app_id == APP_ID))
-        receiver = start_receiver(url)
-        base = receiver.base
-        try:
-            results = []
-            sent = 0
-            for mode in args.modes:
-                for rate in args.rates:
-                    pushes = build(mode, args.callbacks, first_msgid=10**15 + sent)
-                    url_ = f"{base}/wechat/callback"
-                    asyncio.run(send_all(url_, pushes[:200], 16))  # warm-up
-                    answers = asyncio.run(
-                        send_all(url_, pushes[200:], args.concurrency, rate or None)
-                    )
-                    sent += len(pushes)
-                    wait_written(base, sent)
-                    with engine.connect() as conn:
-                        stored = conn.execute(
-                            select(func.count()).select_from(callback_events)
-                        ).scalar_one()
-                    callbacks = len(pushes) - 200
-                    results.append(
-                        Result(
-                            mode,
-                            rate,
-                            callbacks,
-                            answers.seconds,
-                            answers.latencies,
-                            answers.refused,
-                            stored,
-                        )
-                    )
-        finally:
-            # Graceful: bounded however the database is doing (docs/receiver.md).
-            stopped_in = receiver.stop(timeout=60)
-            # uvicorn re-raises the signal once it has shut down cleanly.
-            if receiver.process.returncode not in (0, -signal.SIGTERM):
-                raise SystemExit(f"the receiver stopped badly: {receiver.output()[-2000:]}")
+        results = [r for n in args.processes for r in run_receiver(args, url, engine, n)]
         engine.dispose()
 
     print(
-        f"\nreceiver: one uvicorn process, {url.split(':')[0]}, client concurrency "
-        f"{args.concurrency}, {os.cpu_count()} cores shared with the client; "
-        f"it stopped {stopped_in:.1f} s after SIGTERM\n"
+        f"\nreceiver: {url.split(':')[0]}, client concurrency {args.concurrency}, "
+        f"{os.cpu_count()} cores shared with the client\n"
     )
     print(
-        "| mode | offered/s | callbacks | callbacks/s | p50 ms | p99 ms | max ms | refused "
-        "| rows | lost |"
+        "| processes | mode | offered/s | callbacks | callbacks/s | p50 ms | p99 ms | max ms "
+        "| refused | receiver CPU µs/callback | database CPU µs/callback | rows | lost |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    expected = 0
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        expected += r.callbacks + 200
         print(
-            f"| {r.mode} | {f'{r.offered:,.0f}' if r.offered else 'max'} | {r.callbacks:,} | "
-            f"{r.rate:,.0f} | {r.quantile(0.5):.1f} | "
+            f"| {r.processes} | {r.mode} | {f'{r.offered:,.0f}' if r.offered else 'max'} | "
+            f"{r.callbacks:,} | {r.rate:,.0f} | {r.quantile(0.5):.1f} | "
             f"{r.quantile(0.99):.1f} | {max(r.latencies) * 1000:.1f} | {r.refused} | "
-            f"{r.stored:,} | {expected - r.stored} |"
+            f"{_us(r.receiver_cpu)} | {_us(r.database_cpu)} | {r.stored:,} | "
+            f"{r.lost} |"
         )
 
 

@@ -55,6 +55,22 @@ def schema_problem(url: str) -> str | None:
     return f"{display_url(url)} {state}, not {head}: run `wxpush db upgrade` first"
 
 
+def processes_problem(url: str, processes: int) -> str | None:
+    """None when `processes` receivers can share the database at `url`; else the one line
+    to print: an in-memory SQLite database would be a different one in each process."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    in_memory = parsed.get_backend_name() == "sqlite" and parsed.database in (None, "", ":memory:")
+    if processes > 1 and in_memory:
+        return (
+            f"--processes {processes} needs a database the processes share: an in-memory "
+            "SQLite database is one per process; set WXPUSH_DATABASE_URL to a file or "
+            "to PostgreSQL"
+        )
+    return None
+
+
 def _limit(flag: str, field: str, unit: str) -> Any:
     """An option for a ReceiverConfig field: its description, its default and unit, and its
     lower bound, all read from the model (cli/help.py)."""
@@ -76,6 +92,15 @@ def register(app: typer.Typer) -> None:
     def receiver(
         host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
         port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 8902,
+        processes: Annotated[
+            int,
+            typer.Option(
+                "--processes",
+                min=1,
+                help="Receiver processes serving the one port (uvicorn's workers); they "
+                "share the database and its replay memory.",
+            ),
+        ] = 1,
         app_name: Annotated[
             str, typer.Option("--app", help="wechat-app block to read when the env has none.")
         ] = "default",
@@ -114,7 +139,7 @@ def register(app: typer.Typer) -> None:
         """Serve WeChat's callback URL: verify, decrypt, record receipts and interactions."""
         from db.engine import database_url
         from receiver.app import create_app
-        from receiver.server import listen, serve
+        from receiver.server import AppFactory, listen, serve, serve_processes
         from tasks.database import engine
 
         # Every refusal (a bad setting, an old schema, a port in use) comes before the
@@ -132,12 +157,18 @@ def register(app: typer.Typer) -> None:
             refusal_log_burst=refusal_log_burst,
             refusal_log_interval_seconds=refusal_log_interval,
         )
-        problem = schema_problem(database_url())
+        url = database_url()
+        problem = processes_problem(url, processes) or schema_problem(url)
         if problem:
             raise OperatorError(problem)
         sock = listen(host, port)
+        modes = "safe mode and plaintext" if config.encoding_aes_key else "plaintext only"
+        several = f", {processes} processes" if processes > 1 else ""
         typer.echo(
             f"Receiving callbacks for {config.app_id} on http://{host}:{port}/wechat/callback "
-            f"({'safe mode and plaintext' if config.encoding_aes_key else 'plaintext only'})"
+            f"({modes}{several})"
         )
-        serve(create_app(config, engine()), config, sock)
+        if processes > 1:
+            serve_processes(AppFactory(config, url), sock, processes)
+        else:
+            serve(create_app(config, engine()), config, sock)

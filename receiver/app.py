@@ -5,13 +5,17 @@ signature, then timestamp freshness, then the body size, then (for a new nonce o
 XML and the decryption, then every field against its column. Every refusal answers with
 its status before anything is queued. An accepted push is answered `success` only once its
 row is committed (receiver/writer.py groups the waiting pushes into one transaction);
-within WeChat's 5 s, or 503 so that WeChat retries it.
+within WeChat's 5 s, or 503 so that WeChat retries it. A replay is refused by whichever
+process it reaches: the push's (timestamp, nonce) key is claimed in `callback_nonces` in
+the transaction that stores it (db/nonces.py); each process's own cache only spares the
+work for replays it has already seen stored.
 """
 
 from __future__ import annotations
 
 import gc
 import logging
+import os
 import re
 import time
 from collections.abc import AsyncIterator
@@ -24,12 +28,14 @@ from sqlalchemy import Engine
 from starlette.requests import ClientDisconnect
 
 from db.callbacks import CallbackRecord, InvalidRecord, check_record
+from db.nonces import replay_key
 from receiver.config import ReceiverConfig
 from receiver.replay import NonceCache, NonceRefused
 from receiver.writer import (
     BatchWriter,
     CommitTimeout,
     RecordRefused,
+    Replayed,
     WriterClosed,
     WriterUnavailable,
 )
@@ -111,13 +117,21 @@ class CallbackHandler:
         if skew > self.config.timestamp_window_seconds:
             raise Refused(403, f"stale timestamp ({skew:.0f} s from now)")
 
-    def check_new(self, query: dict[str, str]) -> None:
-        """A replay of a signed request (same timestamp and nonce) is refused."""
+    def check_new(self, query: dict[str, str]) -> str:
+        """Refuse a signed request this process has seen stored (same timestamp and
+        nonce); else the key its push is stored under, which the database checks against
+        every process's (db/nonces.py)."""
         try:
-            if not self.nonces.first_time(query["timestamp"], query["nonce"]):
+            if self.nonces.seen(query["timestamp"], query["nonce"]):
                 raise Refused(409, "replayed nonce")
         except NonceRefused as exc:
             raise Refused(400, str(exc)) from None
+        return replay_key(self.config.app_id, query["timestamp"], query["nonce"])
+
+    def stored(self, query: dict[str, str]) -> None:
+        """Remember a request whose push is stored (by this process or another), so its
+        replays here are refused before any work."""
+        self.nonces.remember(query["timestamp"], query["nonce"])
 
     def decode(self, query: dict[str, str], body: bytes) -> CallbackMessage:
         """The push as a CallbackMessage: plaintext, or decrypted in safe mode."""
@@ -158,6 +172,8 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
         batch_size=config.batch_size,
         commit_timeout=config.commit_timeout_seconds,
         max_backlog=config.max_backlog,
+        # Two windows: a replay older than that fails the timestamp check by itself.
+        nonce_retention_seconds=2 * config.timestamp_window_seconds,
     )
 
     @asynccontextmanager
@@ -201,17 +217,21 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
         try:
             handler.check_signed(query)
             body = await _read_limited(request, config.max_body_bytes)
-            handler.check_new(query)
+            key = handler.check_new(query)
             record = handler.record(handler.decode(query, body))
-            await writer.commit(record)
+            await writer.commit(record, key)
         except Refused as refused:
             return _refusal(refused)
+        except Replayed:
+            handler.stored(query)
+            return _refusal(Refused(409, "replayed nonce"))
         except RecordRefused:
             return _refusal(Refused(400, "the database refuses this callback"))
         except WriterClosed:
             return PlainTextResponse("shutting down", status_code=503)
         except (WriterUnavailable, CommitTimeout) as exc:
             return PlainTextResponse(f"not stored: {exc}", status_code=503)
+        handler.stored(query)
         return PlainTextResponse("success")
 
     @app.get("/health")
@@ -231,6 +251,9 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
                 "write_failures": stats.failures,
                 "last_error": stats.last_error,
                 "rejected": stats.rejected,
+                "replays": stats.replays,
+                "forgotten_nonces": stats.forgotten_nonces,
+                "pid": os.getpid(),
                 "late_matches": stats.late_matches,
                 **stats.totals,
             },

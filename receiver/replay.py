@@ -8,6 +8,12 @@ Memory is bounded whatever arrives:
   least two windows (a timestamp at the window's edge stays refusable throughout);
 - at `max_entries` the oldest generation is dropped early. A replay older than that is
   still harmless: the database's unique key makes its insert a no-op.
+
+This cache is each process's cheap first filter; the database decides (db/nonces.py), so a
+replay sent to another process is refused too. The app therefore asks `seen` before it
+decodes a push and calls `remember` only once the push is stored: a push whose write
+failed is not remembered, and WeChat's retry of it, even with the same timestamp and
+nonce, is received.
 """
 
 from __future__ import annotations
@@ -47,20 +53,41 @@ class NonceCache:
     def first_time(self, timestamp: str, nonce: str, now: float | None = None) -> bool:
         """Record the pair; False if it was already seen (a replay). Raises NonceRefused
         for a nonce or timestamp too long to be WeChat's."""
+        digest = self._digest(timestamp, nonce)
+        with self._lock:
+            self._rotate(time.monotonic() if now is None else now)
+            if self._holds(digest):
+                return False
+            self._generations[0].add(digest)
+            return True
+
+    def seen(self, timestamp: str, nonce: str, now: float | None = None) -> bool:
+        """True if the pair was remembered (a replay); records nothing. Raises
+        NonceRefused like `first_time`."""
+        digest = self._digest(timestamp, nonce)
+        with self._lock:
+            self._rotate(time.monotonic() if now is None else now)
+            return self._holds(digest)
+
+    def remember(self, timestamp: str, nonce: str, now: float | None = None) -> None:
+        """Record the pair (its push is stored)."""
+        digest = self._digest(timestamp, nonce)
+        with self._lock:
+            self._rotate(time.monotonic() if now is None else now)
+            if not self._holds(digest):
+                self._generations[0].add(digest)
+
+    def _digest(self, timestamp: str, nonce: str) -> bytes:
         if len(nonce) > self.max_nonce_length:
             raise NonceRefused(f"nonce longer than {self.max_nonce_length} characters")
         if len(timestamp) > MAX_TIMESTAMP_LENGTH:
             raise NonceRefused(f"timestamp longer than {MAX_TIMESTAMP_LENGTH} characters")
-        now = time.monotonic() if now is None else now
-        digest = hashlib.blake2b(
+        return hashlib.blake2b(
             f"{timestamp}\n{nonce}".encode(), digest_size=16, key=self._key
         ).digest()
-        with self._lock:
-            self._rotate(now)
-            if any(digest in generation for generation in self._generations):
-                return False
-            self._generations[0].add(digest)
-            return True
+
+    def _holds(self, digest: bytes) -> bool:
+        return any(digest in generation for generation in self._generations)
 
     def _rotate(self, now: float) -> None:
         # Rotations come a window apart unless the cache is full; a pair is dropped at the

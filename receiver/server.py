@@ -14,23 +14,37 @@ So the receiver runs on h11 with a head cap, and `GuardedH11Protocol` adds what 
 missing: a deadline for the request head, another for the body, and a cap on open
 connections that makes room by closing the connection that has waited longest without a
 complete request (a real push sends its whole request at once, a slow client never does).
+
+Several processes on one port (`wxpush receiver --processes N`) are uvicorn's own
+multiprocess supervisor: the parent binds the socket, spawns N processes that accept from
+it, restarts one that dies and stops them all on SIGTERM. Each process builds its own app,
+database engine and protocol class from picklable factories (`AppFactory`,
+`ProtocolFactory`); the replay memory they share is in the database (db/nonces.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import resource
 import socket
+import sys
+import types
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 import h11
 import uvicorn
 from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.supervisors import Multiprocess
 
+from db.engine import make_engine
 from receiver import log_limit
+from receiver.app import create_app
 from receiver.config import ReceiverConfig
 
 log = logging.getLogger("wxpush.receiver")
@@ -188,12 +202,52 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def serve(app: FastAPI, config: ReceiverConfig, sock: socket.socket) -> None:
-    """Run `app` on the bound `sock` until SIGINT or SIGTERM, with the receiver's bounds."""
-    config = config.model_copy(update={"max_connections": fit_fd_limit(config.max_connections)})
-    server_config = uvicorn.Config(
+class ProtocolFactory:
+    """`guarded_protocol(config)` as uvicorn's `http`, made in the process that uses it:
+    uvicorn pickles its config into each worker process, and a class made by `type()`
+    cannot be pickled."""
+
+    def __init__(self, config: ReceiverConfig) -> None:
+        self.config = config
+        self._protocol: type[GuardedH11Protocol] | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"config": self.config, "_protocol": None}
+
+    def __call__(self, *args: Any, **kwargs: Any) -> GuardedH11Protocol:
+        if self._protocol is None:
+            self._protocol = guarded_protocol(self.config)
+        return self._protocol(*args, **kwargs)
+
+
+@dataclass(frozen=True)
+class AppFactory:
+    """Builds one process's app: its own engine and writer, its refusal-log limits (after
+    uvicorn has configured logging in that process). Picklable, secrets included: uvicorn
+    hands it to each worker process through a pipe, never through argv or the environment."""
+
+    config: ReceiverConfig
+    database_url: str
+
+    def __call__(self) -> FastAPI:
+        limit_logs(self.config)
+        return create_app(self.config, make_engine(self.database_url))
+
+
+def limit_logs(config: ReceiverConfig) -> None:
+    """Rate-limit each flood-able warning: refusals, cut-off connections, uvicorn's
+    "Invalid HTTP request". Call after uvicorn has configured its loggers."""
+    log_limit.limit(
+        ["wxpush.receiver", "uvicorn.error", "asyncio"],
+        burst=config.refusal_log_burst,
+        interval=config.refusal_log_interval_seconds,
+    )
+
+
+def _uvicorn_config(app: Any, config: ReceiverConfig, **more: Any) -> uvicorn.Config:
+    return uvicorn.Config(
         app,
-        http=guarded_protocol(config),
+        http=ProtocolFactory(config),
         h11_max_incomplete_event_size=config.max_header_bytes,
         timeout_keep_alive=config.keep_alive_timeout_seconds,
         # A backstop on requests in progress (it counts connections too; ours are capped
@@ -205,12 +259,41 @@ def serve(app: FastAPI, config: ReceiverConfig, sock: socket.socket) -> None:
         # SIGTERM ends the process within 10 s: requests in progress get this long (a push
         # waits at most commit_timeout_seconds), then the writer's close() its own bound.
         timeout_graceful_shutdown=5,
+        **more,
     )
-    # After uvicorn.Config, which configures its loggers: each flood-able warning is
-    # rate-limited (refusals, cut-off connections, uvicorn's "Invalid HTTP request").
-    log_limit.limit(
-        ["wxpush.receiver", "uvicorn.error", "asyncio"],
-        burst=config.refusal_log_burst,
-        interval=config.refusal_log_interval_seconds,
-    )
+
+
+def serve(app: FastAPI, config: ReceiverConfig, sock: socket.socket) -> None:
+    """Run `app` on the bound `sock` until SIGINT or SIGTERM, with the receiver's bounds."""
+    config = config.model_copy(update={"max_connections": fit_fd_limit(config.max_connections)})
+    server_config = _uvicorn_config(app, config)
+    # After uvicorn.Config, which configures its loggers.
+    limit_logs(config)
     uvicorn.Server(server_config).run(sockets=[sock])
+
+
+def serve_processes(factory: AppFactory, sock: socket.socket, processes: int) -> None:
+    """Run `processes` receiver processes accepting from the one bound `sock`, under
+    uvicorn's supervisor, until SIGINT or SIGTERM (each process stops as `serve` does)."""
+    config = factory.config
+    config = config.model_copy(update={"max_connections": fit_fd_limit(config.max_connections)})
+    factory = AppFactory(config, factory.database_url)
+    server_config = _uvicorn_config(factory, config, factory=True, workers=processes)
+    limit_logs(config)
+    with _lean_main():
+        Multiprocess(server_config, sockets=[sock]).run()
+
+
+@contextlib.contextmanager
+def _lean_main() -> Iterator[None]:
+    """While the supervisor runs, `__main__` is an empty module. A spawned process first
+    imports the parent's `__main__` (multiprocessing's spawn start method; uvicorn uses
+    it): for `wxpush receiver` that is the whole CLI, Prefect included (importing
+    cli.main: 6.7 s and 120 MiB; receiver.server: 2.7 s and 88 MiB, on 2 busy cores). The
+    processes need only what the pickled factories name (receiver/, db/)."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main

@@ -17,6 +17,13 @@ What goes wrong is sorted by whose fault it is:
   backlog full. A record whose request already got 503 is still written when the database
   returns: the dedupe key makes WeChat's retry of it a no-op.
 
+**Replays** (docs/receiver.md, "Several processes"): a push queued with its replay key
+(db/nonces.py) claims that key in the transaction that stores it. A key that was claimed
+before, by any receiver process, or earlier in the same batch, fails that push with
+`Replayed` (answer 409) and stores nothing; a transaction that fails claims nothing, so a
+push whose write failed can still be received. Each writer also deletes keys older than
+`nonce_retention_seconds`, a bounded chunk at a time, between batches.
+
 `close()` is bounded: it writes what it can within `CLOSE_TIMEOUT_SECONDS` and fails the
 rest (never acknowledged). Transactions run in one daemon thread, not asyncio's thread pool,
 whose threads the interpreter joins at exit: a statement stuck on a dead database must not
@@ -38,6 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 from sqlalchemy import Engine
@@ -51,6 +59,8 @@ from db.callbacks import (
     match_pending_receipts,
 )
 from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
+from db.nonces import claim, forget_before
+from db.types import utcnow
 
 log = logging.getLogger("wxpush.receiver")
 
@@ -65,6 +75,10 @@ SWEEP_EVERY_SECONDS = 0.1
 SWEEP_CHUNK = 200
 IDLE_WAKE_SECONDS = 1.0
 CLOSE_TIMEOUT_SECONDS = 3.0
+# Old replay keys go between batches, at most PRUNE_CHUNK at a time (a few ms), once a
+# second, or at once again while a full chunk went: up to ~50,000 keys a second if need be.
+PRUNE_EVERY_SECONDS = 1.0
+PRUNE_CHUNK = 5_000
 DEFAULT_COMMIT_TIMEOUT = 4.0
 DEFAULT_MAX_BACKLOG = 10_000
 
@@ -77,6 +91,8 @@ class WriterStats:
     batches: int = 0
     failures: int = 0
     rejected: int = 0
+    replays: int = 0
+    forgotten_nonces: int = 0
     late_matches: int = 0
     last_error: str | None = None
     totals: dict[str, int] = field(default_factory=dict)
@@ -98,11 +114,17 @@ class RecordRefused(ValueError):
     """The database refused this record as invalid: dropped, never retried (answer 400)."""
 
 
+class Replayed(ValueError):
+    """This signed request was stored before, by this process or another: a replay
+    (answer 409; nothing written)."""
+
+
 @dataclass(slots=True)
 class _Pending:
     record: CallbackRecord
     future: asyncio.Future[None]
     since: float
+    replay_key: str | None = None
 
 
 def about_the_record(exc: BaseException) -> bool:
@@ -185,12 +207,14 @@ class BatchWriter:
         batch_size: int = 500,
         commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
         max_backlog: int = DEFAULT_MAX_BACKLOG,
+        nonce_retention_seconds: float | None = None,
         apply: Callable[..., CallbackCounts] = apply_callbacks,
     ) -> None:
         self.engine = engine
         self.batch_size = batch_size
         self.commit_timeout = commit_timeout
         self.max_backlog = max_backlog
+        self.nonce_retention_seconds = nonce_retention_seconds  # None: keep every key
         self._apply = apply
         self._queue: deque[_Pending] = deque()
         self._current: list[_Pending] = []  # the batch being written
@@ -201,6 +225,7 @@ class BatchWriter:
         self._down_since: float | None = None  # the first failure of the current outage
         self._unmatched: dict[int, float] = {}  # msgid → when first stored unmatched
         self._last_sweep = 0.0
+        self._last_prune = 0.0
         self.stats = WriterStats()
 
     def start(self) -> None:
@@ -209,10 +234,11 @@ class BatchWriter:
 
     # -- the request side ------------------------------------------------------------------------
 
-    def put(self, record: CallbackRecord) -> asyncio.Future[None]:
+    def put(self, record: CallbackRecord, replay_key: str | None = None) -> asyncio.Future[None]:
         """Queue one record; the future resolves when it is committed, or fails with
-        RecordRefused / WriterClosed. Raises WriterClosed or WriterUnavailable instead of
-        queueing when the receiver should answer 503 at once."""
+        RecordRefused / Replayed / WriterClosed. With `replay_key`, the record is stored only
+        if that key is claimed in the same transaction. Raises WriterClosed or
+        WriterUnavailable instead of queueing when the receiver should answer 503 at once."""
         if self._closing:
             raise WriterClosed("the receiver is shutting down")
         if self.refusing:
@@ -221,14 +247,16 @@ class BatchWriter:
             raise WriterUnavailable(f"{self.backlog} callbacks are waiting to be written")
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
-        self._queue.append(_Pending(record, future, time.monotonic()))
+        self._queue.append(_Pending(record, future, time.monotonic(), replay_key))
         self._wake.set()
         return future
 
-    async def commit(self, record: CallbackRecord, timeout: float | None = None) -> None:
+    async def commit(
+        self, record: CallbackRecord, replay_key: str | None = None, timeout: float | None = None
+    ) -> None:
         """Queue `record` and return once it is committed. Raises CommitTimeout after
         `timeout` (default: the writer's commit timeout); the record stays queued."""
-        future = self.put(record)
+        future = self.put(record, replay_key)
         try:
             await asyncio.wait_for(asyncio.shield(future), timeout or self.commit_timeout)
         except TimeoutError:
@@ -305,6 +333,11 @@ class BatchWriter:
                 self._current = []
             if self._unmatched and time.monotonic() - self._last_sweep >= SWEEP_EVERY_SECONDS:
                 await self._sweep()
+            if (
+                self.nonce_retention_seconds is not None
+                and time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS
+            ):
+                await self._prune()
 
     async def _write(self) -> None:
         """Commit `self._current`: split around bad records, retry the database."""
@@ -313,7 +346,7 @@ class BatchWriter:
         while parts:
             part = parts[0]
             try:
-                counts = await self._db.run(self._transaction, [p.record for p in part])
+                counts, replayed = await self._db.run(self._transaction, part)
             except Exception as exc:
                 if about_the_record(exc):
                     self._down_since = None  # it judged the data: the database is there
@@ -328,7 +361,7 @@ class BatchWriter:
                 attempt += 1
                 continue
             parts.pop(0)
-            self._committed(part, counts)
+            self._committed(part, counts, replayed)
 
     async def _failed(self, size: int, exc: Exception, attempt: int) -> None:
         self.stats.failures += 1
@@ -356,20 +389,27 @@ class BatchWriter:
         if not pending.future.done():
             pending.future.set_exception(RecordRefused("the database refuses this callback"))
 
-    def _committed(self, part: Sequence[_Pending], counts: CallbackCounts) -> None:
+    def _committed(
+        self, part: Sequence[_Pending], counts: CallbackCounts, replayed: set[int]
+    ) -> None:
         self._down_since = None
-        self.stats.written += len(part)
+        self.stats.written += len(part) - len(replayed)
+        self.stats.replays += len(replayed)
         self.stats.batches += 1
         for key, value in asdict(counts).items():
             self.stats.totals[key] = self.stats.totals.get(key, 0) + value
         if counts.receipts_unmatched:
             now = time.monotonic()
-            for pending in part:
+            for n, pending in enumerate(part):
                 record = pending.record
-                if record.kind == RECEIPT and record.msgid is not None:
+                if record.kind == RECEIPT and record.msgid is not None and n not in replayed:
                     self._unmatched.setdefault(record.msgid, now)
-        for pending in part:
-            if not pending.future.done():
+        for n, pending in enumerate(part):
+            if pending.future.done():
+                continue
+            if n in replayed:
+                pending.future.set_exception(Replayed("replayed nonce"))
+            else:
                 pending.future.set_result(None)
 
     async def _sweep(self) -> None:
@@ -392,9 +432,43 @@ class BatchWriter:
         for msgid in msgids:
             del self._unmatched[msgid]
 
-    def _transaction(self, batch: Sequence[CallbackRecord]) -> CallbackCounts:
+    async def _prune(self) -> None:
+        """Delete one chunk of replay keys older than the retention; the next chunk comes
+        at once if this one was full, else after PRUNE_EVERY_SECONDS."""
+        self._last_prune = time.monotonic()
+        assert self.nonce_retention_seconds is not None
+        cutoff = utcnow() - timedelta(seconds=self.nonce_retention_seconds)
+        try:
+            gone = await self._db.run(self._forget, cutoff)
+        except Exception as exc:  # the next round tries again
+            log.warning("Deleting old replay keys failed: %s", describe(exc))
+            return
+        self.stats.forgotten_nonces += gone
+        if gone >= PRUNE_CHUNK:
+            self._last_prune = 0.0
+
+    def _transaction(self, part: Sequence[_Pending]) -> tuple[CallbackCounts, set[int]]:
+        """Claim the part's replay keys and store the pushes whose key was new; returns the
+        counts and the positions in `part` of the replays (stored nothing)."""
         with self.engine.begin() as connection:
-            return self._apply(connection, batch)
+            keys = [p.replay_key for p in part if p.replay_key is not None]
+            claimed = claim(connection, keys) if keys else set()
+            fresh: list[CallbackRecord] = []
+            replayed: set[int] = set()
+            for n, pending in enumerate(part):
+                key = pending.replay_key
+                if key is None:
+                    fresh.append(pending.record)
+                elif key in claimed:
+                    claimed.discard(key)  # a second copy in this batch is a replay
+                    fresh.append(pending.record)
+                else:
+                    replayed.add(n)
+            return self._apply(connection, fresh), replayed
+
+    def _forget(self, cutoff: datetime) -> int:
+        with self.engine.begin() as connection:
+            return forget_before(connection, cutoff, PRUNE_CHUNK)
 
     def _match(self, msgids: list[int]) -> int:
         with self.engine.begin() as connection:

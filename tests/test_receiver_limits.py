@@ -243,15 +243,21 @@ def test_long_nonces_are_refused(receiver: ReceiverProcess, length: int) -> None
 
 @pytest.mark.process
 def test_the_nonce_cache_forgets_the_oldest_beyond_its_bound(receiver: ReceiverProcess) -> None:
+    def refused_by_the_database() -> int:
+        return int(httpx.get(f"{receiver.base}/health", timeout=5).json()["replays"])
+
     stamp = str(int(time.time()))
     first = push(receiver.base, "100001", msgid=time.time_ns(), stamp=stamp)
     assert first.text == "success"
+    before = refused_by_the_database()
     assert push(receiver.base, "100001", msgid=time.time_ns(), stamp=stamp).status_code == 409
+    assert refused_by_the_database() == before, "refused by the process's cache"
     for n in range(NONCE_CACHE + 10):
         assert push(receiver.base, f"2{n:05d}", msgid=time.time_ns()).text == "success"
-    # Forgotten: the cache holds at most NONCE_CACHE pairs. (The database's unique key
-    # still makes the replayed push a no-op.)
-    assert push(receiver.base, "100001", msgid=time.time_ns(), stamp=stamp).text == "success"
+    # Forgotten by the cache, which holds at most NONCE_CACHE pairs; the database's replay
+    # memory (callback_nonces) still refuses it.
+    assert push(receiver.base, "100001", msgid=time.time_ns(), stamp=stamp).status_code == 409
+    assert refused_by_the_database() == before + 1
 
 
 def test_nonce_cache_memory_is_bounded() -> None:
