@@ -654,9 +654,10 @@ class CampaignRun:
             if limiter is not None and (wait := limiter.reserve()) > 0:
                 # A stop wakes the wait: at a slow rate a slot can be minutes away.
                 await self.stop.sleep(wait)
-            # Then the account's slot (so the later of the two), and its quota.
             if account is not None and self.stop._stop is None:
-                await self._account_turn(account, openid)
+                # Then the account's slot, reserved only now: a message goes at the later of
+                # the two, and never holds an account slot while it waits for its own.
+                await self._account_turn(account)
             if self.stop._stop is not None:
                 if attempts == 0:
                     return None  # never attempted: no outcome, a resume sends it
@@ -715,11 +716,11 @@ class CampaignRun:
             else:
                 return self._halt(error, outcome, openid)
 
-    async def _account_turn(self, account: AccountGate, openid: str) -> bool:
+    async def _account_turn(self, account: AccountGate) -> bool:
         """Wait for the account's next send slot, then take one message of its daily quota
         for the attempt about to go. False (with the campaign stopped) when it may not go:
-        a stop came while waiting, or the day's quota is spent (a QUOTA pause, before
-        WeChat's 45009), or the account's limits could not be reached (a pause too)."""
+        a stop came while waiting, the day's quota is spent (a QUOTA pause, before WeChat's
+        45009), or the account's limits could not be reached (a pause too)."""
         try:
             wait = await account.slot()
             if wait > 0 and await self.stop.sleep(wait):
