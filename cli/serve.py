@@ -48,23 +48,39 @@ def _say(text: str) -> None:
 
 
 @contextlib.contextmanager
-def _worker(database_url: str) -> Iterator[Service]:
+def _worker(
+    database_url: str, name: str | None = None, limit: int | None = None
+) -> Iterator[Service]:
+    """A worker on the pool. One worker (the default) works in the state folder, as always;
+    named ones (`--workers N`) each get a folder of their own under it, as on N machines:
+    nothing passes between them but the Prefect API and the database."""
     port = pick_port(0)  # only serve itself polls the worker's health
     url = f"http://127.0.0.1:{port}"
+    home = state_dir() if name is None else state_dir() / "workers" / name
+    home.mkdir(parents=True, exist_ok=True)
     env = {
-        **worker_env(state_dir(), database_url),
+        **worker_env(home, database_url),
         "PREFECT_WORKER_WEBSERVER_HOST": "127.0.0.1",
         "PREFECT_WORKER_WEBSERVER_PORT": str(port),
     }
+    argv = worker_argv(WORK_POOL, healthcheck=True)
+    argv += ["--name", name] if name is not None else []
+    argv += ["--limit", str(limit)] if limit is not None else []
     with running(
-        "prefect-worker",
-        worker_argv(WORK_POOL, healthcheck=True),
+        name or "prefect-worker",
+        argv,
         url=url,
         health_url=f"{url}/health",
         env=env,
         startup_timeout=90,
     ) as worker:
         yield worker
+
+
+def worker_names(workers: int) -> list[str | None]:
+    """One worker keeps Prefect's own naming (and the log `prefect-worker.log`), as before;
+    several are `wxpush-worker-1` … (their logs `wxpush-worker-1.log` …)."""
+    return [None] if workers == 1 else [f"wxpush-worker-{n}" for n in range(1, workers + 1)]
 
 
 def _campaign_deployment_id() -> str:
@@ -79,7 +95,7 @@ def _campaign_deployment_id() -> str:
     return run_coro_as_sync(read()) or ""
 
 
-def _first_refresh() -> None:
+def _first_refresh(log_hint: str) -> None:
     """Run refresh-access-token through its deployment: the token is fresh before the
     first campaign, and a worker that cannot run flows shows up now, not at 09:00."""
     from prefect.deployments import run_deployment
@@ -87,10 +103,7 @@ def _first_refresh() -> None:
     run = run_deployment(name=REFRESH_TOKEN, timeout=180)
     if run.state is None or not run.state.is_completed():
         state = run.state.name if run.state else "unknown"
-        raise typer.Exit(
-            f"The first refresh-access-token run ended {state}; "
-            f"see {state_dir() / 'logs' / 'prefect-worker.log'}"
-        )
+        raise typer.Exit(f"The first refresh-access-token run ended {state}; see {log_hint}")
 
 
 def run_serve(
@@ -101,18 +114,26 @@ def run_serve(
     recipients: int,
     ready_file: Path | None = None,
     receiver_port: int = 8902,
+    workers: int = 1,
+    worker_limit: int | None = None,
+    database_url_option: str | None = None,
+    prefect_database_url_option: str | None = None,
 ) -> None:
-    """Everything `make serve` does, until Ctrl-C."""
+    """Everything `make serve` does, until Ctrl-C; with `workers` > 1 and a PostgreSQL
+    database, a local cluster: Prefect on PostgreSQL too, several workers (docs/scaling.md)."""
+    from cli.cluster import check_workers, ensure_database, prefect_database_url
     from cli.demo import seed_recipients
     from cli.setup import setup_app
     from db.engine import database_url, display_url
     from db.migrate import upgrade
     from wechat.simulator import defaults
 
+    # Handed explicitly to everything that uses it (the seed, the receiver, the worker).
+    db_url = database_url(database_url_option or local_database_url())
+    check_workers(workers, db_url)  # before anything starts
+    prefect_db = prefect_database_url(db_url, prefect_database_url_option)
     stop_on_signals()
     state_dir().mkdir(parents=True, exist_ok=True)
-    # Handed explicitly to everything that uses it (the seed, the receiver, the worker).
-    db_url = database_url(local_database_url())
     ui_port = pick_port(ui_port)
     ui_url = f"http://127.0.0.1:{ui_port}"
     steps = 7 if with_simulator else 5
@@ -120,6 +141,8 @@ def run_serve(
     with contextlib.ExitStack() as stack:
         try:
             _say(f"{next(step)}/{steps} Database {display_url(db_url)}")
+            if ensure_database(db_url, "the ledger"):
+                typer.echo(f"  created {display_url(db_url)}")
             typer.echo(f"  {upgrade(db_url).describe()}")
             sim_url = None
             if with_simulator:
@@ -127,7 +150,10 @@ def run_serve(
                 _say(f"{next(step)}/{steps} WeChat API simulator on http://127.0.0.1:{sim_port}")
                 sim_url = stack.enter_context(simulator(sim_port)).url
             _say(f"{next(step)}/{steps} Prefect server and UI on {ui_url}")
-            stack.enter_context(prefect_server(ui_port))
+            if prefect_db is not None:
+                created = ensure_database(prefect_db, "the Prefect server")
+                typer.echo(f"  {'created and ' if created else ''}on {display_url(prefect_db)}")
+            stack.enter_context(prefect_server(ui_port, prefect_db))
             _say(f"{next(step)}/{steps} wxpush setup, sample recipients, deployments")
             receiver_url = None
             if sim_url is not None:
@@ -153,11 +179,24 @@ def run_serve(
             )
             for note in deployed.notes:  # a real account's digest is deployed paused
                 typer.secho(f"  {note}", fg=typer.colors.YELLOW)
-            _say(f"{next(step)}/{steps} A worker on the `{WORK_POOL}` work pool")
-            stack.enter_context(_worker(db_url))
+            names = worker_names(workers)
+            if workers == 1:
+                _say(f"{next(step)}/{steps} A worker on the `{WORK_POOL}` work pool")
+            else:
+                _say(f"{next(step)}/{steps} {workers} workers on the `{WORK_POOL}` work pool")
+            for name in names:
+                stack.enter_context(_worker(db_url, name, worker_limit))
+                if name is not None:
+                    typer.echo(f"  {name}  (works in {state_dir() / 'workers' / name})")
             _say(f"{next(step)}/{steps} First token refresh, through the worker")
-            _first_refresh()
-            _banner(ui_url, sim_url, receiver_url, db_url, _campaign_deployment_id())
+            logs = [f"{state_dir() / 'logs' / (name or 'prefect-worker')}.log" for name in names]
+            _first_refresh(", ".join(logs))
+            cluster = (
+                _cluster_lines(prefect_db, [name or "prefect-worker" for name in names])
+                if workers > 1 or prefect_db is not None
+                else []
+            )
+            _banner(ui_url, sim_url, receiver_url, db_url, _campaign_deployment_id(), cluster)
             if ready_file is not None:
                 ready_file.write_text(
                     json.dumps(
@@ -166,6 +205,8 @@ def run_serve(
                             "simulator": sim_url,
                             "receiver": receiver_url,
                             "database": db_url,
+                            "prefect_database": display_url(prefect_db) if prefect_db else None,
+                            "workers": [name or "prefect-worker" for name in names],
                         }
                     )
                 )
@@ -182,6 +223,7 @@ def _banner(
     receiver_url: str | None,
     db_url: str,
     campaign_deployment_id: str,
+    extra: list[str] | None = None,
 ) -> None:
     from db.engine import display_url
 
@@ -203,8 +245,19 @@ def _banner(
             f"  Callback receiver    {receiver_url}/wechat/callback  (receipts and follower "
             "actions from the simulator; `wxpush report ID` shows the receipts)",
         )
-    typer.echo("\n".join(lines))
+    typer.echo("\n".join(lines + (extra or [])))
     typer.echo("\nCtrl-C stops everything.")
+
+
+def _cluster_lines(prefect_db: str | None, workers: list[str]) -> list[str]:
+    """The banner's lines for the scaled setup's extra parts."""
+    from db.engine import display_url
+
+    where = display_url(prefect_db) if prefect_db else "SQLite, in the state folder"
+    return [
+        f"  Prefect's database   {where}",
+        f"  Workers              {', '.join(workers)}  (each has its log in the Logs folder)",
+    ]
 
 
 def register(app: typer.Typer) -> None:
@@ -231,8 +284,48 @@ def register(app: typer.Typer) -> None:
         ready_file: Annotated[
             Path | None, typer.Option("--ready-file", hidden=True, help="Written when up.")
         ] = None,
+        database_url: Annotated[
+            str | None,
+            typer.Option(
+                "--database-url",
+                help="The ledger's database, created if missing. A postgresql:// one puts the "
+                "Prefect server on PostgreSQL too.",
+                show_default="$WXPUSH_DATABASE_URL, else <state dir>/wxpush.db",
+            ),
+        ] = None,
+        prefect_database_url: Annotated[
+            str | None,
+            typer.Option(
+                "--prefect-database-url",
+                help="The Prefect server's own database (postgresql://… or sqlite:///…), "
+                "created if missing. Unset, PREFECT_SERVER_DATABASE_CONNECTION_URL if set.",
+                show_default="<ledger database>_prefect beside a PostgreSQL ledger, else "
+                "SQLite in <state dir>/prefect",
+            ),
+        ] = None,
+        workers: Annotated[
+            int,
+            typer.Option(
+                "--workers",
+                min=1,
+                help="Prefect workers on the `wxpush` pool, each in a folder of its own, as on "
+                "that many machines. More than 1 needs a PostgreSQL --database-url.",
+            ),
+        ] = 1,
+        worker_limit: Annotated[
+            int | None,
+            typer.Option(
+                "--worker-limit",
+                min=1,
+                help="Flow runs each worker runs at once; the others wait for the next free "
+                "worker (without a limit, the first worker to poll takes every waiting run).",
+                show_default="no limit",
+            ),
+        ] = None,
     ) -> None:
-        """Prefect server + UI, simulator, deployments and a worker, until Ctrl-C."""
+        """Prefect server + UI, simulator, deployments and a worker, until Ctrl-C. With
+        --workers 2 --database-url postgresql://…, a local cluster: the ledger and the Prefect
+        server on PostgreSQL, two workers (docs/scaling.md)."""
         run_serve(
             ui_port=ui_port,
             simulator_port=simulator_port,
@@ -240,4 +333,8 @@ def register(app: typer.Typer) -> None:
             with_simulator=not no_simulator,
             recipients=recipients,
             ready_file=ready_file,
+            workers=workers,
+            worker_limit=worker_limit,
+            database_url_option=database_url,
+            prefect_database_url_option=prefect_database_url,
         )

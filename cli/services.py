@@ -95,9 +95,11 @@ def simulator(port: int) -> Iterator[Service]:
 
 
 @contextlib.contextmanager
-def prefect_server(port: int) -> Iterator[Service]:
+def prefect_server(port: int, database_url: str | None = None) -> Iterator[Service]:
     """`prefect server start` on 127.0.0.1:`port` with its history under `prefect_home()`
-    (not ephemeral mode, which loses run history), and this process's client pointed at it."""
+    (not ephemeral mode, which loses run history), or in `database_url` (Prefect's
+    `postgresql+asyncpg://…`, handed over in the environment, never argv), and this
+    process's client pointed at it."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     home = prefect_home()
@@ -109,6 +111,8 @@ def prefect_server(port: int) -> Iterator[Service]:
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "PREFECT_UI_API_URL": f"{url}/api",
     }
+    if database_url is not None:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     with (
         running(
             "prefect-server",

@@ -12,6 +12,7 @@ pytest_plugins = [
     "tests.fixtures.prefect",
     "tests.fixtures.database",
     "tests.fixtures.campaign",
+    "tests.fixtures.cluster",
     "tests.fixtures.tiers",
     "tests.fixtures.syspath",
     "tests.fixtures.parallel",
