@@ -66,9 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--database-url",
-        default=os.environ.get(
-            "WXPUSH_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
-        ),
+        default="postgresql+psycopg://postgres@127.0.0.1:5432/test",
         help="a PostgreSQL server; the bench works in a scratch schema, dropped at the end",
     )
     return parser.parse_args(argv)
