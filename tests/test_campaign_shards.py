@@ -203,6 +203,9 @@ def test_two_shards_on_two_workers_each_worker_runs_one(
     owners = {shard: worker for (shard, _), worker in watch.owners.items()}
     assert sorted(owners) == [0, 1], watch.owners
     assert sorted(owners.values()) == ["worker-a", "worker-b"], watch.owners
+    # The UI shows each shard's run under the campaign's run (a subflow).
+    parent_id = state.state_details.flow_run_id
+    assert asyncio.run(_parents([str(r.flow_run_id) for r in records])) == {parent_id}
     # The report is whole: its counts are the audience, and both shards contributed.
     assert sum(result.counts.values()) == 300
     assert result.sent_this_run == result.counts["sent"] > 0
@@ -250,6 +253,19 @@ def test_a_shard_whose_worker_is_killed_runs_again_and_nobody_gets_two(
     assert_exactly_once(db_engine, sim, sim.app_id, result.campaign_id)
     assert max(accepted_openids(sim).values()) == 1
     assert killed_worker in ("worker-a", "worker-b")
+
+
+async def _parents(run_ids: list[str]) -> set[Any]:
+    """The flow runs the given runs are subflows of."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        parents = set()
+        for run_id in run_ids:
+            run = await client.read_flow_run(uuid.UUID(run_id))
+            assert run.parent_task_run_id is not None, run.name
+            parents.add((await client.read_task_run(run.parent_task_run_id)).flow_run_id)
+        return parents
 
 
 async def _flow_run(run_id: str) -> Any:
