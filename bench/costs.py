@@ -11,22 +11,32 @@ process. Here the simulator also pushes a receipt for every accepted send (safe 
 demo's receipt mix) to one `wxpush receiver` process (bench.receiver's launcher) writing to
 the same schema, so the ledger rows get their receipts as in production.
 
-Runs: one campaign of exactly one batch, then `--repeat` campaigns of `--messages`
-recipients in batches of `--batch-size`. It prints:
+Runs: two `refresh-access-token` runs (no token stored yet, then a fresh one), then one
+campaign of exactly one batch, then `--repeat` campaigns of `--messages` recipients in
+batches of `--batch-size` (about 8 minutes with the defaults on a loaded 2-core box). It
+prints one table:
 
 - **campaign CPU per message**: the child's CPU time over the `push_campaign` call ÷ messages
-  sent (median of the repeats), and the Prefect server's CPU per message beside it;
+  sent (median of the repeats), its peak RSS, and the CPU of its PostgreSQL backends;
+- **PostgreSQL backends' CPU**: each side's sessions carry an application_name (the audience
+  SQL is told by its role); `BackendCpu` samples `pg_stat_activity` and the backends' CPU
+  from /proc every 0.25 s, so other clients of the same server are left out;
 - **Prefect API calls**: every HTTP request the flow run makes to the Prefect API (by method
   and path, ids replaced by `{id}`) and every event it sends over the events websocket (by
   event name), counted inside the child from the flow run's creation (`POST /flow_runs/`)
   until Prefect's event and log queues are drained. Per batch is the difference between a
-  full campaign and the one-batch campaign ÷ the difference in batches; the rest is per run;
+  full campaign and the one-batch campaign ÷ the difference in batches; the rest is per
+  run. The same for each token run. The Prefect server's CPU per call is its process
+  tree's CPU over a campaign, less its idle rate, ÷ the run's calls;
 - **ledger bytes per delivery row**: `pg_total_relation_size('deliveries')` (heap, indexes,
   TOAST) ÷ rows, as left by the campaigns and their receipts (dead row versions included)
   and after `VACUUM FULL` (packed); the same for `callback_events` per stored push, and
   `callback_nonces` when the receiver writes it;
+- **WAL bytes per message**: the server's WAL position over a campaign and its receipts; an
+  upper bound, since every client of the server writes WAL;
 - **receiver CPU per callback**: the receiver's process tree CPU over a campaign, from its
-  start until every receipt is written, ÷ receipts written (its idle CPU is shown too).
+  start until every receipt is written, ÷ receipts written (its idle CPU is shown too), and
+  its PostgreSQL backends' CPU.
 """
 
 from __future__ import annotations
