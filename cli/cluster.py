@@ -128,3 +128,25 @@ def _reason(exc: DBAPIError) -> str:
     """The server's own words (host, port, role or database names; never a password)."""
     words = " ".join(str(exc.orig).split())
     return words.split("FATAL:", 1)[-1].strip() or type(exc.orig).__name__
+
+
+def audience_warning(ledger_url: str) -> str | None:
+    """What campaigns will refuse, said at start-up instead of in the first run's failure:
+    audience SQL as a PostgreSQL superuser, when no audience URL is set and it is not
+    allowed (db/audience_role.py)."""
+    from config import settings
+    from db.audience_role import superuser_allowed, superuser_behind, superuser_refusal
+    from db.engine import make_engine
+
+    if not is_postgresql(ledger_url) or settings().audience_database_url:
+        return None
+    if superuser_allowed():
+        return None
+    engine = make_engine(ledger_url, poolclass=NullPool)
+    try:
+        with engine.connect() as connection:
+            role = superuser_behind(connection)
+            user = connection.execute(text("SELECT current_user")).scalar_one()
+    finally:
+        engine.dispose()
+    return None if role is None else f"campaigns will fail: {superuser_refusal(role, str(user))}"

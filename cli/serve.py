@@ -121,7 +121,12 @@ def run_serve(
 ) -> None:
     """Everything `make serve` does, until Ctrl-C; with `workers` > 1 and a PostgreSQL
     database, a local cluster: Prefect on PostgreSQL too, several workers (docs/scaling.md)."""
-    from cli.cluster import check_workers, ensure_database, prefect_database_url
+    from cli.cluster import (
+        audience_warning,
+        check_workers,
+        ensure_database,
+        prefect_database_url,
+    )
     from cli.demo import seed_recipients
     from cli.setup import setup_app
     from db.engine import database_url, display_url
@@ -144,6 +149,8 @@ def run_serve(
             if ensure_database(db_url, "the ledger"):
                 typer.echo(f"  created {display_url(db_url)}")
             typer.echo(f"  {upgrade(db_url).describe()}")
+            if (warning := audience_warning(db_url)) is not None:
+                typer.secho(f"  {warning}", fg=typer.colors.YELLOW)
             sim_url = None
             if with_simulator:
                 sim_port = pick_port(simulator_port)

@@ -119,3 +119,25 @@ def test_a_database_that_cannot_be_reached_is_one_line(postgres_url: str) -> Non
     assert "cannot reach the Prefect server's database" in message
     assert 'role "wxpush_no_such_role" does not exist' in message
     assert "hunter2" not in message and "\n" not in message
+
+
+def test_serve_warns_at_start_when_audience_sql_would_run_as_a_superuser(
+    db_backend: str, db_url: str, audience_db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The test server's user is the superuser `postgres`: without an audience URL every
+    campaign would fail, and `serve` says so before anything runs."""
+    from cli.cluster import audience_warning
+
+    if db_backend != "postgresql":
+        assert audience_warning(db_url) is None, "SQLite has no roles"
+        return
+    monkeypatch.delenv("WXPUSH_AUDIENCE_DATABASE_URL")
+    monkeypatch.delenv("WXPUSH_ALLOW_SUPERUSER_AUDIENCE", raising=False)
+    warning = audience_warning(db_url) or ""
+    assert warning.startswith("campaigns will fail: the audience SQL would run as")
+    assert "wxpush db audience-role" in warning
+    monkeypatch.setenv("WXPUSH_AUDIENCE_DATABASE_URL", audience_db_url)
+    assert audience_warning(db_url) is None, "the audience role is set"
+    monkeypatch.delenv("WXPUSH_AUDIENCE_DATABASE_URL")
+    monkeypatch.setenv("WXPUSH_ALLOW_SUPERUSER_AUDIENCE", "1")
+    assert audience_warning(db_url) is None, "the operator allowed it"
