@@ -8,7 +8,10 @@ sender coroutines that do what `CampaignRun.attempt` does around a send: the acc
 CPU a worker spends is the limits' (plus the event loop's sleeping). A baseline row runs the
 same senders on the per-campaign in-memory `RateLimiter` alone, one process at the full rate.
 
-- achieved: messages from 1 s after the start to the end, over all processes;
+- achieved: messages from 1 s after the start to the deadline, over all processes (after
+  it the workers stop taking slots and leave what they reserved unused);
+- longest gap, idle: the longest time without a message, and the time lost in gaps over
+  two intervals, in that window;
 - max in 1 s: the most "sent" in any 1 s window (a burst check);
 - CPU / message: the workers' `process_time()` over their messages;
 - statements / s: reservations (slots + quota) per second, all processes;
@@ -23,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import itertools
 import json
 import sys
 import tempfile
@@ -179,9 +183,13 @@ def run(mode: str, url: str, rate: float, processes: int, args: argparse.Namespa
                     raise RuntimeError(f"a worker failed: {child.log_tail()}")
                 results.append(json.loads(line[-1][len(RESULT) :]))
     stamps = sorted(t for r in results for t in r["stamps"])
-    counted = [t for t in stamps if t >= started + 1.0]
-    span = stamps[-1] - (started + 1.0) if counted else 0.0
-    achieved = len(counted) / span if span > 0 else 0.0
+    # From 1 s after the start to the deadline: after it, each process leaves the slots it
+    # reserved and did not deal unused (holes among the others' last sends).
+    end = started + args.seconds
+    counted = [t for t in stamps if started + 1.0 <= t < end]
+    achieved = len(counted) / (args.seconds - 1.0)
+    gaps = [b - a for a, b in itertools.pairwise(counted)]
+    longest_gap = max(gaps, default=0.0)
     burst, j = 0, 0
     for i, t in enumerate(stamps):
         while stamps[j] < t - 1.0:
@@ -201,6 +209,8 @@ def run(mode: str, url: str, rate: float, processes: int, args: argparse.Namespa
         "cpu_us_per_message": round(1e6 * sum(r["cpu"] for r in results) / len(stamps), 1),
         "statements_per_s": round(sum(r["statements"] for r in results) / args.seconds, 1),
         "quota_row": used,
+        "longest_gap_ms": round(1000 * longest_gap, 1),
+        "idle_s": round(sum(g - 1 / rate for g in gaps if g > 2 / rate), 3),
         "given_back": sum(r["given_back"] for r in results),
     }
 
