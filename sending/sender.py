@@ -733,11 +733,12 @@ class CampaignRun:
                 account.put_back()  # the stop came while the quota was being reserved
                 return False
         except Exception as exc:
-            first_line = (str(exc).splitlines() or [""])[0][:200]
+            # The flows' AccountLimits says what failed without quoting the database.
+            said = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
             self.stop.pause(
                 None,
-                "could not reserve the account's send slots or quota in the database "
-                f"({type(exc).__name__}: {first_line}); resume once it answers",
+                f"could not reserve the account's send slots or quota ({said}); resume "
+                f"(`wxpush campaign resume {self.campaign_id}`) once they can be reached",
             )
             return False
         assert account.spent is not None

@@ -17,16 +17,22 @@ from typing import TypeVar
 from sqlalchemy import Connection, Engine
 
 from db.account_limits import give_back_quota, reserve_quota, reserve_slots
+from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
 from sending.account import QuotaChunk, SlotChunk
 from tasks.blocks import WeChatApp
 from tasks.database import engine
 
-__all__ = ["SqlAccountLimits", "account_limits"]
+__all__ = ["AccountLimitsUnavailable", "SqlAccountLimits", "account_limits"]
 
 #: Tries per reservation before the run pauses (0.2 s, 0.4 s, 0.8 s between them).
 ATTEMPTS = 4
 
 T = TypeVar("T")
+
+
+class AccountLimitsUnavailable(RuntimeError):
+    """The account's rows could not be reached: the message names the database error, never
+    quotes it (its text can carry values), and says what to do when a table is missing."""
 
 
 class SqlAccountLimits:
@@ -70,9 +76,11 @@ class SqlAccountLimits:
             try:
                 with self._database().begin() as conn:
                     return work(conn)
-            except Exception:
+            except Exception as exc:
+                if is_missing_table(exc):
+                    raise AccountLimitsUnavailable(f"the database: {MISSING_TABLE_HINT}") from exc
                 if attempt == ATTEMPTS:
-                    raise
+                    raise AccountLimitsUnavailable(f"the database: {error_name(exc)}") from exc
                 time.sleep(delay)
                 delay *= 2
         raise AssertionError("unreachable")

@@ -164,9 +164,9 @@ async def test_limits_that_cannot_be_reached_pause_the_campaign(sim: SimulatorPr
     result = await send(sim, [row(i) for i in ids], limits)
     assert result.outcomes == [] and sim.admin.counters().accepted == 0
     assert result.stop is not None and result.stop.kind == "pause"
-    assert result.stop.reason.startswith(
-        "could not reserve the account's send slots or quota in the database "
-        "(ConnectionError: the database went away)"
+    assert result.stop.reason == (
+        "could not reserve the account's send slots or quota (the database went away); "
+        "resume (`wxpush campaign resume cmp-account`) once they can be reached"
     )
 
 

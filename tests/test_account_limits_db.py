@@ -1,6 +1,7 @@
 """db/account_limits.py on SQLite and PostgreSQL: the account's rate slots are spaced by
 1/rate on its one row whoever reserves them, concurrent quota reservations never add up to
-more than the quota, and unused quota goes back."""
+more than the quota, and unused quota goes back; and the flows' `SqlAccountLimits` over them
+(tasks/account_limits.py), which names a database failure without quoting it."""
 
 from __future__ import annotations
 
@@ -21,7 +22,9 @@ from db.account_limits import (
     reserve_quota,
     reserve_slots,
 )
+from db.engine import make_engine
 from db.models import AccountQuota, AccountRate
+from tasks.account_limits import AccountLimitsUnavailable, SqlAccountLimits
 
 
 def _app() -> str:
@@ -175,3 +178,34 @@ def test_each_beijing_day_has_its_own_count(db_engine: Engine) -> None:
             select(AccountQuota.day, AccountQuota.used).where(AccountQuota.app_id == app)
         ).all()
     assert sorted(rows) == [(yesterday, 5), (today.day, 5)]
+
+
+# -- the flows' AccountLimits over these functions ----------------------------------------------
+
+
+async def test_the_flows_account_limits_reserve_in_the_database(db_engine: Engine) -> None:
+    app = _app()
+    limits = SqlAccountLimits(app, rate_per_second=50.0, daily_quota=12, database=lambda: db_engine)
+    slots = await limits.take_slots(5)
+    assert (slots.count, slots.interval) == (5, pytest.approx(0.02))
+    first = await limits.take_quota(10)
+    second = await limits.take_quota(10)
+    assert (first.granted, second.granted, second.used, second.quota) == (10, 2, 12, 12)
+    await limits.give_back(second.day, 3)
+    with db_engine.connect() as conn:
+        assert quota_used(conn, app, second.day) == 9
+
+
+async def test_an_unmigrated_database_says_to_upgrade_without_quoting_it(
+    blank_db_url: str,
+) -> None:
+    engine = make_engine(blank_db_url)
+    try:
+        limits = SqlAccountLimits(
+            _app(), rate_per_second=None, daily_quota=10, database=lambda: engine
+        )
+        with pytest.raises(AccountLimitsUnavailable) as caught:
+            await limits.take_quota(5)
+    finally:
+        engine.dispose()
+    assert str(caught.value) == "the database: a table is missing; run `wxpush db upgrade`"
