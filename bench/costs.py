@@ -617,8 +617,8 @@ def print_report(costs: Costs) -> None:
         say(
             f"| receiver CPU per callback | {median(rcv):,.0f} µs (+ {median(rdb):,.0f} µs in "
             f"its PostgreSQL backends) | one process, safe mode, the receipts of the full "
-            f"campaigns: {us_list(rcv)}; idle {(costs.receiver_idle_cpu_per_s or 0) * 1000:,.1f}"
-            " ms/s |"
+            f"campaigns: {us_list(rcv)} (backends {us_list(rdb)}); idle "
+            f"{(costs.receiver_idle_cpu_per_s or 0) * 1000:,.1f} ms/s |"
         )
     for n, run in enumerate(costs.token_runs):
         kind = "finds no token and fetches one" if n == 0 else "finds the token fresh"
