@@ -239,6 +239,17 @@ def _backend_cpu(engine: Any) -> dict[int, float]:
     return found
 
 
+def _vacuum(engine: Any) -> None:
+    """VACUUM ANALYZE the receiver's tables after emptying them: every run starts from the
+    same state even where autovacuum is off (as on the machine these figures come from),
+    since the dead rows of earlier runs slow every index scan down. PostgreSQL only."""
+    if engine.dialect.name != "postgresql":
+        return
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        for table in ("callback_events", "callback_nonces"):
+            conn.exec_driver_sql(f"VACUUM ANALYZE {table}")
+
+
 def _stored(engine: Any) -> set[str]:
     with engine.connect() as conn:
         return set(conn.execute(select(callback_events.c.dedupe_key)).scalars())
@@ -249,6 +260,7 @@ def run_receiver(args: argparse.Namespace, url: str, engine: Any, processes: int
     with engine.begin() as conn:
         conn.execute(callback_events.delete())
         conn.execute(callback_nonces.delete())
+    _vacuum(engine)
     receiver = start_receiver(url, args=["--processes", str(processes)])
     base = f"{receiver.base}/wechat/callback"
     results = []

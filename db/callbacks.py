@@ -375,9 +375,11 @@ def _apply_followers(
     connection: Connection, followers: dict[tuple[str, str], _Follower], now: datetime
 ) -> None:
     """interactions rows, then recipients: create unknown ones, move last_interaction_at
-    forward, set the final subscription state."""
+    forward, set the final subscription state. Rows go in key order, so two receiver
+    processes writing the same followers lock their rows in the same order."""
     if not followers:
         return
+    followers = dict(sorted(followers.items(), key=lambda item: item[0]))
     dialect = connection.dialect.name
     sqlite = dialect == "sqlite"
     stamp = _stamp(now, sqlite)
@@ -436,7 +438,10 @@ def apply_callbacks(executor: Executor, records: Sequence[CallbackRecord]) -> Ca
     known = _known_msgids(
         connection, {r.msgid for r in candidates if _is_receipt(r) and r.msgid is not None}
     )
-    inserted = _insert_events(connection, candidates, known, now)
+    # In key order, so two receiver processes storing the same pushes (WeChat's retries)
+    # take the unique index's locks in the same order; `new` keeps the input order below.
+    ordered = sorted(candidates, key=lambda r: (r.app_id, r.dedupe_key))
+    inserted = _insert_events(connection, ordered, known, now)
     new = sorted(
         (r for r in candidates if (r.app_id, r.dedupe_key) in inserted),
         key=lambda r: r.occurred_at,

@@ -43,11 +43,12 @@ _PG_CLAIM = (
 )
 _PG_FORGET = (
     "DELETE FROM callback_nonces WHERE key IN ("
-    "SELECT key FROM callback_nonces WHERE seen_at < %b LIMIT %b FOR UPDATE SKIP LOCKED)"
+    "SELECT key FROM callback_nonces WHERE seen_at < %b ORDER BY seen_at LIMIT %b "
+    "FOR UPDATE SKIP LOCKED)"
 )
 _SQLITE_FORGET = (
     "DELETE FROM callback_nonces WHERE key IN ("
-    "SELECT key FROM callback_nonces WHERE seen_at < ? LIMIT ?)"
+    "SELECT key FROM callback_nonces WHERE seen_at < ? ORDER BY seen_at LIMIT ?)"
 )
 
 
