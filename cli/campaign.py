@@ -329,7 +329,10 @@ def _ended_line(campaign_id: str | None, state: Any) -> str:
     if campaign_id:
         with engine().connect() as conn:
             record = get_campaign(conn, campaign_id)
-    if record is None:
+    run_id = state.state_details.flow_run_id
+    if record is None or (run_id and record.flow_run_id not in (None, str(run_id))):
+        # The row is another run's (this one was refused before touching it): its status
+        # would not say why this run ended.
         return f"The campaign run ended {state.name}: {state.message}"
     return f"Campaign {record.id} is {record.status}: {record.status_reason}"
 

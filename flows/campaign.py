@@ -55,6 +55,7 @@ from db.ledger import (
     status_counts,
 )
 from db.outcomes import Attempt, CampaignStatus, DeliveryOutcome, DeliveryStatus
+from db.run_lock import CampaignBusy, hold_campaign
 from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from sending.plan import DryRunPlan
 from sending.ratelimit import RateLimiter
@@ -119,26 +120,27 @@ def _flow_run_id() -> str | None:
 
 
 @task(name="start-campaign", cache_policy=NO_CACHE)
-def start_campaign(params: CampaignParams) -> str | Stop:
-    """Create the campaign row, or resume the one named by `campaign_id`; its id.
+def start_campaign(params: CampaignParams, campaign_id: str | None = None) -> str | Stop:
+    """Create the campaign row (`campaign_id`: the new row's id, known before so the run can
+    hold it first), or resume the one named by `params.campaign_id`; its id.
 
-    A resume the campaign's status forbids (it runs elsewhere, `wxpush db prune` emptied
-    its ledger) comes back as the Stop saying why: an answer, logged in one line, not a
-    failed task's traceback.
+    A resume the campaign's row forbids (`wxpush db prune` emptied its ledger; a run still
+    sending it is refused before, by the run lock) comes back as the Stop saying why: an
+    answer, logged in one line, not a failed task's traceback.
     """
     # The errcode meanings the analyst views join to follow this version's table.
     sync_errcodes_table(engine())
     try:
-        return _create_or_resume(params)
+        return _create_or_resume(params, campaign_id or params.campaign_id)
     except IllegalTransition as exc:
         return Stop("stop", str(exc))
 
 
-def _create_or_resume(params: CampaignParams) -> str:
+def _create_or_resume(params: CampaignParams, campaign_id: str | None) -> str:
     with engine().begin() as conn:
         record = campaign_rows.create_or_resume(
             conn,
-            campaign_id=params.campaign_id,
+            campaign_id=campaign_id,
             name=params.name,
             app=params.app,
             kind=params.kind,
@@ -734,7 +736,6 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     what to fix when an expected stop (preflight, the audience SQL, the database) cut the
     run short. Ctrl-C or SIGTERM pause the campaign, then end the run as the signal would.
     """
-    log = get_run_logger()
     started = time.monotonic()
     try:
         app = await load_app(params.app)
@@ -746,17 +747,39 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
     binds = {**params.audience_params, "app_id": app.app_id}
     if params.dry_run:
         campaign_id = params.campaign_id or f"dry-run-{uuid.uuid4().hex[:12]}"
-    else:
-        if (refusal := sharding_refusal(params.shards)) is not None:
+        return await _run_campaign(params, app, campaign_id, sql, binds, started)
+    if (refusal := sharding_refusal(params.shards)) is not None:
+        refused = StopSignal()
+        refused.set("stop", refusal)
+        return _stopped(params, None, refused)
+    # One run per campaign (db/run_lock.py): held before the row is touched, until the run
+    # ends however it ends; the database or the kernel drops it if this process dies.
+    campaign_id = params.campaign_id or campaign_rows.new_campaign_id()
+    with contextlib.ExitStack() as holding:
+        try:
+            holding.enter_context(hold_campaign(engine(), campaign_id))
+        except CampaignBusy as busy:  # a second run of it: refused before it sends anything
             refused = StopSignal()
-            refused.set("stop", refusal)
+            refused.set("stop", str(busy))
             return _stopped(params, None, refused)
-        opened = start_campaign(params)
-        if isinstance(opened, Stop):  # running elsewhere, its ledger pruned, …
+        opened = start_campaign(params, campaign_id)
+        if isinstance(opened, Stop):  # its ledger pruned, …
             refused = StopSignal()
             refused.set(opened.kind, opened.reason)
             return _stopped(params, None, refused)
-        campaign_id = opened
+        return await _run_campaign(params, app, opened, sql, binds, started)
+
+
+async def _run_campaign(
+    params: CampaignForm,
+    app: WeChatApp,
+    campaign_id: str,
+    sql: str,
+    binds: dict[str, Any],
+    started: float,
+) -> CampaignResult | State[Any]:
+    """The campaign's run once its row is open: preflight, send, close, report."""
+    log = get_run_logger()
     stop = StopSignal()
     with _pause_on_signals(stop, campaign_id) as received:
         try:
