@@ -6,7 +6,9 @@ cancelled; only an explicit resume (`create_or_resume` with the same id, which c
 `set_status(..., resume=True)`) sets an ended campaign running again, unless `wxpush db
 prune` deleted its ledger (`ledger_pruned_at`): that resume is refused. A resume of a campaign
 still marked running is allowed too: that is how a run killed mid-way is continued (the ledger
-makes it safe). Every function takes the connection or session first and never commits.
+makes it safe; a run that is still alive holds db/run_lock.py's lock, so its second run is
+refused before it gets here). Every function takes the connection or session first and
+never commits.
 """
 
 from __future__ import annotations
