@@ -29,12 +29,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
 from sqlalchemy import Engine, text
 
 from bench.campaign.common import TEMPLATE_DATA
 from bench.campaign.services import bench_database, prefect_server
-from cli.deploy import _prefect_deploy, aensure_work_pool, worker_argv
+from cli.deploy import deploy_one_on_pool, worker_argv
 from cli.seed import follower_payload
 from config import overridden
 from db.engine import audience_database_url, make_engine
@@ -70,17 +69,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="a PostgreSQL server; the bench works in a scratch schema, dropped at the end",
     )
     return parser.parse_args(argv)
-
-
-def deploy(folder: Path, env: dict[str, str]) -> None:
-    config = yaml.safe_load((ROOT / "prefect.yaml").read_text(encoding="utf-8"))
-    (entry,) = [d for d in config["deployments"] if d["name"] == "push-campaign-shard"]
-    entry["work_pool"] = {**entry["work_pool"], "name": POOL}
-    config["deployments"] = [entry]
-    file = folder / "prefect.yaml"
-    file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    asyncio.run(aensure_work_pool(POOL))
-    _prefect_deploy(file, cwd=ROOT, env=env)
 
 
 def seed(engine: Engine, sim: Any, count: int) -> None:
@@ -187,7 +175,7 @@ def main(argv: list[str] | None = None) -> None:
                 "PREFECT_WORKER_QUERY_SECONDS": str(args.poll_seconds),
             }
             say("deploying push-campaign-shard and starting two workers (--limit 1) …")
-            deploy(folder, env)
+            deploy_one_on_pool("push-campaign-shard", POOL, env=env)
             for name in ("bench-worker-a", "bench-worker-b"):
                 argv_ = [*worker_argv(POOL), "--type", "process", "--limit", "1", "--name", name]
                 workers.append(start(argv_, name=name, log=folder / f"{name}.log", env=env))

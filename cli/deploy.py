@@ -112,6 +112,23 @@ def deploy_all(
     return Deployed(output=output, notes=notes)
 
 
+def deploy_one_on_pool(name: str, pool: str, *, env: dict[str, str] | None = None) -> str:
+    """Deploy prefect.yaml's entry `name` alone, to the work pool `pool` (created if missing):
+    how benches and tests give one deployment workers of its own."""
+    import yaml
+
+    path = project_file()
+    config = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    (entry,) = [d for d in config["deployments"] if d["name"] == name]
+    entry["work_pool"] = {**entry["work_pool"], "name": pool}
+    config["deployments"] = [entry]
+    asyncio.run(aensure_work_pool(pool))
+    with tempfile.TemporaryDirectory(prefix="wxpush-deploy-") as folder:
+        file = Path(folder) / path.name
+        file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
+        return _prefect_deploy(file, cwd=path.parent, env=env)
+
+
 def _prefect_deploy(prefect_file: Path, *, cwd: Path, env: dict[str, str] | None) -> str:
     api = {"PREFECT_API_URL": api_url()}
     argv = ("prefect", "--no-prompt", "deploy", "--all", "--prefect-file", str(prefect_file))

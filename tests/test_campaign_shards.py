@@ -27,10 +27,9 @@ from typing import Any
 
 import psutil
 import pytest
-import yaml
 from sqlalchemy import Engine, text
 
-from cli.deploy import _prefect_deploy, aensure_work_pool, worker_argv
+from cli.deploy import deploy_one_on_pool, worker_argv
 from db import shards as shard_rows
 from db.audience import shard_of
 from processes import Child, start
@@ -59,22 +58,10 @@ class Workers:
         return None
 
 
-def _deploy_shards(pool: str, folder: Path) -> None:
-    """prefect.yaml's push-campaign-shard entry, deployed as `wxpush deploy` does, on `pool`."""
-    config = yaml.safe_load((REPO / "prefect.yaml").read_text(encoding="utf-8"))
-    (entry,) = [d for d in config["deployments"] if d["name"] == "push-campaign-shard"]
-    entry["work_pool"] = {**entry["work_pool"], "name": pool}
-    config["deployments"] = [entry]
-    file = folder / "prefect.yaml"
-    file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
-    asyncio.run(aensure_work_pool(pool))
-    _prefect_deploy(file, cwd=REPO, env=None)
-
-
 @contextmanager
 def two_workers(prefect_harness: Any, db_url: str, tmp_path: Path) -> Iterator[Workers]:
     pool = f"shards-{uuid.uuid4().hex[:8]}"
-    _deploy_shards(pool, tmp_path)
+    deploy_one_on_pool("push-campaign-shard", pool)
     env = {
         **prefect_harness.env(),
         "WXPUSH_HOME": str(REPO),  # prefect.yaml's pull step: the folder runs work in
