@@ -586,10 +586,11 @@ def _close(
     campaign_id: str,
     stop: StopSignal,
     movable: Collection[CampaignStatus] = (CampaignStatus.RUNNING,),
+    owner: str | None = None,
 ) -> tuple[CampaignStatus, str | None, LedgerFigures]:
     """Write the campaign's final status, decided from the ledger's counts and the stop,
-    if the row is still in one of the `movable` statuses; returns (status, reason, the
-    ledger's figures for the report)."""
+    if the row is still in one of the `movable` statuses (and, given an `owner`, still that
+    flow run's); returns (status, reason, the ledger's figures for the report)."""
     with engine().connect() as conn:
         # Read together, so the receipts add up to the sent count shown.
         figures = ledger_figures(conn, campaign_id)
@@ -603,8 +604,11 @@ def _close(
     }
     with engine().begin() as conn:
         record = campaign_rows.get_campaign(conn, campaign_id)
-        if record is not None and record.status not in movable:
-            # Closed already: a cancel from the UI, recorded by the worker's hook, wins.
+        if record is not None and (
+            record.status not in movable or (owner is not None and record.flow_run_id != owner)
+        ):
+            # Closed already: a cancel from the UI, recorded by the worker's hook, wins. Or a
+            # resume took it over once this run let go of it: a late hook leaves it alone.
             return record.status, record.status_reason, figures
         campaign_rows.set_status(conn, campaign_id, status, reason, counts=stored)
     return status, reason, figures
@@ -660,7 +664,8 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
             return
         stop = StopSignal()
         stop.set(kind, reason.format(campaign_id=record.id))
-        _close(record.id, stop, _CANCELLABLE if kind == "cancel" else (CampaignStatus.RUNNING,))
+        movable = _CANCELLABLE if kind == "cancel" else (CampaignStatus.RUNNING,)
+        _close(record.id, stop, movable, owner=str(flow_run.id))
 
     return hook
 

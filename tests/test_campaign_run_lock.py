@@ -68,6 +68,9 @@ def test_a_second_run_of_a_sending_campaign_is_refused_in_one_line_and_sends_not
     )
     try:
         wait_until_accepted(first, sim, 20)
+        # The first run must still be sending while the second ones try: every answer now
+        # takes 4 s (16 at a time), so its 280 other rows need a minute; normal again below.
+        sim.admin.set_faults(slow_rate=1.0, slow_seconds=4.0)
         with db_engine.connect() as conn:
             holder = campaigns.get_campaign(conn, "twice")
         assert holder is not None and holder.status is CampaignStatus.RUNNING
@@ -89,6 +92,7 @@ def test_a_second_run_of_a_sending_campaign_is_refused_in_one_line_and_sends_not
             still = campaigns.get_campaign(conn, "twice")
         assert still is not None and still.run_count == 1, "the refused runs never touched it"
         assert still.flow_run_id == holder.flow_run_id
+        sim.admin.set_faults(slow_rate=0.0)
         output, _ = first.communicate(timeout=120)
     finally:
         if first.poll() is None:
@@ -178,3 +182,40 @@ def test_a_run_that_failed_or_raised_frees_the_campaign_for_a_resume(
     state = asyncio.run(push_campaign(params(audience.name, campaign_id="ends"), return_state=True))
     assert state.is_completed(), state.message
     assert_exactly_once(db_engine, sim, sim.app_id, "ends")
+
+
+def test_a_late_hook_of_a_run_that_let_go_leaves_the_resumed_campaign_alone(
+    db_url: str, db_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run's hooks (cancel, crash, failure) run after its body released the campaign: if a
+    resume took the row over in that moment, the old run's hook must not close it."""
+    from flows.campaign import _close
+    from sending.sender import StopSignal
+    from tasks import database
+
+    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
+    database.dispose_all()
+    with db_engine.begin() as conn:
+        campaigns.create_or_resume(
+            conn,
+            campaign_id="taken-over",
+            name="taken-over",
+            app="app",
+            kind="template",
+            template_id="T",
+            parameters={},
+            audience_sql="SELECT 1",
+            flow_run_id="the-resume",
+        )
+    stop = StopSignal()
+    stop.set("stop", "the run failed")
+    try:
+        status, _, _ = _close("taken-over", stop, owner="the-old-run")
+        assert status is CampaignStatus.RUNNING
+        with db_engine.connect() as conn:
+            record = campaigns.get_campaign(conn, "taken-over")
+        assert record is not None and record.status is CampaignStatus.RUNNING
+        status, _, _ = _close("taken-over", stop, owner="the-resume")
+        assert status is CampaignStatus.FAILED, "its own run's hook still closes it"
+    finally:
+        database.dispose_all()
