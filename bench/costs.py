@@ -192,9 +192,9 @@ def token_runs(spec: dict[str, Any], calls: PrefectCalls) -> list[dict[str, Any]
 def counted_child(mode: str, spec_path: str, out_path: str) -> None:
     """bench.campaign's child (or, mode `token`, the token refresher), with the flow run's
     Prefect calls counted into a file beside its answer."""
-    import os
+    from prefect.settings import PREFECT_API_URL
 
-    calls = PrefectCalls(os.environ["PREFECT_API_URL"])
+    calls = PrefectCalls(str(PREFECT_API_URL.value()))
     calls.install()
     counted: Any
     if mode == "token":
