@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import create_engine, text
@@ -22,7 +23,19 @@ from tests.fixtures.database import POSTGRES_ENV
 LEDGER = "postgresql+psycopg://wx:pw@db.internal:5433/wxpush?options=-csearch_path%3Dx"
 
 
-def test_a_postgresql_ledger_puts_prefect_in_a_database_beside_it() -> None:
+@pytest.fixture
+def prefect_default_database() -> Iterator[None]:
+    """Prefect's database setting as an operator who never set it has it: the session's
+    Prefect test harness (in the same xdist worker) sets it for its own server."""
+    from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
+
+    with temporary_settings(restore_defaults={PREFECT_SERVER_DATABASE_CONNECTION_URL}):
+        yield
+
+
+def test_a_postgresql_ledger_puts_prefect_in_a_database_beside_it(
+    prefect_default_database: None,
+) -> None:
     url = make_url(prefect_database_url(LEDGER, None) or "")
     assert url.drivername == "postgresql+asyncpg", "asyncpg: the driver Prefect ships with"
     assert (url.host, url.port, url.username, url.password) == ("db.internal", 5433, "wx", "pw")
@@ -44,7 +57,7 @@ def test_an_explicit_prefect_database_wins_and_gets_prefects_drivers() -> None:
         prefect_database_url(LEDGER, "mysql://u:secret@h/db")
 
 
-def test_prefects_own_setting_is_left_to_the_server() -> None:
+def test_prefects_own_setting_is_left_to_the_server(prefect_default_database: None) -> None:
     from prefect.settings import PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
 
     chosen = {PREFECT_SERVER_DATABASE_CONNECTION_URL: "postgresql+asyncpg://p@elsewhere/prefect"}
