@@ -3,8 +3,8 @@ the Prefect harness, the ledger on SQLite and PostgreSQL (the acceptance is Post
 
 - The daily quota: an account allowed 500 template messages a day and an audience of
   1,200 pauses after exactly 500 accepted sends with the quota's reason, before WeChat (the
-  simulator, whose own quota is larger) ever answers 45009; the next Beijing day a resume
-  finishes the campaign, everyone messaged once.
+  simulator, whose own quota is larger) ever answers 45009; a resume each following Beijing
+  day sends that day's 500, then the last 200, everyone messaged once.
 - The rate: two campaigns of one account, in two `wxpush campaign run` processes at once,
   send at the account's 50/s together (±5 %, from the simulator's acceptance times), while
   one of them stays within its own 20/s.
