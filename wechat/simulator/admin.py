@@ -27,6 +27,7 @@ from wechat.simulator.models import (
     SentMessage,
     TemplateSpec,
 )
+from wechat.simulator.robots import RobotInbox, RobotInfo
 
 _TEMPLATES = TypeAdapter(list[TemplateSpec])
 _PUSHES = TypeAdapter(list[PushRecord])
@@ -174,6 +175,33 @@ class SimulatorAdmin:
 
     def delete_template(self, template_id: str) -> None:
         self._call("DELETE", f"/templates/{template_id}")
+
+    # ---- WeCom group robots (shared by all accounts) ------------------------------------------
+
+    def add_robot(self, key: str | None = None, *, per_minute: int = 20) -> RobotInfo:
+        """Register a group-robot webhook key (a random one if None; the answer carries it in
+        full); an existing key keeps its messages and takes the new per-minute limit."""
+        body: dict[str, Any] = {"per_minute": per_minute}
+        if key is not None:
+            body["key"] = key
+        return RobotInfo.model_validate(self._robot_call("POST", "/robots", json=body))
+
+    def robots(self) -> list[RobotInfo]:
+        """Every known robot, keys masked."""
+        return [RobotInfo.model_validate(r) for r in self._robot_call("GET", "/robots")]
+
+    def robot_messages(self, key: str) -> RobotInbox:
+        """What the robot `key` accepted since the last reset or clear, oldest first."""
+        return RobotInbox.model_validate(self._robot_call("GET", f"/robots/{key}/messages"))
+
+    def clear_robot_messages(self, key: str) -> int:
+        """Forget the robot's messages and its minute window; how many messages there were."""
+        return int(self._robot_call("DELETE", f"/robots/{key}/messages")["cleared"])
+
+    def _robot_call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self._http.request(method, path, **kwargs)  # no app_id: robots are global
+        response.raise_for_status()
+        return response.json()
 
     # ---- accepted messages ---------------------------------------------------------------
 

@@ -37,3 +37,8 @@ ENCODING_AES_KEY_ENV: Final = env_var("simulator_encoding_aes_key")
 def demo_template_data() -> dict[str, dict[str, str]]:
     """The demo template's `data` in wire format: {key: {"value": ...}} (a fresh dict)."""
     return {key: {"value": value} for key, value in DEMO_TEMPLATE_VALUES}
+
+
+# The demo WeCom group robot's webhook key (`POST /cgi-bin/webhook/send?key=…`): the simulator
+# knows it from the start; `POST /_sim/robots` adds others. Real keys are UUIDs, and secret.
+DEMO_ROBOT_KEY: Final = "5d1c7e2a-93b4-4f08-a6e1-2c8b0f4d7a39"
