@@ -276,10 +276,8 @@ def reset_middleware(robots: Robots) -> Any:
             and response.status == 200
             and not request.query.get("app_id")
         ):
-            everything = bool(getattr(response, "body", None)) and orjson.loads(
-                response.body  # type: ignore[union-attr, arg-type]
-            ).get("everything", False)
-            robots.reset(everything=everything)
+            options = orjson.loads(await request.read() or b"{}")  # validated by the handler
+            robots.reset(everything=options.get("everything") is True)
         return response
 
     return middleware
