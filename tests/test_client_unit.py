@@ -238,3 +238,67 @@ async def test_streamed_and_already_read_answers_are_both_read() -> None:
         assert (await c.send_template(TOKEN, MESSAGE)).msgid == 11
     async with WeChatClient(BASE, transport=_Streams()) as c:
         assert (await c.send_template(TOKEN, MESSAGE)).msgid == 12
+
+
+QUOTA_GET = f"{BASE}/cgi-bin/openapi/quota/get"
+QUOTA_OK = {
+    "errcode": 0,
+    "errmsg": "ok",
+    "quota": {"daily_limit": 100000, "used": 12, "remain": 99988},
+    "rate_limit": {"call_count": 100, "refresh_second": 60},
+    "component_rate_limit": {"call_count": 0, "refresh_second": 0},
+}
+
+
+@respx.mock
+async def test_api_quota_asks_for_template_send_by_default(client: WeChatClient) -> None:
+    route = respx.post(QUOTA_GET).mock(return_value=httpx.Response(200, json=QUOTA_OK))
+    quota = await client.get_api_quota(SecretStr(TOKEN))
+    assert (quota.daily_limit, quota.used, quota.remain) == (100000, 12, 99988)
+    request = route.calls.last.request
+    assert request.url.params["access_token"] == TOKEN
+    assert request.content == b'{"cgi_path":"/cgi-bin/message/template/send"}'
+
+
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [
+        ({"errcode": 0, "errmsg": "ok"}, "quota"),
+        ({"errcode": 0, "quota": {"daily_limit": 10, "used": 1}}, "remain"),
+        ({"errcode": 0, "quota": {"daily_limit": "many", "used": 1, "remain": 9}}, "daily_limit"),
+        ({"errcode": 0, "quota": {"daily_limit": 10, "used": -1, "remain": 11}}, "used"),
+        ({"errcode": 0, "quota": [10, 1, 9]}, "quota"),
+    ],
+)
+@respx.mock
+async def test_api_quota_malformed_answer_is_one_clear_error(
+    client: WeChatClient, answer: dict, named: str
+) -> None:
+    respx.post(QUOTA_GET).mock(return_value=httpx.Response(200, json=answer))
+    with pytest.raises(errors.RequestError) as info:
+        await client.get_api_quota(TOKEN)
+    message = str(info.value)
+    assert message.startswith("/cgi-bin/openapi/quota/get: answer had no usable quota")
+    assert named in message and "\n" not in message and TOKEN not in message
+
+
+@pytest.mark.parametrize(
+    ("errcode", "raised"),
+    [
+        (76021, errors.RequestError),
+        (76022, errors.ConfigError),
+        (42001, errors.TokenError),
+        (-1, errors.RetryableError),
+    ],
+)
+@respx.mock
+async def test_api_quota_errcodes_raise_their_class(
+    client: WeChatClient, errcode: int, raised: type[errors.WeChatError]
+) -> None:
+    respx.post(QUOTA_GET).mock(
+        return_value=httpx.Response(200, json={"errcode": errcode, "errmsg": "no rid: 1-2-3"})
+    )
+    with pytest.raises(raised) as info:
+        await client.get_api_quota(TOKEN, "/cgi-bin/message/custom/send")
+    assert info.value.errcode == errcode
+    assert info.value.fix and TOKEN not in str(info.value)

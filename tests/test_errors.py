@@ -22,6 +22,8 @@ from wechat.errors import ErrorClass, api_error, classify, lookup, parse_rid
         (40037, ErrorClass.REQUEST),
         (47003, ErrorClass.REQUEST),
         (41001, ErrorClass.REQUEST),
+        (76021, ErrorClass.REQUEST),  # the quota query: cgi_path not found
+        (76022, ErrorClass.CONFIG),  # the quota query: another account's (type of) token
         (45009, ErrorClass.QUOTA),
         *[(c, ErrorClass.CONFIG) for c in (40013, 40125, 40164, 61004, 48001, 40243, 50002)],
     ],

@@ -20,7 +20,7 @@ import aiohttp
 import httpx
 import orjson
 from httpx_aiohttp import AiohttpTransport
-from pydantic import SecretStr
+from pydantic import SecretStr, ValidationError
 
 from wechat.errors import (
     AccountKind,
@@ -31,6 +31,7 @@ from wechat.errors import (
 )
 from wechat.models import (
     AccessToken,
+    ApiQuota,
     CustomMessage,
     Message,
     SendResult,
@@ -42,6 +43,8 @@ from wechat.redact import install_log_redaction, redact
 DEFAULT_BASE_URL = "https://api.weixin.qq.com"
 DEFAULT_TIMEOUT = httpx.Timeout(connect=5.0, read=10.0, write=10.0, pool=30.0)
 TransportChoice = Literal["aiohttp", "httpx"]
+TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
+QUOTA_GET_PATH = "/cgi-bin/openapi/quota/get"
 # httpx.AsyncClient's default headers with our user-agent, built once.
 _HEADERS = httpx.Headers(
     {
@@ -158,13 +161,30 @@ class WeChatClient:
         """A cheap authenticated call (`getcallbackip`): raises `TokenError` if refused."""
         await self._call("GET", "/cgi-bin/getcallbackip", token=access_token)
 
+    async def get_api_quota(
+        self, access_token: SecretStr | str, cgi_path: str = TEMPLATE_SEND_PATH
+    ) -> ApiQuota:
+        """`POST /cgi-bin/openapi/quota/get`: the daily limit, use and rest of one API
+        (template/send by default), so a campaign can be sized before it burns quota."""
+        data = await self._call(
+            "POST", QUOTA_GET_PATH, token=access_token, json_body={"cgi_path": cgi_path}
+        )
+        try:
+            return ApiQuota.model_validate(data.get("quota"))
+        except ValidationError as exc:
+            fields = ", ".join(str(e["loc"][0]) if e["loc"] else "quota" for e in exc.errors())
+            raise RequestError(
+                f"{QUOTA_GET_PATH}: answer had no usable quota ({fields} missing or invalid)",
+                endpoint=QUOTA_GET_PATH,
+            ) from None
+
     # -- messages -----------------------------------------------------------------------
 
     async def send_template(
         self, access_token: SecretStr | str, message: TemplateMessage
     ) -> SendResult:
         """Template message; `client_msg_id` makes a retry within 10 minutes a no-op."""
-        return await self._send("/cgi-bin/message/template/send", access_token, message)
+        return await self._send(TEMPLATE_SEND_PATH, access_token, message)
 
     async def send_custom(
         self, access_token: SecretStr | str, message: CustomMessage

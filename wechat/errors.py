@@ -96,8 +96,7 @@ OFFICIAL_ACCOUNT: dict[int, Errcode] = _table(
             40001,
             F,
             "access_token invalid or not the latest (on a token fetch: wrong AppSecret)",
-            "wxpush refreshes the token once; on a token fetch, check the AppSecret in "
-            f"{_BLOCK}",
+            f"wxpush refreshes the token once; on a token fetch, check the AppSecret in {_BLOCK}",
         ),
         (40014, F, "invalid access_token", None),
         (42001, F, "access_token expired", None),
@@ -180,6 +179,12 @@ OFFICIAL_ACCOUNT: dict[int, Errcode] = _table(
             "the request had no access_token: report it",
         ),
         (
+            76021,
+            Q,
+            "cgi_path not found (the quota query does not know that API path)",
+            "wxpush asked the quota of an API path WeChat does not know: report it",
+        ),
+        (
             45009,
             Q_,
             "daily API quota reached",
@@ -221,6 +226,12 @@ OFFICIAL_ACCOUNT: dict[int, Errcode] = _table(
             C,
             "API unauthorized for this account (no permission or wrong token type)",
             f"this account may not call this API (permission or token type): check {_MP}",
+        ),
+        (
+            76022,
+            C,
+            "could not use this cgi_path: the token's account does not own that API",
+            f"the quota query needs this account's own access_token: check the AppID in {_BLOCK}",
         ),
         (
             48004,

@@ -129,3 +129,14 @@ class SendResult(BaseModel):
         default=None, description="64-bit: keep as int/BIGINT or text, never a float."
     )
     errmsg: str = "ok"
+
+
+class ApiQuota(BaseModel):
+    """`POST /cgi-bin/openapi/quota/get`'s `quota`: one API's calls allowed, made and left
+    today (WeChat's day, Beijing time). Counts are never negative."""
+
+    model_config = ConfigDict(frozen=True)
+
+    daily_limit: int = Field(ge=0)
+    used: int = Field(ge=0)
+    remain: int = Field(ge=0)

@@ -61,6 +61,7 @@ class CgiBin:
                 "/cgi-bin/message/subscribe/bizsend",
                 send("subscribe_bizsend", SimulatorState.send_subscribe),
             ),
+            web.route("*", "/cgi-bin/openapi/quota/get", self.quota_get),
         ]
 
     async def _fault(
@@ -111,6 +112,14 @@ class CgiBin:
         state = self.accounts.by_token(token)
         state.counters.calls["getcallbackip"] += 1
         return json_response(state.callback_ip(token))
+
+    async def quota_get(self, request: web.Request) -> web.StreamResponse:
+        # Any method: a GET carries no body, so it is answered 44002.
+        token = request.query.get("access_token")
+        state = self.accounts.by_token(token)
+        state.counters.calls["quota_get"] += 1
+        body = await request.read() if request.method == "POST" else b""
+        return json_response(state.api_quota(token, body))
 
     def _send(
         self, endpoint: str, send: Callable[[SimulatorState, str | None, bytes], Reply]

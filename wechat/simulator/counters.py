@@ -14,6 +14,7 @@ ENDPOINTS = (
     "template_send",
     "custom_send",
     "subscribe_bizsend",
+    "quota_get",
 )
 KINDS = ("template", "custom", "subscribe")
 FAULTS = ("drop", "http_5xx", "minus_one", "slow", "rate_limited")

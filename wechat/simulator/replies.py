@@ -32,6 +32,7 @@ OUT_OF_WINDOW: Final = 45015
 DATA_FORMAT_ERROR: Final = 47001
 ARGUMENT_INVALID: Final = 47003
 USER_BLOCKED_MESSAGES: Final = 48002
+CGI_PATH_NOT_FOUND: Final = 76021
 
 ERRMSG: Final[dict[int, str]] = {
     SYSTEM_ERROR: "system error",
@@ -60,6 +61,7 @@ ERRMSG: Final[dict[int, str]] = {
     DATA_FORMAT_ERROR: "data format error",
     ARGUMENT_INVALID: "argument invalid!",
     USER_BLOCKED_MESSAGES: "api forbidden for policy reason",
+    CGI_PATH_NOT_FOUND: "cgi_path not found, please check",
 }
 
 # On the classic endpoint a wrong secret is answered 40001 with this older text.

@@ -29,6 +29,8 @@ from wechat.simulator.registry import Follower, Registry, Template
 from wechat.simulator.replies import Reply
 from wechat.simulator.tokens import Issued, TokenStore
 
+TEMPLATE_SEND_PATH = "/cgi-bin/message/template/send"
+
 CUSTOM_MSGTYPES = frozenset(
     {
         "text",
@@ -180,6 +182,31 @@ class SimulatorState:
         if code:
             return self.fail(code, now)
         return {"ip_list": ["127.0.0.1"]}
+
+    def api_quota(self, token: str | None, body: bytes) -> Reply:
+        """POST /cgi-bin/openapi/quota/get: today's (Beijing day, simulator clock) template-send
+        limit, use and rest, from the same counter that answers 45009. Only template/send has a
+        daily counter here, so any other `cgi_path` is answered 76021."""
+        now = self.clock.now()
+        code = self._token_error(token, now)
+        if code:
+            return self.fail(code, now)
+        payload = parse_body(body)
+        if isinstance(payload, int):
+            return self.fail(payload, now)
+        if payload.get("cgi_path") != TEMPLATE_SEND_PATH:
+            return self.fail(r.CGI_PATH_NOT_FOUND, now)
+        limit = self.config.daily_quota
+        used = self.quota.used(self.clock.day(now))
+        reply: Reply = {
+            "errcode": 0,
+            "errmsg": "ok",
+            "quota": {"daily_limit": limit, "used": used, "remain": max(0, limit - used)},
+        }
+        per_second = self.faults.config.rate_limit_per_second
+        if per_second is not None:  # the simulator's only call-rate limit (45011)
+            reply["rate_limit"] = {"call_count": per_second, "refresh_second": 1}
+        return reply
 
     # ---- message sends -------------------------------------------------------------------
     # Each check raises _Refused; `_send` turns that into the error answer (and counts it).
