@@ -16,7 +16,7 @@ from wechat.simulator.accounts import Accounts
 from wechat.simulator.faults import Fault
 from wechat.simulator.pusher import CallbackPusher
 from wechat.simulator.replies import Reply
-from wechat.simulator.robots import RobotApi, Robots, reset_middleware
+from wechat.simulator.robots import RobotApi, Robots
 from wechat.simulator.sim_api import Handler, SimApi
 from wechat.simulator.state import SimulatorState, parse_body
 
@@ -161,11 +161,11 @@ def build_app(state: SimulatorState | Accounts) -> web.Application:
     accounts = state if isinstance(state, Accounts) else Accounts(state)
     default = accounts.default
     robots = Robots(accounts.clock)
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[reset_middleware(robots)])
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     pusher = CallbackPusher(default.callbacks, lambda: default.config.app_id)
     app.on_startup.append(pusher.start)
     app.on_cleanup.append(pusher.stop)
     app.add_routes(CgiBin(accounts).routes())
-    app.add_routes(SimApi(accounts, pusher).routes())
+    app.add_routes(SimApi(accounts, pusher, on_reset=robots.reset).routes())
     app.add_routes(RobotApi(robots).routes())
     return app

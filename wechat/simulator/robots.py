@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import secrets
 from collections import deque
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -204,9 +203,6 @@ class RobotInbox(RobotInfo):
     items: list[ReceivedMessage]
 
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
 def _json(data: Any, status: int = 200, content_type: str = "application/json") -> web.Response:
     return web.Response(body=orjson.dumps(data), status=status, content_type=content_type)
 
@@ -261,23 +257,3 @@ class RobotApi:
         cleared = len(robot.messages)
         robot.clear()
         return _json({"cleared": cleared})
-
-
-def reset_middleware(robots: Robots) -> Any:
-    """Robots follow POST /_sim/reset of the whole simulator (not `?app_id=`: one account's
-    reset), so the `sim` fixture starts every test with empty robots."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        response = await handler(request)
-        if (
-            request.path == "/_sim/reset"
-            and request.method == "POST"
-            and response.status == 200
-            and not request.query.get("app_id")
-        ):
-            options = orjson.loads(await request.read() or b"{}")  # validated by the handler
-            robots.reset(everything=options.get("everything") is True)
-        return response
-
-    return middleware

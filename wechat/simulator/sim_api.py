@@ -138,10 +138,17 @@ class SimApi:
     account's."""
 
     def __init__(
-        self, accounts: Accounts | SimulatorState, pusher: CallbackPusher | None = None
+        self,
+        accounts: Accounts | SimulatorState,
+        pusher: CallbackPusher | None = None,
+        *,
+        on_reset: Callable[..., None] | None = None,
     ) -> None:
         self.accounts = accounts if isinstance(accounts, Accounts) else Accounts(accounts)
         self.pusher = pusher
+        # What else a reset of the whole simulator resets (the group robots), called with
+        # `everything=`.
+        self.on_reset = on_reset
 
     @property
     def state(self) -> SimulatorState:
@@ -329,6 +336,8 @@ class SimApi:
             self._account(request).reset(everything=options.everything, clock=False)
         else:
             self.accounts.reset(everything=options.everything)
+            if self.on_reset is not None:
+                self.on_reset(everything=options.everything)
         return _json({"reset": True, "everything": options.everything})
 
     # ---- callbacks -------------------------------------------------------------------------
