@@ -716,22 +716,22 @@ class CampaignRun:
             else:
                 return self._halt(error, outcome, openid)
 
-    async def _account_turn(self, account: AccountGate) -> bool:
+    async def _account_turn(self, account: AccountGate) -> None:
         """Wait for the account's next send slot, then take one message of its daily quota
-        for the attempt about to go. False (with the campaign stopped) when it may not go:
-        a stop came while waiting, the day's quota is spent (a QUOTA pause, before WeChat's
-        45009), or the account's limits could not be reached (a pause too)."""
+        for the attempt about to go. When it may not go, the campaign is stopped on return
+        (the caller reads the stop): a stop came while waiting, the day's quota is spent (a
+        QUOTA pause, before WeChat's 45009), or the account's limits could not be reached
+        (a pause too)."""
         try:
             wait = await account.slot()
             if wait > 0 and await self.stop.sleep(wait):
-                return False
+                return
             if self.stop._stop is not None:
-                return False
+                return
             if await account.take_unit():
-                if self.stop._stop is None:
-                    return True
-                account.put_back()  # the stop came while the quota was being reserved
-                return False
+                if self.stop._stop is not None:
+                    account.put_back()  # the stop came while the quota was being reserved
+                return
         except Exception as exc:
             # The flows' AccountLimits says what failed without quoting the database.
             said = (str(exc).splitlines() or [""])[0][:200] or type(exc).__name__
@@ -740,10 +740,9 @@ class CampaignRun:
                 f"could not reserve the account's send slots or quota ({said}); resume "
                 f"(`wxpush campaign resume {self.campaign_id}`) once they can be reached",
             )
-            return False
+            return
         assert account.spent is not None
         self._quota_pause(quota_reason(account.spent, account.limits.app_id, self.campaign_id))
-        return False
 
     def _quota_pause(
         self, reason: str, *, errcode: int | None = None, openid: str | None = None
