@@ -59,7 +59,15 @@ from db.run_lock import CampaignBusy, hold_campaign
 from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from sending.plan import DryRunPlan
 from sending.ratelimit import RateLimiter
-from sending.sender import CampaignRun, RetryPolicy, Stop, StopKind, StopSignal, TokenSource
+from sending.sender import (
+    CampaignRun,
+    RetryPolicy,
+    Stop,
+    StopCause,
+    StopKind,
+    StopSignal,
+    TokenSource,
+)
 from tasks.account_limits import account_limits
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
@@ -421,6 +429,7 @@ async def _collect(
             f"{tally.failure_ratio():.0%} of {tally.attempted} attempted messages failed, "
             f"above the limit of {params.max_error_ratio:.0%}; look at the top errcodes, "
             "then resume",
+            cause=StopCause.ERROR_RATIO,
         )
 
 

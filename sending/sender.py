@@ -32,6 +32,7 @@ from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
@@ -57,6 +58,7 @@ __all__ = [
     "Ledger",
     "RetryPolicy",
     "Stop",
+    "StopCause",
     "StopKind",
     "StopSignal",
     "TokenSource",
@@ -111,6 +113,17 @@ StopKind = Literal["pause", "stop", "cancel"]
 _SEVERITY: dict[str, int] = {"pause": 0, "stop": 1, "cancel": 2}
 
 
+class StopCause(StrEnum):
+    """Why a run stopped, in one word: what alerts and reports branch on (the reason is the
+    sentence an operator reads). Only the causes someone may want told apart have one."""
+
+    QUOTA = "quota"  # the account's daily quota (its own count, or WeChat's 45009)
+    ERROR_RATIO = "error_ratio"  # more than max_error_ratio of the attempts failed
+    BREAKER = "breaker"  # WeChat's API kept failing past the breaker's limit
+    QUIET_HOURS = "quiet_hours"  # the account's quiet hours began (or had begun)
+    SIGNAL = "signal"  # Ctrl-C / SIGTERM
+
+
 @dataclass(frozen=True, slots=True)
 class Stop:
     """Why a campaign stopped sending: `pause` (quota; resumable), `stop` (request/config
@@ -121,6 +134,8 @@ class Stop:
     errcode: int | None = None
     error_class: str | None = None
     openid: str | None = None
+    #: What stopped it, in one word alerts and reports can branch on (StopCause).
+    cause: StopCause | None = None
 
 
 class StopSignal:
@@ -157,9 +172,9 @@ class StopSignal:
     def errcode(self) -> int | None:
         return None if self._stop is None else self._stop.errcode
 
-    def pause(self, errcode: int | None, reason: str) -> Stop:
-        """Stop sending, resumable (quota, error ratio)."""
-        return self.set("pause", reason, errcode=errcode)
+    def pause(self, errcode: int | None, reason: str, *, cause: StopCause | None = None) -> Stop:
+        """Stop sending, resumable (quota, error ratio, breaker, quiet hours)."""
+        return self.set("pause", reason, errcode=errcode, cause=cause)
 
     def set(
         self,
@@ -169,11 +184,12 @@ class StopSignal:
         errcode: int | None = None,
         error_class: str | None = None,
         openid: str | None = None,
+        cause: StopCause | None = None,
     ) -> Stop:
         """Raise the signal (idempotent); returns the stop now in force."""
         current = self._stop
         if current is None or _SEVERITY[kind] > _SEVERITY[current.kind]:
-            self._stop = Stop(kind, reason, errcode, error_class, openid)
+            self._stop = Stop(kind, reason, errcode, error_class, openid, cause)
         if self._event is not None and self._loop is not None:
             try:
                 running = asyncio.get_running_loop()
@@ -749,7 +765,14 @@ class CampaignRun:
     ) -> None:
         """The account's daily quota is spent (its count here said so, or WeChat's 45009):
         pause the campaign; the rows not sent stay pending and a resume sends them."""
-        self.stop.set("pause", reason, errcode=errcode, error_class=str(_QUOTA), openid=openid)
+        self.stop.set(
+            "pause",
+            reason,
+            errcode=errcode,
+            error_class=str(_QUOTA),
+            openid=openid,
+            cause=StopCause.QUOTA,
+        )
 
     def _halt(
         self, error: WeChatError, outcome: Callable[..., DeliveryOutcome], openid: str
