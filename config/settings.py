@@ -124,6 +124,24 @@ class Settings(BaseSettings):
         json_schema_extra=_who("`wxpush setup`, `wxpush receiver`", "the block's value"),
     )
 
+    # -- where alerts go (docs/alerts.md) ------------------------------------------------------
+    alert_wecom_key: SecretStr | None = Field(
+        None,
+        description="The key of a WeCom group robot (the `key=` of its webhook URL) that "
+        "alerts are posted to.",
+        json_schema_extra=_who("`wxpush setup`", "the saved alert channel, if any"),
+    )
+    alert_webhook_url: SecretStr | None = Field(
+        None,
+        description="A URL that alerts are POSTed to as JSON `{subject, text, source}`.",
+        json_schema_extra=_who("`wxpush setup`", "the saved alert channel, if any"),
+    )
+    alert_sendgrid_api_key: SecretStr | None = Field(
+        None,
+        description="A SendGrid API key, for alerts by email (with `--alert-email-to`).",
+        json_schema_extra=_who("`wxpush setup`", "the saved alert channel, if any"),
+    )
+
     # -- the local services and the worker ----------------------------------------------------
     state_dir: Path = Field(
         Path(".wxpush"),

@@ -36,6 +36,7 @@ from tasks.token import (
     ensure_token_task,
     verify_token_task,
 )
+from tasks.token_watch import tell_if_refresh_failing
 
 
 @flow(
@@ -43,6 +44,8 @@ from tasks.token import (
     flow_run_name="refresh-access-token-{app}",
     timeout_seconds=300,
     log_prints=False,
+    on_failure=[tell_if_refresh_failing],
+    on_crashed=[tell_if_refresh_failing],
 )
 async def refresh_access_token(
     app: Annotated[str, Field(pattern=APP_NAME_PATTERN)] = "default",

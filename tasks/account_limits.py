@@ -21,6 +21,7 @@ from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
 from sending.account import QuotaChunk, SlotChunk
 from tasks.blocks import WeChatApp
 from tasks.database import engine
+from tasks.events import QUOTA_ALERT_SHARE, quota_crossed
 
 __all__ = ["AccountLimitsUnavailable", "SqlAccountLimits", "account_limits"]
 
@@ -45,8 +46,10 @@ class SqlAccountLimits:
         rate_per_second: float | None,
         daily_quota: int,
         database: Callable[[], Engine] = engine,
+        app: str | None = None,
     ) -> None:
         self.app_id = app_id
+        self.app = app  # the block's name, for the quota alert
         self.rate_per_second = rate_per_second or None
         self.daily_quota = daily_quota
         self._database = database
@@ -63,6 +66,9 @@ class SqlAccountLimits:
         grant = await asyncio.to_thread(
             self._run, lambda conn: reserve_quota(conn, self.app_id, n, self.daily_quota)
         )
+        if grant.granted and _crossed(grant.used - grant.granted, grant.used, grant.quota):
+            # Exactly one reservation crosses the line: the database serialises them.
+            quota_crossed(self.app_id, self.app, grant.used, grant.quota, grant.day).emit()
         return QuotaChunk(grant.granted, grant.day, grant.used, grant.quota)
 
     async def give_back(self, day: date, n: int) -> None:
@@ -86,9 +92,18 @@ class SqlAccountLimits:
         raise AssertionError("unreachable")
 
 
+def _crossed(before: int, after: int, quota: int) -> bool:
+    """Whether a reservation took the day's use from below QUOTA_ALERT_SHARE to it or above."""
+    line = QUOTA_ALERT_SHARE * quota
+    return before < line <= after
+
+
 def account_limits(app: WeChatApp) -> SqlAccountLimits:
     """The limits of the account a wechat-app block names (its AppID: two blocks of one
     account share them)."""
     return SqlAccountLimits(
-        app.app_id, rate_per_second=app.rate_per_second, daily_quota=app.daily_quota
+        app.app_id,
+        rate_per_second=app.rate_per_second,
+        daily_quota=app.daily_quota,
+        app=getattr(app, "_block_document_name", None),
     )
