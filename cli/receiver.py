@@ -13,6 +13,7 @@ import typer
 
 from cli.errors import OperatorError
 from cli.help import model_default, model_help
+from cli.receiver_alerts import tell_spike
 from config import settings
 from receiver.config import ReceiverConfig
 
@@ -169,6 +170,6 @@ def register(app: typer.Typer) -> None:
             f"({modes}{several})"
         )
         if processes > 1:
-            serve_processes(AppFactory(config, url), sock, processes)
+            serve_processes(AppFactory(config, url, tell_spike), sock, processes)
         else:
-            serve(create_app(config, engine()), config, sock)
+            serve(create_app(config, engine(), tell_spike), config, sock)

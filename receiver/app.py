@@ -31,6 +31,7 @@ from db.callbacks import CallbackRecord, InvalidRecord, check_record
 from db.nonces import replay_key
 from receiver.config import ReceiverConfig
 from receiver.replay import NonceCache, NonceRefused
+from receiver.spikes import SpikeWatch, Tell
 from receiver.writer import (
     BatchWriter,
     CommitTimeout,
@@ -164,9 +165,12 @@ class CallbackHandler:
         return record
 
 
-def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
-    """The FastAPI app for one account, writing to `engine`."""
+def create_app(config: ReceiverConfig, engine: Engine, tell: Tell | None = None) -> FastAPI:
+    """The FastAPI app for one account, writing to `engine`; `tell` hears of spikes of
+    refused pushes and of receipts no message matches (receiver/spikes.py)."""
     handler = CallbackHandler(config)
+    refusals = SpikeWatch("refused", tell)
+    unmatched = SpikeWatch("unmatched", tell)
     writer = BatchWriter(
         engine,
         batch_size=config.batch_size,
@@ -174,7 +178,12 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
         max_backlog=config.max_backlog,
         # Two windows: a replay older than that fails the timestamp check by itself.
         nonce_retention_seconds=2 * config.timestamp_window_seconds,
+        on_unmatched=lambda n: unmatched.note("receipts still unmatched after a re-check", n),
     )
+
+    def refuse(refused: Refused) -> Response:
+        refusals.note(refused.reason)
+        return _refusal(refused)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -208,7 +217,7 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
         try:
             handler.check_signed(query)
         except Refused as refused:
-            return _refusal(refused)
+            return refuse(refused)
         return PlainTextResponse(query.get("echostr", ""))
 
     @app.post(CALLBACK_PATH)
@@ -221,12 +230,12 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
             record = handler.record(handler.decode(query, body))
             await writer.commit(record, key)
         except Refused as refused:
-            return _refusal(refused)
+            return refuse(refused)
         except Replayed:
             handler.stored(query)
-            return _refusal(Refused(409, "replayed nonce"))
+            return refuse(Refused(409, "replayed nonce"))
         except RecordRefused:
-            return _refusal(Refused(400, "the database refuses this callback"))
+            return refuse(Refused(400, "the database refuses this callback"))
         except WriterClosed:
             return PlainTextResponse("shutting down", status_code=503)
         except (WriterUnavailable, CommitTimeout) as exc:
@@ -255,6 +264,8 @@ def create_app(config: ReceiverConfig, engine: Engine) -> FastAPI:
                 "forgotten_nonces": stats.forgotten_nonces,
                 "pid": os.getpid(),
                 "late_matches": stats.late_matches,
+                "refusal_spikes": refusals.spikes,
+                "unmatched_spikes": unmatched.spikes,
                 **stats.totals,
             },
             status_code=200 if down is None else 503,

@@ -46,6 +46,7 @@ from db.engine import make_engine
 from receiver import log_limit
 from receiver.app import create_app
 from receiver.config import ReceiverConfig
+from receiver.spikes import Tell
 
 log = logging.getLogger("wxpush.receiver")
 
@@ -228,10 +229,12 @@ class AppFactory:
 
     config: ReceiverConfig
     database_url: str
+    #: Hears of spikes (receiver/spikes.py); a module-level function, so it pickles.
+    tell: Tell | None = None
 
     def __call__(self) -> FastAPI:
         limit_logs(self.config)
-        return create_app(self.config, make_engine(self.database_url))
+        return create_app(self.config, make_engine(self.database_url), self.tell)
 
 
 def limit_logs(config: ReceiverConfig) -> None:
@@ -277,7 +280,7 @@ def serve_processes(factory: AppFactory, sock: socket.socket, processes: int) ->
     uvicorn's supervisor, until SIGINT or SIGTERM (each process stops as `serve` does)."""
     config = factory.config
     config = config.model_copy(update={"max_connections": fit_fd_limit(config.max_connections)})
-    factory = AppFactory(config, factory.database_url)
+    factory = AppFactory(config, factory.database_url, factory.tell)
     server_config = _uvicorn_config(factory, config, factory=True, workers=processes)
     limit_logs(config)
     with _lean_main():

@@ -209,8 +209,11 @@ class BatchWriter:
         max_backlog: int = DEFAULT_MAX_BACKLOG,
         nonce_retention_seconds: float | None = None,
         apply: Callable[..., CallbackCounts] = apply_callbacks,
+        on_unmatched: Callable[[int], None] | None = None,
     ) -> None:
         self.engine = engine
+        #: Told how many receipts a late re-check still could not match (receiver/spikes.py).
+        self.on_unmatched = on_unmatched
         self.batch_size = batch_size
         self.commit_timeout = commit_timeout
         self.max_backlog = max_backlog
@@ -425,12 +428,15 @@ class BatchWriter:
         if not msgids:
             return
         try:
-            self.stats.late_matches += await self._db.run(self._match, msgids)
+            matched = await self._db.run(self._match, msgids)
         except Exception as exc:  # kept: the next sweep tries again
             log.warning("Matching late receipts failed: %s", describe(exc))
             return
+        self.stats.late_matches += matched
         for msgid in msgids:
             del self._unmatched[msgid]
+        if self.on_unmatched is not None:
+            self.on_unmatched(len(msgids) - matched)
 
     async def _prune(self) -> None:
         """Delete one chunk of replay keys older than the retention; the next chunk comes
