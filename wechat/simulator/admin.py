@@ -254,6 +254,16 @@ class SimulatorAdmin:
             self._call("POST", "/callbacks/config", json=changes)
         )
 
+    def set_receipt_status(
+        self, openids: Iterable[str], status: str = "failed:freq limit"
+    ) -> CallbackConfigView:
+        """Every later receipt of a send to these followers carries `status` (default WeChat's
+        `failed:freq limit`) instead of a draw from `receipt_mix`; other followers' overrides
+        stay. `set_callbacks(receipt_overrides={})` clears them all."""
+        overrides = dict(self.callback_config().receipt_overrides)
+        overrides.update(dict.fromkeys(openids, status))
+        return self.set_callbacks(receipt_overrides=overrides)
+
     def callbacks(self) -> CallbackCounters:
         """Receipts scheduled/delivered/failed by Status, attempts, retries, pending …"""
         return CallbackCounters.model_validate(self._call("GET", "/callbacks"))
@@ -294,13 +304,15 @@ class SimulatorAdmin:
         )
 
     def follower_sends_message(self, openid: str, text: str = "hi") -> PushRecord:
-        """A text message (MsgType text, 64-bit MsgId); opens the 48 h window. Returns the push
+        """A text message (MsgType text, 64-bit MsgId); opens the message window (5
+        customer-service sends in 48 h, by default) afresh. Returns the push
         once the receiver answered (or every attempt failed): fields, http_statuses, outcome.
         404: unknown follower; 409: not following."""
         return self._act(openid, "message", text=text)
 
     def follower_clicks_menu(self, openid: str, key: str = "MENU_KEY") -> PushRecord:
-        """A menu click (event CLICK, EventKey = key); opens the window like a message."""
+        """A menu click (event CLICK, EventKey = key); opens the short window (3
+        customer-service sends in 1 minute, by default) afresh, not the message window."""
         return self._act(openid, "click", key=key)
 
     def follower_views_url(self, openid: str, url: str = "https://example.com/") -> PushRecord:
@@ -309,7 +321,8 @@ class SimulatorAdmin:
 
     def follower_subscribes(self, openid: str, scene: str | None = None) -> PushRecord:
         """Follow (event subscribe; with `scene`, EventKey qrscene_<scene> + Ticket): creates or
-        re-subscribes the follower, whose sends then succeed again; counts as an interaction."""
+        re-subscribes the follower, whose sends then succeed again; opens the short window like
+        a menu click."""
         return self._act(openid, "subscribe", scene=scene)
 
     def follower_unsubscribes(self, openid: str) -> PushRecord:

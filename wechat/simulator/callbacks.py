@@ -137,8 +137,9 @@ class CallbackOutbox:
 
     def receipt(self, openid: str, msgid: int) -> None:
         """Schedule the TEMPLATESENDJOBFINISH of an accepted send (caller checked `enabled`).
-        One RNG draw per receipt, so a seed and a number of sends give exact Status counts."""
-        status = (
+        One RNG draw per receipt not overridden for its openid, so a seed and a number of
+        sends give exact Status counts."""
+        status = self.config.receipt_overrides.get(openid) or (
             self._single or self._random.choices(self._statuses, cum_weights=self._cum_weights)[0]
         )
         self.scheduled[status] += 1

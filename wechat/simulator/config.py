@@ -44,7 +44,16 @@ class AccountConfig(BaseModel):
     )
     daily_quota: int = Field(100_000, ge=0, description="Accepted template sends per day (45009).")
     custom_window_hours: float = Field(
-        48, ge=0, description="Customer-service window after the follower's last interaction, h."
+        48, ge=0, description="Customer-service window after the follower's last message, h."
+    )
+    custom_message_limit: int = Field(
+        5, ge=0, description="Customer-service sends allowed in that window (then 45047)."
+    )
+    custom_event_seconds: float = Field(
+        60, ge=0, description="Customer-service window after a menu click or a follow, s."
+    )
+    custom_event_limit: int = Field(
+        3, ge=0, description="Customer-service sends allowed in that window (then 45047)."
     )
 
     @model_validator(mode="after")
@@ -117,6 +126,11 @@ class CallbackConfig(BaseModel):
         default_factory=lambda: {"success": 1.0},
         description="TEMPLATESENDJOBFINISH Status string → share; the shares add up to 1.",
     )
+    receipt_overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="openid → the Status every receipt of a send to them carries, instead of "
+        "a draw from receipt_mix (e.g. `failed:freq limit` for a few followers).",
+    )
     receipt_delay_seconds: float = Field(
         0.05, ge=0, le=3600, description="From an accepted template send to its receipt, s."
     )
@@ -152,6 +166,13 @@ class CallbackConfig(BaseModel):
         total = sum(value.values())
         if abs(total - 1.0) > 1e-6:
             raise ValueError(f"receipt_mix shares add up to {total:.6f}, not 1")
+        return value
+
+    @field_validator("receipt_overrides")
+    @classmethod
+    def _overrides(cls, value: dict[str, str]) -> dict[str, str]:
+        if any(not openid or not status for openid, status in value.items()):
+            raise ValueError("receipt_overrides needs non-empty openids and Status strings")
         return value
 
     @model_validator(mode="after")

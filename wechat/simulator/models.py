@@ -24,8 +24,9 @@ class FollowerIn(_Strict):
     )
     last_interaction_at: datetime | None = Field(
         None,
-        description="ISO-8601 or unix seconds, simulator time; naive means UTC; null = never. "
-        "Left out on a new follower: now (following is an interaction).",
+        description="The follower's last message (its customer-service window starts afresh "
+        "when set): ISO-8601 or unix seconds, simulator time; naive means UTC; null = never. "
+        "Left out on a new follower: now.",
     )
     subscribe_authorizations: dict[str, NonNegativeInt] = Field(
         default_factory=dict, description="template_id → subscribe sends left (bizsend)."
@@ -43,7 +44,15 @@ class FollowerOut(_Strict):
     openid: str
     subscribed: bool
     blocked: Literal["blacklist", "refuse"] | None
-    last_interaction_at: datetime | None
+    last_interaction_at: datetime | None = Field(
+        description="The follower's last message (or as seeded): opens the message window."
+    )
+    last_event_at: datetime | None = Field(
+        description="The last menu click or follow: opens the short window."
+    )
+    custom_sends_left: int = Field(
+        description="Customer-service sends the follower can be sent now, both windows together."
+    )
     subscribe_authorizations: dict[str, int]
 
 
@@ -142,6 +151,7 @@ class CallbackConfigView(_Strict):
     encoding_aes_key: str | None
     original_id: str
     receipt_mix: dict[str, float]
+    receipt_overrides: dict[str, str]
     receipt_delay_seconds: float
     seed: int
     max_concurrency: int

@@ -29,6 +29,7 @@ EMPTY_POST_DATA: Final = 44002
 DAILY_QUOTA: Final = 45009
 MINUTE_QUOTA: Final = 45011
 OUT_OF_WINDOW: Final = 45015
+OUT_OF_RESPONSE_COUNT: Final = 45047
 DATA_FORMAT_ERROR: Final = 47001
 ARGUMENT_INVALID: Final = 47003
 USER_BLOCKED_MESSAGES: Final = 48002
@@ -58,6 +59,7 @@ ERRMSG: Final[dict[int, str]] = {
     DAILY_QUOTA: "reach max api daily quota limit",
     MINUTE_QUOTA: "api minute-quota reach limit mustslower retry next minute",
     OUT_OF_WINDOW: "response out of time limit or subscription is canceled",
+    OUT_OF_RESPONSE_COUNT: "out of response count limit",
     DATA_FORMAT_ERROR: "data format error",
     ARGUMENT_INVALID: "argument invalid!",
     USER_BLOCKED_MESSAGES: "api forbidden for policy reason",

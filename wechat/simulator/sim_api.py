@@ -97,12 +97,15 @@ def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "").lower() in {"1", "true", "yes"}
 
 
-def follower_json(follower: Follower) -> dict[str, Any]:
+def follower_json(follower: Follower, state: SimulatorState) -> dict[str, Any]:
+    """One follower; `custom_sends_left` is for now, by the account's window rules."""
     return {
         "openid": follower.openid,
         "subscribed": follower.subscribed,
         "blocked": follower.blocked,
         "last_interaction_at": iso(follower.last_interaction_at),
+        "last_event_at": iso(follower.last_event_at),
+        "custom_sends_left": follower.custom_sends_left(state.clock.now(), state.config),
         "subscribe_authorizations": dict(follower.subscribe_authorizations),
     }
 
@@ -226,14 +229,18 @@ class SimApi:
         )
 
     async def followers(self, request: web.Request) -> web.StreamResponse:
-        registry = self._account(request).registry
+        state = self._account(request)
+        registry = state.registry
         if _flag(request, "count_only"):
             return _json({"total": len(registry.followers)})
         offset = _int_param(request, "offset", 0) or 0
         limit = min(_int_param(request, "limit", 100, low=1) or 100, MAX_PAGE)
         page = islice(registry.followers.values(), offset, offset + limit)
         return _json(
-            {"total": len(registry.followers), "followers": [follower_json(f) for f in page]}
+            {
+                "total": len(registry.followers),
+                "followers": [follower_json(f, state) for f in page],
+            }
         )
 
     async def upsert_followers(self, request: web.Request) -> web.StreamResponse:
@@ -256,11 +263,11 @@ class SimApi:
         return _json({"created": created, "updated": updated, "total": len(registry.followers)})
 
     async def follower(self, request: web.Request) -> web.StreamResponse:
-        registry = self._account(request).registry
-        follower = registry.followers.get(request.match_info["openid"])
+        state = self._account(request)
+        follower = state.registry.followers.get(request.match_info["openid"])
         if follower is None:
             return _json({"error": "no such follower"}, status=404)
-        return _json(follower_json(follower))
+        return _json(follower_json(follower, state))
 
     async def templates(self, request: web.Request) -> web.StreamResponse:
         templates = self._account(request).registry.templates

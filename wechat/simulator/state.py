@@ -217,7 +217,8 @@ class SimulatorState:
         return self._send(self._template_send, token, body)
 
     def send_custom(self, token: str | None, body: bytes) -> Reply:
-        """POST /cgi-bin/message/custom/send: needs an interaction within the window (45015)."""
+        """POST /cgi-bin/message/custom/send: needs an open window (45015) with a send left
+        (45047); see `Follower.take_custom_send`."""
         return self._send(self._custom_send, token, body)
 
     def send_subscribe(self, token: str | None, body: bytes) -> Reply:
@@ -283,9 +284,9 @@ class SimulatorState:
         if not isinstance(payload.get(msgtype), dict):
             raise _Refused(r.DATA_FORMAT_ERROR)
         follower = self._recipient(payload)
-        last = follower.last_interaction_at
-        if last is None or now - last > self.config.custom_window_hours * 3600:
-            raise _Refused(r.OUT_OF_WINDOW)
+        code = follower.take_custom_send(now, self.config)
+        if code:
+            raise _Refused(code)
         self._accept("custom", follower, None, None, now, body)
         return {"errcode": 0, "errmsg": "ok"}
 
@@ -361,20 +362,22 @@ class SimulatorState:
     ) -> Push:
         """Apply a follower's action to the account and build its push (not sent yet).
 
-        A message or a menu click opens the customer-service window (last interaction = now,
-        simulator clock); subscribe creates or re-subscribes the follower (also an
-        interaction); unsubscribe makes later sends answer 43004; VIEW changes nothing.
+        A message opens the customer-service message window (last interaction = now,
+        simulator clock: `custom_message_limit` sends in `custom_window_hours`); a menu click
+        opens the short one (`custom_event_limit` sends in `custom_event_seconds`); subscribe
+        creates or re-subscribes the follower and opens the short window too; unsubscribe
+        makes later sends answer 43004; VIEW changes nothing.
         Raises LookupError for an unknown follower (except on subscribe) and
         FollowerNotFollowing when someone who does not follow sends, clicks or views.
         """
         now = self.clock.now()
         follower = self.registry.followers.get(openid)
         if kind == "subscribe":
-            if follower is None:
-                self.registry.upsert_follower(openid, {}, now)
-            else:
-                follower.subscribed = True
-                follower.last_interaction_at = now
+            if follower is None:  # following is not writing: no message window
+                self.registry.upsert_follower(openid, {"last_interaction_at": None}, now)
+                follower = self.registry.followers[openid]
+            follower.subscribed = True
+            follower.clicked_or_followed(now)
             body: Fields = {"MsgType": "event", "Event": "subscribe"}
             if scene:
                 body |= {"EventKey": f"qrscene_{scene}", "Ticket": f"sim-ticket-{scene}"}
@@ -387,10 +390,10 @@ class SimulatorState:
         if not follower.subscribed:
             raise FollowerNotFollowing(openid)
         if kind == "message":
-            follower.last_interaction_at = now
+            follower.wrote(now)
             body = {"MsgType": "text", "Content": text, "MsgId": self.callbacks.new_user_msgid()}
         elif kind == "click":
-            follower.last_interaction_at = now
+            follower.clicked_or_followed(now)
             body = {"MsgType": "event", "Event": "CLICK", "EventKey": key}
         elif kind == "view":
             body = {"MsgType": "event", "Event": "VIEW", "EventKey": url}
