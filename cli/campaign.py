@@ -103,6 +103,13 @@ def run(
         ),
     ] = None,
     window_hours: Annotated[int | None, _param("--window-hours", "window_hours", "h")] = None,
+    frequency_cap: Annotated[
+        int | None, _param("--frequency-cap", "frequency_cap", none="the account's cap")
+    ] = None,
+    frequency_cap_hours: Annotated[
+        int | None,
+        _param("--frequency-cap-hours", "frequency_cap_hours", none="the account's window"),
+    ] = None,
     batch_size: Annotated[int | None, _param("--batch-size", "batch_size", "recipients")] = None,
     concurrency: Annotated[
         int | None, _param("--concurrency", "concurrency", "messages in flight")
@@ -144,6 +151,8 @@ def run(
         **_message_flags(app, kind, template_id, data, text, url),
         "audience_sql": audience_sql,
         "window_hours": window_hours,
+        "frequency_cap": frequency_cap,
+        "frequency_cap_hours": frequency_cap_hours,
         "batch_size": batch_size,
         "concurrency": concurrency,
         "rate_per_second": rate,

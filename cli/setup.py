@@ -53,6 +53,8 @@ class SetupReport:
     #: The account's limits as the block now holds them (None: unlimited).
     rate_per_second: float | None = None
     daily_quota: int | None = None
+    #: The account's frequency cap as the block now holds it (`frequency_cap_words`).
+    frequency_cap: str = "off"
     limits: dict[str, Change] = field(default_factory=dict)
 
     @property
@@ -73,6 +75,7 @@ class SetupReport:
         out.append(f"  block wechat-app/{self.app}: {self.app_block}{detail}")
         if self.daily_quota is not None:
             out.append(f"    {account_limits(self.rate_per_second, self.daily_quota)}")
+            out.append(f"    frequency cap: {self.frequency_cap}")
         for name, change in self.limits.items():
             out.append(f"  concurrency limit {name} (limit 1): {change}")
         out.append("Done." if self.changed else "Nothing to change: already set up.")
@@ -83,6 +86,14 @@ def account_limits(rate_per_second: float | None, daily_quota: int) -> str:
     """`account rate: 50 messages/s, daily quota: 100,000 template messages`."""
     rate = "unlimited" if rate_per_second is None else f"{rate_per_second:g} messages/s"
     return f"account rate: {rate}, daily quota: {daily_quota:,} template messages"
+
+
+def frequency_cap_words(messages: int | None, hours: int) -> str:
+    """`1 message per follower per 24 h, across the account's campaigns`, or `off`."""
+    if messages is None:
+        return "off"
+    plural = "" if messages == 1 else "s"
+    return f"{messages} message{plural} per follower per {hours} h, across the account's campaigns"
 
 
 def _word(change: Change, created: str) -> str:
@@ -130,6 +141,8 @@ def _plain(value: Any) -> Any:
 
 #: `asetup_app(rate_per_second=0)`: back to unlimited (None there means "keep").
 UNLIMITED = 0
+#: `asetup_app(frequency_cap=0)`: no frequency cap any more.
+NO_FREQUENCY_CAP = 0
 
 
 async def _older_form(client: PrefectClient, app: str) -> bool:
@@ -236,12 +249,14 @@ async def asetup_app(
     previous_encoding_aes_key: str | SecretStr | None = None,
     rate_per_second: float | None = None,
     daily_quota: int | None = None,
+    frequency_cap: int | None = None,
+    frequency_cap_hours: int | None = None,
 ) -> SetupReport:
     """Register block types, create/update `wechat-app/<app>`, create its limits.
 
     None means "keep what the block has (or the default)"; `rate_per_second=0` (`UNLIMITED`)
-    sets the account's rate back to unlimited. Raises `SetupError` with a message for the
-    operator.
+    sets the account's rate back to unlimited, `frequency_cap=0` (`NO_FREQUENCY_CAP`) turns
+    its frequency cap off. Raises `SetupError` with a message for the operator.
     """
     if not re.match(APP_NAME_PATTERN, app):
         raise SetupError(
@@ -259,8 +274,12 @@ async def asetup_app(
         "previous_encoding_aes_key": previous_encoding_aes_key,
         "rate_per_second": None if rate_per_second == UNLIMITED else rate_per_second,
         "daily_quota": daily_quota,
+        "frequency_cap": None if frequency_cap == NO_FREQUENCY_CAP else frequency_cap,
+        "frequency_cap_hours": frequency_cap_hours,
     }
     clear = frozenset({"rate_per_second"} if rate_per_second == UNLIMITED else ())
+    if frequency_cap == NO_FREQUENCY_CAP:
+        clear |= {"frequency_cap"}
     try:
         async with get_client() as client:
             report = SetupReport(api_url=await _check_api(client), app=app)
@@ -270,6 +289,9 @@ async def asetup_app(
             written = await _write_app_block(client, app, values, clear)
             report.app_block, report.changed_fields, report.schema_upgraded, block = written
             report.rate_per_second, report.daily_quota = block.rate_per_second, block.daily_quota
+            report.frequency_cap = frequency_cap_words(
+                block.frequency_cap, block.frequency_cap_hours
+            )
             for name in required_limits(app):
                 report.limits[name] = await _ensure_limit(client, name)
     except SetupError:
@@ -359,6 +381,25 @@ def setup(
             "messages",
         ),
     ] = None,
+    frequency_cap: Annotated[
+        int | None,
+        _kept(
+            "--frequency-cap",
+            "At most this many messages to one follower per window, across the account's "
+            "campaigns (e.g. 1 for marketing); 0 = no cap. Campaigns can override it.",
+            "frequency_cap",
+            none="no cap",
+        ),
+    ] = None,
+    frequency_cap_hours: Annotated[
+        int | None,
+        _kept(
+            "--frequency-cap-hours",
+            "The frequency cap's rolling window, in hours.",
+            "frequency_cap_hours",
+            "h",
+        ),
+    ] = None,
 ) -> None:
     """Register wxpush's block types, create or update the app's block, create its limits.
     A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason.
@@ -376,6 +417,8 @@ def setup(
         previous_encoding_aes_key=previous_encoding_aes_key or env.callback_previous_aes_key,
         rate_per_second=rate_per_second,
         daily_quota=daily_quota,
+        frequency_cap=frequency_cap,
+        frequency_cap_hours=frequency_cap_hours,
     )
     for line in report.lines():
         typer.echo(line)

@@ -20,7 +20,17 @@ The query returns `openid` plus any columns the message uses. Three column names
   ledger records why they got nothing.
 
 A row gets one skip reason, the first that applies: `unsubscribed`, then `nothing_to_send`,
-then `outside_window`.
+then `outside_window`, then `frequency_cap`.
+
+**Frequency cap** (`FrequencyCap`: at most N messages per follower per H hours, across the
+account's campaigns): rows left without a reason are checked batch by batch against the
+ledger (`capped_openids`, on the ledger's connection, as the final rows are: the audience
+role cannot read the ledger); a follower who already has N messages counted there is
+annotated `frequency_cap`. Counted: `sent` and `unknown` rows (an `unknown` message may well
+have arrived) of the account's campaigns other than this one, whose `last_attempt_at` (when
+the message went out) is at or after `now - H`. So a resumed campaign never caps anyone for
+its own sends; two campaigns of one account sending at the same moment each see only what
+the other had recorded when their batch was read.
 
 Skipped rows are streamed too (annotated, not dropped) so the ledger records them. Rows already
 final in the ledger for this campaign when the stream opens are left out batch by batch: they
@@ -54,6 +64,7 @@ import hashlib
 import json
 import re
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
@@ -63,6 +74,7 @@ from typing import Any
 from sqlalchemy import (
     Connection,
     Engine,
+    Select,
     and_,
     bindparam,
     column,
@@ -83,7 +95,7 @@ from db.audience_role import (
     superuser_behind,
     superuser_refusal,
 )
-from db.models import deliveries
+from db.models import campaigns, deliveries
 from db.outcomes import FINAL_STATUSES, DeliveryStatus, SkipReason
 from db.types import UTCDateTime
 from db.watchdog import Watchdog, canceller
@@ -139,6 +151,22 @@ def _check_shard(connection: Connection, shard: Shard | None) -> None:
             "splitting an audience into shards needs PostgreSQL (md5 in SQL); "
             f"this audience database is {connection.dialect.name}"
         )
+
+
+@dataclass(frozen=True, slots=True)
+class FrequencyCap:
+    """At most `messages` per follower within `hours`, across the campaigns of the account
+    `app_id` (campaigns started before migration 0008 have no AppID stored: they are matched
+    by their block name, `app`)."""
+
+    messages: int
+    hours: float
+    app_id: str
+    app: str
+
+    def __post_init__(self) -> None:
+        if self.messages < 1 or self.hours <= 0:
+            raise ValueError("a frequency cap needs at least 1 message and a positive window")
 
 
 class AudienceQueryError(ValueError):
@@ -770,6 +798,86 @@ def _prober(connection: Connection, snapshot: TableClause) -> Callable[[list[str
     return final
 
 
+#: Delivery statuses the frequency cap counts: accepted by WeChat, or in doubt (it may have
+#: reached the follower).
+CAPPED_STATUSES = (str(DeliveryStatus.SENT), str(DeliveryStatus.UNKNOWN))
+
+
+def capped_openids(
+    connection: Connection,
+    cap: FrequencyCap,
+    campaign_id: str,
+    openids: list[str],
+    *,
+    now: datetime,
+) -> set[str]:
+    """Which of `openids` already have `cap.messages` counted messages since `now - hours`
+    from the account's campaigns other than `campaign_id` (see the module docstring).
+
+    Two questions per 500 openids, neither of which a planner can turn into a read of whole
+    campaigns: the window's ledger rows of these openids, through `deliveries (openid,
+    last_attempt_at)` and nothing else (no join, no status in the WHERE clause: either
+    offered PostgreSQL a path through `(campaign_id, status)` that reads every row of the
+    account's campaigns, and it took it when its statistics were stale, as in issue 15);
+    then which of the few campaigns found are the account's, by primary key. The counting
+    is done here. A batch costs the same whatever the ledger's size.
+    """
+    if now.tzinfo is None:
+        raise ValueError("now must be an aware datetime")
+    recent = _window_rows(now - timedelta(hours=cap.hours))
+    ours = select(campaigns.c.id).where(
+        campaigns.c.id.in_(bindparam("ids", expanding=True)),
+        or_(
+            campaigns.c.app_id == cap.app_id,
+            and_(campaigns.c.app_id.is_(None), campaigns.c.app == cap.app),
+        ),
+    )
+    capped: set[str] = set()
+    wanted = list(dict.fromkeys(openids))
+    for start in range(0, len(wanted), _LOOKUP_CHUNK):
+        chunk = wanted[start : start + _LOOKUP_CHUNK]
+        rows = [
+            (openid, campaign)
+            for openid, campaign, status in connection.execute(recent, {"openids": chunk})
+            if status in CAPPED_STATUSES and campaign != campaign_id
+        ]
+        if not rows:
+            continue
+        account = set(connection.execute(ours, {"ids": sorted({c for _, c in rows})}).scalars())
+        counts = Counter(openid for openid, campaign in rows if campaign in account)
+        capped.update(openid for openid, n in counts.items() if n >= cap.messages)
+    return capped
+
+
+def _window_rows(cutoff: datetime) -> Select[tuple[str, str, str]]:
+    """The ledger rows of some openids (bind `openids`, a list) attempted at or after
+    `cutoff`: (openid, campaign_id, status)."""
+    return select(deliveries.c.openid, deliveries.c.campaign_id, deliveries.c.status).where(
+        deliveries.c.openid.in_(bindparam("openids", expanding=True)),
+        deliveries.c.last_attempt_at >= cutoff,
+    )
+
+
+def _apply_cap(
+    ledger: Engine, cap: FrequencyCap, campaign_id: str, batch: list[AudienceRow], now: datetime
+) -> list[AudienceRow]:
+    """The batch with its capped rows annotated `frequency_cap` (rows skipped for another
+    reason keep it and are not asked about)."""
+    candidates = [row.openid for row in batch if row.skip_reason is None]
+    if not candidates:
+        return batch
+    with ledger.connect() as connection:
+        capped = capped_openids(connection, cap, campaign_id, candidates, now=now)
+    if not capped:
+        return batch
+    return [
+        AudienceRow(row.openid, SkipReason.FREQUENCY_CAP, row.values)
+        if row.skip_reason is None and row.openid in capped
+        else row
+        for row in batch
+    ]
+
+
 def stream_audience(
     engine: Engine,
     sql: str,
@@ -783,6 +891,7 @@ def stream_audience(
     retry_failed: bool = False,
     timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS,
     shard: Shard | None = None,
+    frequency_cap: FrequencyCap | None = None,
 ) -> Iterator[list[AudienceRow]]:
     """Yield the campaign's remaining audience in batches of at most `batch_size`, each row
     annotated with its skip reason (computed in SQL), never holding more than a batch in
@@ -795,8 +904,10 @@ def stream_audience(
     of `ledger` (the main engine; nothing to ask for a new campaign); `pending` rows always
     come back, and with `retry_failed` so do failures of a RETRY or QUOTA class. A batch left
     empty is not yielded. With `shard` (PostgreSQL only), the rows of that shard alone: the
-    shards of one count are disjoint and together the whole audience (`SHARD_SQL`). Close
-    the generator (or exhaust it) to release the connections.
+    shards of one count are disjoint and together the whole audience (`SHARD_SQL`). With
+    `frequency_cap`, rows without another skip reason whose follower is at the cap (counted
+    in `ledger` at `now`) are annotated `frequency_cap`. Close the generator (or exhaust it)
+    to release the connections.
     """
     if batch_size < 1:
         raise ValueError("batch_size must be at least 1")
@@ -846,6 +957,8 @@ def stream_audience(
                         if final is not None:
                             done = final([row.openid for row in batch])
                             batch = [row for row in batch if row.openid not in done]
+                        if frequency_cap is not None and batch:
+                            batch = _apply_cap(ledger, frequency_cap, campaign_id, batch, now)
                         if batch:
                             yield batch
                 finally:

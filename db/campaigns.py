@@ -115,6 +115,7 @@ class CampaignRecord:
     finished_at: datetime | None
     updated_at: datetime
     ledger_pruned_at: datetime | None = None
+    app_id: str | None = None  # since migration 0008; NULL for campaigns started before
     resumed: bool = False
     previous_status: CampaignStatus | None = None
 
@@ -213,6 +214,7 @@ def create_or_resume(
     template_id: str | None,
     parameters: Mapping[str, Any],
     audience_sql: str,
+    app_id: str | None = None,
     flow_run_id: str | None = None,
     deployment: str | None = None,
     deployment_id: str | None = None,
@@ -220,7 +222,9 @@ def create_or_resume(
 ) -> CampaignRecord:
     """Start a campaign: a new row (`campaign_id` None, or an id not seen yet), or the
     existing row resumed (same id: same app/kind/template required, run_count + 1, the new
-    run's flow_run_id, parameters and audience SQL stored). Either way it ends `running`."""
+    run's flow_run_id, parameters and audience SQL stored). Either way it ends `running`.
+    `app_id` is the account's AppID at this start (a resume stores its own): what the
+    frequency cap counts across."""
     _check_no_secrets(parameters)
     campaign_id = _check_id(campaign_id) if campaign_id else new_campaign_id()
     now = utcnow()
@@ -233,6 +237,7 @@ def create_or_resume(
         "deployment_id": deployment_id,
         "started_by": started_by,
         "updated_at": now,
+        **({"app_id": app_id} if app_id is not None else {}),
     }
     dialect = _dialect(executor)
     insert_fn = {"postgresql": postgresql.insert, "sqlite": sqlite.insert}[dialect]

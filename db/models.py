@@ -121,6 +121,9 @@ class Campaign(Base):
     id: Mapped[str] = mapped_column(String(64), primary_key=True)
     name: Mapped[str] = mapped_column(String(200))
     app: Mapped[str] = mapped_column(String(100))  # the wechat-app block name
+    # The account's AppID when the campaign last started: what the frequency cap counts
+    # across (db/audience.py). NULL for campaigns started before migration 0008.
+    app_id: Mapped[str | None] = mapped_column(APP_ID)
     kind: Mapped[str] = mapped_column(String(32))  # template / customer_service / subscribe
     template_id: Mapped[str | None] = mapped_column(String(128))
     parameters: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
@@ -159,6 +162,8 @@ class Delivery(Base):
         CheckConstraint(_in_list("status", DeliveryStatus), name="status"),
         Index(None, "campaign_id", "status"),
         Index(None, "msgid"),  # receipts (TEMPLATESENDJOBFINISH) arrive by msgid
+        # The frequency cap: "messages to these openids since …", per audience batch.
+        Index(None, "openid", "last_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True, autoincrement=True)

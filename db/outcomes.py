@@ -70,6 +70,9 @@ class SkipReason(StrEnum):
     OUTSIDE_WINDOW = "outside_window"
     UNSUBSCRIBED = "unsubscribed"
     NOTHING_TO_SEND = "nothing_to_send"  # digests: no content for this recipient
+    # The account's frequency cap: the follower already got that many messages from the
+    # account's other campaigns within the cap's window (db/audience.py, FrequencyCap).
+    FREQUENCY_CAP = "frequency_cap"
 
 
 #: Invalid reasons a report or a dry-run plan lists, most frequent first (the rest are summed).

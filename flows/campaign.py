@@ -37,6 +37,7 @@ from db import campaigns as campaign_rows
 from db.audience import (
     DEFAULT_AUDIENCE_SQL,
     AudienceQueryError,
+    FrequencyCap,
     Shard,
     count_audience,
     has_nothing_to_send,
@@ -128,9 +129,12 @@ def _flow_run_id() -> str | None:
 
 
 @task(name="start-campaign", cache_policy=NO_CACHE)
-def start_campaign(params: CampaignParams, campaign_id: str | None = None) -> str | Stop:
+def start_campaign(
+    params: CampaignParams, campaign_id: str | None = None, app_id: str | None = None
+) -> str | Stop:
     """Create the campaign row (`campaign_id`: the new row's id, known before so the run can
-    hold it first), or resume the one named by `params.campaign_id`; its id.
+    hold it first), or resume the one named by `params.campaign_id`; its id. `app_id`, the
+    account's AppID, is stored with it: the frequency cap counts per account.
 
     A resume the campaign's row forbids (`wxpush db prune` emptied its ledger; a run still
     sending it is refused before, by the run lock) comes back as the Stop saying why: an
@@ -139,12 +143,14 @@ def start_campaign(params: CampaignParams, campaign_id: str | None = None) -> st
     # The errcode meanings the analyst views join to follow this version's table.
     sync_errcodes_table(engine())
     try:
-        return _create_or_resume(params, campaign_id or params.campaign_id)
+        return _create_or_resume(params, campaign_id or params.campaign_id, app_id)
     except IllegalTransition as exc:
         return Stop("stop", str(exc))
 
 
-def _create_or_resume(params: CampaignParams, campaign_id: str | None) -> str:
+def _create_or_resume(
+    params: CampaignParams, campaign_id: str | None, app_id: str | None = None
+) -> str:
     with engine().begin() as conn:
         record = campaign_rows.create_or_resume(
             conn,
@@ -155,6 +161,7 @@ def _create_or_resume(params: CampaignParams, campaign_id: str | None) -> str:
             template_id=params.template_id,
             parameters=params.model_dump(mode="json"),
             audience_sql=params.audience_sql or DEFAULT_AUDIENCE_SQL,
+            app_id=app_id,
             flow_run_id=_flow_run_id(),
             deployment=current_deployment.name,
             deployment_id=current_deployment.id,
@@ -478,6 +485,7 @@ async def _send_all(
             retry_failed=params.retry_failed,
             timeout_seconds=params.audience_timeout_seconds,
             shard=shard,
+            frequency_cap=frequency_cap(params, app),
         )
     )
     try:
@@ -519,6 +527,14 @@ async def _send_all(
     finally:
         batches.close()
     return tally
+
+
+def frequency_cap(params: CampaignParams, app: WeChatApp) -> FrequencyCap | None:
+    """The cap this campaign's audience is held to: its own override, else the account's."""
+    cap = params.frequency_cap_with(app.frequency_cap, app.frequency_cap_hours)
+    if cap is None:
+        return None
+    return FrequencyCap(messages=cap[0], hours=cap[1], app_id=app.app_id, app=params.app)
 
 
 async def _send_batches(
@@ -776,7 +792,7 @@ async def push_campaign(params: CampaignForm) -> CampaignResult | State[Any]:
             refused = StopSignal()
             refused.set("stop", str(busy))
             return _stopped(params, None, refused)
-        opened = start_campaign(params, campaign_id)
+        opened = start_campaign(params, campaign_id, app.app_id)
         if isinstance(opened, Stop):  # its ledger pruned, …
             refused = StopSignal()
             refused.set(opened.kind, opened.reason)

@@ -33,6 +33,7 @@ SKIP_WORDS: dict[str, str] = {
     SkipReason.OUTSIDE_WINDOW: "outside the interaction window",
     SkipReason.UNSUBSCRIBED: "unsubscribed",
     SkipReason.NOTHING_TO_SEND: "nothing to send",
+    SkipReason.FREQUENCY_CAP: "at the frequency cap (messaged enough lately)",
 }
 
 

@@ -130,6 +130,30 @@ class WeChatApp(Block):
             '{"cgi_path": "/cgi-bin/message/template/send"}.'
         ),
     )
+    frequency_cap: int | None = Field(
+        default=None,
+        ge=1,
+        le=1000,
+        title="Messages per follower (frequency cap)",
+        description=(
+            "At most this many messages to one follower within the window below, counting "
+            "every campaign of this account; a follower at the cap is skipped and recorded "
+            "as frequency_cap. Empty = no cap. E.g. 1 with 24 hours for marketing. A "
+            "campaign can use its own cap or none (transactional messages); digests are "
+            "never capped but do count."
+        ),
+        json_schema_extra=_one_box,
+    )
+    frequency_cap_hours: int = Field(
+        default=24,
+        ge=1,
+        le=24 * 30,
+        title="Frequency cap window (hours)",
+        description=(
+            "The rolling window of the cap above: messages sent within the last this many "
+            "hours count. Only used when the cap is set."
+        ),
+    )
     callback_token: SecretStr | None = Field(
         default=None,
         title="Callback Token",

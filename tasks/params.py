@@ -360,6 +360,30 @@ class CampaignParams(MessageParams):
         "repeat). Each of them may get the message twice.",
         json_schema_extra={"position": 17.5},
     )
+    frequency_cap: int | None = Field(
+        None,
+        ge=0,
+        le=1000,
+        title="Messages per follower (frequency cap)",
+        description=(
+            "At most this many messages to one follower within the cap's window, counting "
+            "this account's other campaigns; a follower at the cap is skipped and recorded "
+            "as frequency_cap. Empty = the account's cap (set on its WeChat app); 0 = no cap "
+            "for this campaign, e.g. a transactional message."
+        ),
+        json_schema_extra=plain_input(10.5),
+    )
+    frequency_cap_hours: int | None = Field(
+        None,
+        ge=1,
+        le=24 * 30,
+        title="Frequency cap window (hours)",
+        description=(
+            "Messages sent within the last this many hours count toward the cap. Empty = the "
+            "account's window (24 hours unless set on its WeChat app)."
+        ),
+        json_schema_extra=plain_input(10.6),
+    )
     shards: int = Field(
         1,
         ge=1,
@@ -395,6 +419,16 @@ class CampaignParams(MessageParams):
                     "`wx_…` names are wxpush's own); pick another name"
                 )
         return value
+
+    def frequency_cap_with(
+        self, account_cap: int | None, account_hours: int
+    ) -> tuple[int, int] | None:
+        """(messages, hours) this campaign is capped at, or None for no cap: its own
+        override where set, else the account's (`account_cap` None = the account has none)."""
+        messages = account_cap if self.frequency_cap is None else self.frequency_cap
+        if not messages:
+            return None
+        return messages, self.frequency_cap_hours or account_hours
 
     @model_validator(mode="after")
     def _retry_needs_the_campaign(self) -> Self:
@@ -476,6 +510,8 @@ class DigestParams(MessageParams):
             audience_params=dict(day_binds(day, self.timezone)),
             campaign_id=digest_campaign_id(self.name, day),
             retry_failed=self.retry_failed,
+            # Never capped, but counted: docs/digests.md ("Digests and the frequency cap").
+            frequency_cap=0,
         )
 
 

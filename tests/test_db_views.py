@@ -36,6 +36,7 @@ COUNT_COLUMNS = (
     "skipped_outside_window",
     "skipped_unsubscribed",
     "skipped_nothing_to_send",
+    "skipped_frequency_cap",
     "sent",
     "failed",
     "failed_retry",
@@ -166,6 +167,7 @@ def _load_fixture(engine: Engine) -> None:
                 {"openid": "k3", "status": "skipped", "reason": "unsubscribed"},
                 {"openid": "k4", "status": "skipped", "reason": "nothing_to_send"},
                 {"openid": "i1", "status": "invalid", "reason": "thing1: longer than 20"},
+                {"openid": "k5", "status": "skipped", "reason": "frequency_cap"},
                 {"openid": "p1", "status": "pending", "errcode": 45009, "error_class": "QUOTA"},
                 {"openid": "u1", "status": "unknown", "reason": "no_answer"},
             ],
@@ -194,13 +196,14 @@ def _no_sends() -> dict[str, Any]:
 
 def _expected_stats() -> dict[str, dict[str, Any]]:
     full = _zero_counts() | {
-        "audience": 5 + len(FAILURES) + 4 + 1 + 1 + 1,
+        "audience": 5 + len(FAILURES) + 5 + 1 + 1 + 1,
         "eligible": 5 + len(FAILURES) + 1 + 1 + 1,
-        "skipped": 4,
+        "skipped": 5,
         "skipped_outside_window": 2,
         "skipped_unsubscribed": 1,
         "skipped_nothing_to_send": 1,
         "sent": 5,
+        "skipped_frequency_cap": 1,
         "failed": 9,
         "failed_retry": 2,
         "failed_refresh": 1,
