@@ -90,7 +90,7 @@ async def asetup_alerts(client: PrefectClient, asked: AlertChannels) -> AlertsRe
                 "POSTed to)."
             )
         report.channels["webhook"] = await save_webhook(asked.webhook_url, client)
-    if asked.email_to or asked.sendgrid_api_key:
+    if asked.email_to or asked.sendgrid_api_key or asked.email_from:
         if not (asked.email_to and asked.sendgrid_api_key and asked.email_from):
             raise AlertSetupError(
                 "Alerts by email need --alert-email-to, --alert-email-from and a SendGrid API "
