@@ -79,7 +79,7 @@ class CallbackRecord:
     event: str | None = None
     interaction_kind: str | None = None  # 'message', 'click_menu', 'scancode', 'subscribe', …
     msgid: int | None = None  # TEMPLATESENDJOBFINISH MsgID, 64-bit
-    receipt_status: str | None = None  # 'delivered' | 'user_block' | 'system_failed'
+    receipt_status: str | None = None  # one of db.models.RECEIPT_STATUSES
 
 
 @dataclass(frozen=True, slots=True)

@@ -499,11 +499,12 @@ AWAITING_RECEIPT = "awaiting"
 
 
 def receipt_counts(executor: Executor, campaign_id: str) -> dict[str, int]:
-    """Sent rows per delivery receipt: `delivered`, `user_block`, `system_failed`, and
-    `awaiting` (sent, no receipt yet), every key present (0 when none).
+    """Sent rows per delivery receipt (`RECEIPT_STATUSES`: `delivered`, `user_block`,
+    `freq_limited`, `system_failed`) and `awaiting` (sent, no receipt yet), every key
+    present (0 when none).
 
     Receipts (TEMPLATESENDJOBFINISH) arrive by callback after the send, so these grow after the
-    run ends; only `sent` rows count, as in the `campaign_stats` view, so the four add up to
+    run ends; only `sent` rows count, as in the `campaign_stats` view, so the five add up to
     the campaign's sent rows. One grouped query on the (campaign_id, status) index.
     """
     counts = {status: 0 for status in RECEIPT_STATUSES}

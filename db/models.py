@@ -48,9 +48,9 @@ NAMING_CONVENTION = {
 ACCOUNT_KINDS = ("official_account", "wecom")
 
 # `callback_events.kind` and the receipt statuses `db.callbacks` writes (the values the
-# `campaign_stats` view counts as delivered / blocked / system_failed).
+# `campaign_stats` view counts as delivered / blocked / freq_limited / system_failed).
 CALLBACK_KINDS = ("receipt", "interaction", "subscribe", "unsubscribe", "other")
-RECEIPT_STATUSES = ("delivered", "user_block", "system_failed")
+RECEIPT_STATUSES = ("delivered", "user_block", "freq_limited", "system_failed")
 
 OPENID = String(64)  # WeChat openids are 28 characters; WeCom user ids up to 64
 APP_ID = String(64)

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 RECEIPT_LABELS: dict[str, str] = {
     "delivered": "delivered",
     "user_block": "blocked by the user",
+    "freq_limited": "held back by WeChat (sent too often)",
     "system_failed": "failed in WeChat",
     AWAITING_RECEIPT: "not yet received",
 }

@@ -50,6 +50,7 @@ COUNT_COLUMNS = (
     "unknown",
     "delivered",
     "blocked",
+    "freq_limited",
     "system_failed",
     "receipts_pending",
 )

@@ -144,7 +144,13 @@ def test_receipt_counts_and_the_report_lines(ledger: Engine) -> None:
 
     with ledger.connect() as connection:
         counts = receipt_counts(connection, campaign)
-    assert counts == {"delivered": 5, "user_block": 2, "system_failed": 1, "awaiting": 2}
+    assert counts == {
+        "delivered": 5,
+        "user_block": 2,
+        "freq_limited": 0,
+        "system_failed": 1,
+        "awaiting": 2,
+    }
 
     report = report_from_ledger(ledger, campaign)
     assert report.delivery_rate == pytest.approx(5 / 8)
@@ -172,6 +178,7 @@ def test_no_section_without_sent_rows(ledger: Engine) -> None:
         assert receipt_counts(connection, campaign) == {
             "delivered": 0,
             "user_block": 0,
+            "freq_limited": 0,
             "system_failed": 0,
             "awaiting": 0,
         }
@@ -249,6 +256,7 @@ def test_the_run_publishes_a_receipt_table(monkeypatch: pytest.MonkeyPatch) -> N
     assert found["campaign-c-1-receipts"] == [
         {"receipt": "delivered", "messages": 3},
         {"receipt": "blocked by the user", "messages": 0},
+        {"receipt": "held back by WeChat (sent too often)", "messages": 0},
         {"receipt": "failed in WeChat", "messages": 1},
         {"receipt": "not yet received", "messages": 6},
     ]
@@ -261,7 +269,9 @@ def test_the_run_publishes_a_receipt_table(monkeypatch: pytest.MonkeyPatch) -> N
     [
         pytest.param(
             {"sent": 0, "failed": 4},
-            dict.fromkeys(("delivered", "user_block", "system_failed", "awaiting"), 0),
+            dict.fromkeys(
+                ("delivered", "user_block", "freq_limited", "system_failed", "awaiting"), 0
+            ),
             {},
             id="nothing-sent",
         ),

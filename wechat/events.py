@@ -31,7 +31,7 @@ from wechat.crypto import (
 #: Real pushes are a few KB (an encrypted one under 4 KB); anything far larger is refused unread.
 MAX_CALLBACK_BYTES = 128 * 1024
 
-ReceiptStatus = Literal["delivered", "user_block", "system_failed"]
+ReceiptStatus = Literal["delivered", "user_block", "freq_limited", "system_failed"]
 CallbackKind = Literal["receipt", "interaction", "subscribe", "unsubscribe", "other"]
 
 #: User messages (MsgType) that open the 48 h customer-service window.
@@ -130,16 +130,21 @@ def to_xml(fields: Mapping[str, str | int]) -> bytes:
 
 
 def normalise_receipt_status(raw: str | None) -> ReceiptStatus:
-    """`success` / `failed:user block` / `failed: system failed` (any spacing or case) → our word.
+    """`success` / `failed:user block` / `failed:freq limit` / `failed: system failed` (any
+    spacing or case) → our word.
 
-    Anything else, including a missing Status, is `system_failed`: not delivered as far as
-    we know, but never `user_block`, which would mark the recipient permanently.
+    `freq_limited` is WeChat holding the message back for sending too often: it says nothing
+    about the user, so it is never `user_block`. Anything else, including a missing Status,
+    is `system_failed`: not delivered as far as we know, but never `user_block`, which would
+    mark the recipient permanently.
     """
     squeezed = "".join((raw or "").split()).lower()
     if squeezed == "success":
         return "delivered"
     if squeezed.startswith("failed") and "userblock" in squeezed:
         return "user_block"
+    if squeezed.startswith("failed") and "freqlimit" in squeezed:
+        return "freq_limited"
     return "system_failed"
 
 
