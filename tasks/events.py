@@ -70,7 +70,7 @@ class Alert:
 
     def emit(self) -> bool:
         """Send it to Prefect's event stream; False (logged) if that failed."""
-        payload = {"subject": self.subject, "message": self.message, **self.facts}
+        payload = {"subject": self.subject, "message": _fit(self.message), **self.facts}
         try:
             emit_event(
                 event=str(self.event),
@@ -82,6 +82,18 @@ class Alert:
             log.warning("Could not emit the %s event (%s).", self.event, type(exc).__name__)
             return False
         return True
+
+
+#: A WeCom robot refuses markdown over 4,096 bytes (developer.work.weixin.qq.com/document/
+#: path/91770); a message is cut below that, keeping its first lines (what and where).
+MAX_MESSAGE_BYTES = 4000
+
+
+def _fit(message: str) -> str:
+    data = message.encode()
+    if len(data) <= MAX_MESSAGE_BYTES:
+        return message
+    return data[: MAX_MESSAGE_BYTES - 3].decode(errors="ignore") + "…"
 
 
 def _account(app_id: str, app: str | None) -> dict[str, str]:
@@ -177,6 +189,18 @@ _CAUSE_WORDS = {
 }
 
 
+_PAUSE_TODO = {
+    "quota": "Wait for midnight, Beijing time (the quota's reset), then {resume} sends the "
+    "rest, unless the reason says a resume is scheduled.",
+    "error_ratio": "Look at the report's top errcodes and fix their cause, then {resume}.",
+    "breaker": "Check WeChat's status and this server's network; once WeChat answers again, "
+    "{resume} sends the rest.",
+    "quiet_hours": "Nothing, unless the reason says otherwise: it resumes when the quiet hours "
+    "end.",
+    "signal": "{resume} sends the rest, when it was not meant to stop.",
+}
+
+
 def _failure_share(counts: Mapping[str, int]) -> float:
     tried = counts.get("sent", 0) + counts.get("failed", 0)
     return counts.get("failed", 0) / tried if tried else 0.0
@@ -195,8 +219,8 @@ def campaign_ended(facts: CampaignFacts, *, failure_alert_share: float = 1.0) ->
         todo = (
             f"Nothing: it resumes by itself at {facts.resumes_at:%Y-%m-%d %H:%M %Z}."
             if facts.resumes_at
-            else f"Fix the cause, then {resume} sends the rest."
-        )
+            else _PAUSE_TODO.get(facts.cause or "", "Fix the cause, then {resume} sends the rest.")
+        ).format(resume=resume)
         title = f"**Campaign paused**: {head}"
     elif facts.status == "failed":
         event = WxpushEvent.CAMPAIGN_FAILED
