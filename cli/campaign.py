@@ -15,7 +15,7 @@ from pydantic import BaseModel, ValidationError
 
 from cli.errors import BoundaryGroup, validation_problems
 from cli.help import model_default, model_help
-from tasks.params import CampaignParams
+from tasks.params import CampaignParams, QuotaShortChoice
 
 campaign_app = typer.Typer(
     help="Run campaigns from a terminal (the same flow the UI runs).", cls=BoundaryGroup
@@ -103,6 +103,9 @@ def run(
         ),
     ] = None,
     window_hours: Annotated[int | None, _param("--window-hours", "window_hours", "h")] = None,
+    when_quota_short: Annotated[
+        QuotaShortChoice | None, _param("--when-quota-short", "when_quota_short")
+    ] = None,
     frequency_cap: Annotated[
         int | None, _param("--frequency-cap", "frequency_cap", none="the account's cap")
     ] = None,
@@ -151,6 +154,7 @@ def run(
         **_message_flags(app, kind, template_id, data, text, url),
         "audience_sql": audience_sql,
         "window_hours": window_hours,
+        "when_quota_short": when_quota_short,
         "frequency_cap": frequency_cap,
         "frequency_cap_hours": frequency_cap_hours,
         "batch_size": batch_size,
@@ -409,22 +413,6 @@ def _record(campaign: str) -> Any:
     return record
 
 
-def resume_parameters(
-    record: Any, *, retry_failed: bool, resend_unknown: bool = False
-) -> dict[str, Any]:
-    """The campaign's stored parameters, pointed at its id: what the UI form needs to
-    continue it (recipients already reached are never sent again; those in doubt only with
-    `resend_unknown`)."""
-    params = dict(record.parameters)
-    params.update(
-        campaign_id=record.id,
-        retry_failed=retry_failed,
-        resend_unknown=resend_unknown,
-        dry_run=False,
-    )
-    return params
-
-
 def _ui_url(path: str) -> str:
     from prefect.settings import PREFECT_UI_URL
 
@@ -439,7 +427,7 @@ def _continue(
     from prefect.exceptions import ObjectNotFound
 
     from cli.deploy import PUSH_CAMPAIGN
-    from tasks.params import CampaignParams
+    from tasks.resume import resume_params
 
     record = _record(campaign)
     if record.ledger_pruned_at is not None:
@@ -450,9 +438,7 @@ def _continue(
             f"{record.ledger_pruned_at:%Y-%m-%d}, and without it every recipient would be "
             "messaged again; start a new campaign instead"
         )
-    params = CampaignParams.model_validate(
-        resume_parameters(record, retry_failed=retry_failed, resend_unknown=resend_unknown)
-    )
+    params = resume_params(record, retry_failed=retry_failed, resend_unknown=resend_unknown)
     what = "Re-sending the retryable failures of" if retry_failed else "Resuming"
     typer.echo(f"{what} campaign {record.id} ({record.name!r}, {record.status}).")
     if resend_unknown:

@@ -22,13 +22,14 @@ import typer
 import flows
 from cli.services import python_module
 from config import env_var
+from tasks.resume import PUSH_CAMPAIGN
 
 if TYPE_CHECKING:
     from cli.digest_guard import DigestPlan
 
 WORK_POOL = "wxpush"
 #: The deployments of prefect.yaml by the name the API knows them: "<flow>/<deployment>".
-PUSH_CAMPAIGN = "push-campaign/push-campaign"
+# PUSH_CAMPAIGN (tasks/resume.py: a paused campaign's scheduled resume runs on it too)
 PUSH_CAMPAIGN_SHARD = "push-campaign-shard/push-campaign-shard"
 SEND_TEST_MESSAGE = "send-test-message/send-test-message"
 REFRESH_TOKEN = "refresh-access-token/refresh-access-token"

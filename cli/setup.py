@@ -55,6 +55,8 @@ class SetupReport:
     daily_quota: int | None = None
     #: The account's frequency cap as the block now holds it (`frequency_cap_words`).
     frequency_cap: str = "off"
+    #: The account's quiet hours as the block now holds them ("off" when none).
+    quiet_hours: str = "off"
     limits: dict[str, Change] = field(default_factory=dict)
 
     @property
@@ -76,6 +78,7 @@ class SetupReport:
         if self.daily_quota is not None:
             out.append(f"    {account_limits(self.rate_per_second, self.daily_quota)}")
             out.append(f"    frequency cap: {self.frequency_cap}")
+            out.append(f"    quiet hours: {self.quiet_hours}")
         for name, change in self.limits.items():
             out.append(f"  concurrency limit {name} (limit 1): {change}")
         out.append("Done." if self.changed else "Nothing to change: already set up.")
@@ -143,6 +146,8 @@ def _plain(value: Any) -> Any:
 UNLIMITED = 0
 #: `asetup_app(frequency_cap=0)`: no frequency cap any more.
 NO_FREQUENCY_CAP = 0
+#: `asetup_app(quiet_hours="off")`: no quiet hours any more.
+QUIET_HOURS_OFF = "off"
 
 
 async def _older_form(client: PrefectClient, app: str) -> bool:
@@ -251,6 +256,8 @@ async def asetup_app(
     daily_quota: int | None = None,
     frequency_cap: int | None = None,
     frequency_cap_hours: int | None = None,
+    quiet_hours: str | None = None,
+    quiet_hours_zone: str | None = None,
 ) -> SetupReport:
     """Register block types, create/update `wechat-app/<app>`, create its limits.
 
@@ -276,10 +283,14 @@ async def asetup_app(
         "daily_quota": daily_quota,
         "frequency_cap": None if frequency_cap == NO_FREQUENCY_CAP else frequency_cap,
         "frequency_cap_hours": frequency_cap_hours,
+        "quiet_hours": None if quiet_hours == QUIET_HOURS_OFF else quiet_hours,
+        "quiet_hours_zone": quiet_hours_zone,
     }
     clear = frozenset({"rate_per_second"} if rate_per_second == UNLIMITED else ())
     if frequency_cap == NO_FREQUENCY_CAP:
         clear |= {"frequency_cap"}
+    if quiet_hours == QUIET_HOURS_OFF:
+        clear |= {"quiet_hours"}
     try:
         async with get_client() as client:
             report = SetupReport(api_url=await _check_api(client), app=app)
@@ -292,6 +303,8 @@ async def asetup_app(
             report.frequency_cap = frequency_cap_words(
                 block.frequency_cap, block.frequency_cap_hours
             )
+            window = block.quiet_window()
+            report.quiet_hours = QUIET_HOURS_OFF if window is None else str(window)
             for name in required_limits(app):
                 report.limits[name] = await _ensure_limit(client, name)
     except SetupError:
@@ -400,6 +413,24 @@ def setup(
             "h",
         ),
     ] = None,
+    quiet_hours: Annotated[
+        str | None,
+        _kept(
+            "--quiet-hours",
+            "A daily window in which no campaign of the account sends, e.g. 22:00-08:00; "
+            "campaigns wait and resume when it ends. off = none.",
+            "quiet_hours",
+            none="off",
+        ),
+    ] = None,
+    quiet_hours_zone: Annotated[
+        str | None,
+        _kept(
+            "--quiet-hours-zone",
+            "The IANA time zone of the quiet hours.",
+            "quiet_hours_zone",
+        ),
+    ] = None,
 ) -> None:
     """Register wxpush's block types, create or update the app's block, create its limits.
     A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason.
@@ -419,6 +450,8 @@ def setup(
         daily_quota=daily_quota,
         frequency_cap=frequency_cap,
         frequency_cap_hours=frequency_cap_hours,
+        quiet_hours=quiet_hours,
+        quiet_hours_zone=quiet_hours_zone,
     )
     for line in report.lines():
         typer.echo(line)

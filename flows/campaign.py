@@ -37,6 +37,7 @@ from db import campaigns as campaign_rows
 from db.audience import (
     DEFAULT_AUDIENCE_SQL,
     AudienceQueryError,
+    AudienceRow,
     FrequencyCap,
     Shard,
     count_audience,
@@ -57,8 +58,10 @@ from db.ledger import (
 )
 from db.outcomes import Attempt, CampaignStatus, DeliveryOutcome, DeliveryStatus
 from db.run_lock import CampaignBusy, hold_campaign
+from sending import quiet_hours
 from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from sending.plan import DryRunPlan
+from sending.quiet_hours import QuietGuard
 from sending.ratelimit import RateLimiter
 from sending.sender import (
     CampaignRun,
@@ -75,8 +78,10 @@ from tasks.database import audience_engine, engine
 from tasks.ending import CampaignFailed, expected, stop_for_error
 from tasks.flow_runs import CANCELLED_REASON
 from tasks.params import CampaignForm, CampaignParams
+from tasks.quota import QuotaToday, quota_left, quota_today
 from tasks.reference import sync_errcodes_table
 from tasks.report import CampaignReport, Progress, publish_report, publish_stop
+from tasks.resume import resume_at, resume_params, schedule_resume
 from tasks.shards import run_shards, sharding_refusal
 from tasks.token import (
     AppNotConfigured,
@@ -262,6 +267,8 @@ async def _check(params: CampaignParams, campaign_id: str, sql: str, binds: dict
     if not params.dry_run:
         await get_access_token(params.app)
         await verify_token(params.app)
+        if params.kind == "template":  # the daily quota counts template messages only
+            await _check_quota(params, campaign_id, sql, binds)
     log.info(
         "Preflight passed: audience columns %s; %d of %d preview rows render cleanly%s.",
         ", ".join(preview.columns),
@@ -269,6 +276,72 @@ async def _check(params: CampaignParams, campaign_id: str, sql: str, binds: dict
         len(rows),
         "" if params.dry_run else "; the token works",
     )
+
+
+async def _check_quota(
+    params: CampaignParams, campaign_id: str, sql: str, binds: dict[str, Any]
+) -> None:
+    """Refuse a campaign whose recipients do not fit in the account's template messages
+    left today, unless the operator chose to send what fits (it then pauses on the quota
+    and a scheduled run resumes it after midnight Beijing time: tasks/resume.py)."""
+    log = get_run_logger()
+    app = await load_app(params.app)
+    now = datetime.fromtimestamp(quiet_hours.wall_clock(), UTC)
+    left = await quota_left(app, await get_access_token(params.app), now)
+    if left.wechat_error is not None:
+        log.warning(
+            "Could not ask WeChat how much of the daily quota is left (%s); going by this "
+            "account's own count.",
+            left.wechat_error,
+        )
+    to_send = await asyncio.to_thread(_to_send, params, app, campaign_id, sql, binds, left.left)
+    if to_send <= left.left:
+        log.info("Daily quota: %d to send, %d left today (%s).", to_send, left.left, left.figures())
+        return
+    resets = left.resets_at.strftime("%Y-%m-%d %H:%M")
+    if params.when_quota_short == "send_what_fits":
+        log.warning(
+            "Daily quota short: %d to send, %d left today (%s); sending what fits, the rest "
+            "after the reset at %s Asia/Shanghai.",
+            to_send,
+            left.left,
+            left.figures(),
+            resets,
+        )
+        return
+    raise CampaignFailed(
+        f"Daily template quota short: {to_send:,} to send, {left.left:,} left today "
+        f"({left.figures()}); it resets at {resets} Asia/Shanghai. Wait for the reset, narrow "
+        'the audience, or set "When the daily quota is short" to send_what_fits '
+        f"({left.left:,} now, the rest by itself after the reset), {RUN_AGAIN}."
+    )
+
+
+def _to_send(
+    params: CampaignParams,
+    app: WeChatApp,
+    campaign_id: str,
+    sql: str,
+    binds: dict[str, Any],
+    left: int,
+) -> int:
+    """The recipients the campaign would still message. The audience's size less the rows
+    already done settles it when that fits in `left`; otherwise the exact count (the
+    skip rules applied, a read of the whole audience) is worth its cost."""
+    total = count_audience(
+        audience_engine(), sql, binds, timeout_seconds=params.audience_timeout_seconds
+    )
+    with engine().connect() as conn:
+        done = sum(
+            n for status, n in status_counts(conn, campaign_id).items() if status != "pending"
+        )
+    if total - done <= left:
+        return max(total - done, 0)
+    stream = _audience_stream(params, app, campaign_id, sql, binds, batch_size=5000)
+    try:
+        return sum(1 for batch in stream for row in batch if not row.skip_reason)
+    finally:
+        getattr(stream, "close", lambda: None)()  # its connections, if not exhausted
 
 
 # -- stage 3: stream, send, record ------------------------------------------------------------
@@ -472,22 +545,7 @@ async def _send_all(
     tally = _Tally(
         DryRunPlan(name=params.name, campaign_id=params.campaign_id) if params.dry_run else None
     )
-    batches = _Batches(
-        stream_audience(
-            audience_engine(),
-            sql,
-            binds,
-            ledger=engine(),
-            campaign_id=campaign_id,
-            window_hours=params.window_hours,
-            now=datetime.now(UTC),
-            batch_size=params.batch_size,
-            retry_failed=params.retry_failed,
-            timeout_seconds=params.audience_timeout_seconds,
-            shard=shard,
-            frequency_cap=frequency_cap(params, app),
-        )
-    )
+    batches = _Batches(_audience_stream(params, app, campaign_id, sql, binds, shard=shard))
     try:
         if tally.plan is not None:
             while (batch := await batches.next()) is not None and not stop.is_set():
@@ -497,6 +555,10 @@ async def _send_all(
                         tally.plan.add(spec, campaign_id, row.values, row.skip_reason)
                     ] += 1
                 await progress.update(tally.rows, tally.counts)
+            return tally
+        quiet = _quiet_guard(app)
+        if quiet is not None and quiet.begun():  # started inside the window: nothing goes
+            stop.pause(None, quiet.reason(), cause=StopCause.QUIET_HOURS)
             return tally
         tokens = TokenSource(
             await get_access_token(params.app),
@@ -521,12 +583,47 @@ async def _send_all(
                 ledger=SqlLedger(campaign_id, retry_failed=params.retry_failed),
                 # The account's rate and daily quota, shared with its other campaigns.
                 account=account_limits(app),
+                quiet=quiet,
             ) as run,
         ):
             await _send_batches(run, params, batches, tally, progress)
     finally:
         batches.close()
     return tally
+
+
+def _audience_stream(
+    params: CampaignParams,
+    app: WeChatApp,
+    campaign_id: str,
+    sql: str,
+    binds: dict[str, Any],
+    *,
+    shard: Shard | None = None,
+    batch_size: int | None = None,
+) -> Iterator[list[AudienceRow]]:
+    """The campaign's remaining audience, each row with its skip reason: what the send
+    reads, and what the quota preflight counts."""
+    return stream_audience(
+        audience_engine(),
+        sql,
+        binds,
+        ledger=engine(),
+        campaign_id=campaign_id,
+        window_hours=params.window_hours,
+        now=datetime.now(UTC),
+        batch_size=batch_size or params.batch_size,
+        retry_failed=params.retry_failed,
+        timeout_seconds=params.audience_timeout_seconds,
+        shard=shard,
+        frequency_cap=frequency_cap(params, app),
+    )
+
+
+def _quiet_guard(app: WeChatApp) -> QuietGuard | None:
+    """The account's quiet hours as the send path checks them, on the flows' clock."""
+    window = app.quiet_window()
+    return None if window is None else QuietGuard(window, quiet_hours.wall_clock)
 
 
 def frequency_cap(params: CampaignParams, app: WeChatApp) -> FrequencyCap | None:
@@ -862,12 +959,45 @@ async def _run_campaign(
             if received:
                 raise exc from None
             raise
+    if stop.kind == "pause" and not params.dry_run:
+        stop = await _resume_later(app, campaign_id, stop)
     result = await _finish(params, campaign_id, stop, tally, progress, started)
     if stop.kind == "cancel":
         return Cancelled(message=CANCELLED_REASON, data=result)
     if received:
         raise _interruption(received[0])
     return _run_state(result)
+
+
+async def _resume_later(app: WeChatApp, campaign_id: str, stop: StopSignal) -> StopSignal:
+    """A pause the clock ends (the daily quota, the quiet hours): schedule the run that
+    resumes the campaign then (tasks/resume.py); the stop returned says when in its reason."""
+    paused = stop.stop
+    now = datetime.fromtimestamp(quiet_hours.wall_clock(), UTC)
+    at = None if paused is None else resume_at(paused, now, app.quiet_window())
+    if paused is None or at is None:
+        return stop
+    with engine().connect() as conn:
+        record = campaign_rows.get_campaign(conn, campaign_id)
+    if record is None:
+        return stop
+    try:
+        resume = resume_params(record, retry_failed=False)
+    except ValueError as exc:  # parameters stored by an older version: the operator resumes
+        get_run_logger().warning("No resume scheduled for %s: %s", campaign_id, exc)
+        return stop
+    scheduled = await schedule_resume(resume, at)
+    get_run_logger().info("Campaign %s paused. %s.", campaign_id, scheduled.sentence())
+    told = StopSignal()
+    told.set(
+        paused.kind,
+        f"{paused.reason.rstrip('. ')}. {scheduled.sentence()}",
+        errcode=paused.errcode,
+        error_class=paused.error_class,
+        openid=paused.openid,
+        cause=paused.cause,
+    )
+    return told
 
 
 async def _sharded(
@@ -944,6 +1074,7 @@ async def _finish(
             dry_run=params.dry_run,
             figures=figures,
             plan=tally.plan,
+            quota=None if params.dry_run else await _quota_for_report(params),
         )
     )
     log.info(
@@ -955,6 +1086,18 @@ async def _finish(
         result.messages_per_second,
     )
     return result
+
+
+async def _quota_for_report(params: CampaignParams) -> QuotaToday | None:
+    """The account's quota used and left today, for the report (template messages only);
+    None when it cannot be read: the report goes out without it."""
+    if params.kind != "template":
+        return None
+    try:
+        return quota_today(await load_app(params.app))
+    except Exception as exc:
+        get_run_logger().warning("The report leaves out the daily quota: %s", type(exc).__name__)
+        return None
 
 
 def _run_state(result: CampaignResult) -> State[Any]:

@@ -47,6 +47,7 @@ from sending.message import (
     render,
     unrenderable_reason,
 )
+from sending.quiet_hours import QuietGuard
 from sending.ratelimit import RateLimiter
 from wechat.client import WeChatClient
 from wechat.errors import ErrorClass, TransportError, WeChatError, lookup
@@ -425,6 +426,7 @@ class CampaignRun:
         stop: StopSignal | None = None,
         ledger: Ledger | None = None,
         account: AccountLimits | None = None,
+        quiet: QuietGuard | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -448,6 +450,8 @@ class CampaignRun:
                 campaign_rate=None if self.limiter is None else self.limiter.rate,
             )
         self.account = gate if gate is not None and gate.active else None
+        #: The account's quiet hours: checked before each attempt (sending/quiet_hours.py).
+        self.quiet = quiet
         self._send = _sender(client, spec.kind)
         # One bound for the whole run: a batch finishing its last rows leaves its slots
         # to the next batch, and `concurrency` means what the form says.
@@ -667,6 +671,8 @@ class CampaignRun:
             )
 
         while True:
+            if self.quiet is not None and self.quiet.begun():
+                self.stop.pause(None, self.quiet.reason(), cause=StopCause.QUIET_HOURS)
             if limiter is not None and (wait := limiter.reserve()) > 0:
                 # A stop wakes the wait: at a slow rate a slot can be minutes away.
                 await self.stop.sleep(wait)

@@ -20,6 +20,7 @@ from typing import Any, ClassVar, Literal
 from prefect.blocks.core import Block
 from pydantic import ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from sending.quiet_hours import QuietHours, QuietHoursError
 from tasks.params import MIN_RATE_PER_SECOND
 from wechat.errors import AccountKind
 from wechat.identifiers import callback_token_form, check_app_id, encoding_aes_key_form
@@ -154,6 +155,22 @@ class WeChatApp(Block):
             "hours count. Only used when the cap is set."
         ),
     )
+    quiet_hours: str | None = Field(
+        default=None,
+        title="Quiet hours",
+        description=(
+            "No campaign of this account sends inside this daily window, e.g. 22:00-08:00 "
+            "(24-hour clock; an end before the start runs past midnight). A campaign started "
+            "inside it waits, one running into it pauses, and both resume by themselves when "
+            "it ends. Empty = off."
+        ),
+        json_schema_extra=_one_box,
+    )
+    quiet_hours_zone: str = Field(
+        default="Asia/Shanghai",
+        title="Quiet hours time zone",
+        description="The IANA time zone of the quiet hours, e.g. Asia/Shanghai.",
+    )
     callback_token: SecretStr | None = Field(
         default=None,
         title="Callback Token",
@@ -190,6 +207,25 @@ class WeChatApp(Block):
     def _app_id_form(self) -> WeChatApp:
         check_app_id(self.app_id, self.kind)
         return self
+
+    @field_validator("quiet_hours", mode="before")
+    @classmethod
+    def _blank_is_off(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _quiet_hours_form(self) -> WeChatApp:
+        self.quiet_window()  # a malformed window or zone is refused when the block is saved
+        return self
+
+    def quiet_window(self) -> QuietHours | None:
+        """The account's quiet hours, or None when they are off."""
+        if self.quiet_hours is None:
+            return None
+        try:
+            return QuietHours.parse(self.quiet_hours, self.quiet_hours_zone)
+        except QuietHoursError as exc:
+            raise ValueError(str(exc)) from None
 
     @field_validator("api_base_url")
     @classmethod

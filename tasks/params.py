@@ -24,6 +24,7 @@ from db.digest import DEFAULT_DIGEST_SQL, day_binds, digest_campaign_id, zone
 from wechat.simulator.defaults import DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
 
 MessageKind = Literal["template", "customer_service", "subscribe"]
+QuotaShortChoice = Literal["refuse", "send_what_fits"]
 AudienceParam = str | int | float | bool
 
 #: The demo template ("order shipped": thing1, character_string2, time3, amount4) filled from
@@ -397,6 +398,16 @@ class CampaignParams(MessageParams):
             "slots besides this run's."
         ),
         json_schema_extra={"position": 14.7},
+    )
+    when_quota_short: QuotaShortChoice = Field(
+        "refuse",
+        title="When the daily quota is short",
+        description=(
+            "If the account's template messages left for today (Beijing time) are fewer than "
+            "the recipients. refuse: send nothing and say so. send_what_fits: send as many as "
+            "the quota allows, pause, and continue by itself after midnight Beijing time."
+        ),
+        json_schema_extra={"position": 14.8},
     )
 
     @field_validator("audience_sql", "campaign_id", mode="before")

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 
 from db.ledger import AWAITING_RECEIPT, LedgerFigures, failed_rows_sql, unknown_rows_sql
 from sending.plan import DryRunPlan, invalid_table, skip_words
+from tasks.quota import QuotaToday
 from wechat.errors import lookup
 
 if TYPE_CHECKING:
@@ -140,6 +141,8 @@ class CampaignReport(BaseModel):
     invalid_reasons: list[tuple[str | None, int]] = Field(default_factory=list)
     # A dry run's plan: its report is the plan, less the example messages (no content here).
     plan: DryRunPlan | None = None
+    # The account's daily template quota today, used and left (the run's report only).
+    quota: QuotaToday | None = None
 
     @classmethod
     def build(
@@ -159,6 +162,7 @@ class CampaignReport(BaseModel):
         plan: DryRunPlan | None = None,
         figures: LedgerFigures | None = None,
         time_scope: TimeScope = "run",
+        quota: QuotaToday | None = None,
     ) -> CampaignReport:
         """The report, with each errcode's class, meaning and fix from the one errcode table.
 
@@ -202,6 +206,7 @@ class CampaignReport(BaseModel):
             skipped=dict(figures.skipped) if figures else {},
             invalid_reasons=list(figures.invalid_reasons) if figures else [],
             plan=plan,
+            quota=quota,
         )
 
     @classmethod
@@ -333,6 +338,8 @@ class CampaignReport(BaseModel):
             f"**Campaign ID:** `{self.campaign_id}`",
             *self._time_lines(),
         ]
+        if self.quota is not None:
+            lines.append(self.quota.line())
         if self.http_attempts:
             retries = self.http_attempts - self.sent_this_run
             lines.append(

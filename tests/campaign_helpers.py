@@ -14,9 +14,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, insert, select, text, update
 
 from cli.seed import follower_payload
+from db.models import AccountQuota, recipients
 from db.seed import seed_recipients
 from tasks.params import CampaignParams
 from tests.waiting import wait_until
@@ -49,6 +50,51 @@ def seed(engine: Engine, sim: Any, app_id: str, count: int, seed_value: int = 7)
             seed=seed_value,
             on_chunk=lambda chunk: sim.admin.add_followers([follower_payload(r) for r in chunk]),
         )
+
+
+def followers(engine: Engine, sim: Any, prefix: str, count: int) -> list[str]:
+    """`count` recipients every campaign may message (subscribed, in the window, a short
+    nickname, not blocked), in SQL and in the simulator."""
+    ids = [f"{prefix}{i:05d}" for i in range(count)]
+    recent = datetime.now(UTC) - timedelta(hours=1)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(recipients),
+            [
+                {
+                    "app_id": sim.app_id,
+                    "openid": openid,
+                    "subscribed": True,
+                    "last_interaction_at": recent,
+                    "nickname": f"user {i}",
+                    "attributes": {},
+                }
+                for i, openid in enumerate(ids)
+            ],
+        )
+    sim.admin.add_followers(
+        [{"openid": openid, "last_interaction_at": recent.isoformat()} for openid in ids]
+    )
+    return ids
+
+
+def next_beijing_day(sim: Any, engine: Engine) -> None:
+    """A Beijing midnight passes on both sides: the simulator's clock moves past it (its
+    quota resets), and on ours the account's rows move back one day, so today starts from
+    nothing, as a new day's row would."""
+    sim.admin.advance(sim.admin.clock().seconds_to_next_day + 60)
+    with engine.begin() as conn:
+        days = conn.execute(
+            select(AccountQuota.day)
+            .where(AccountQuota.app_id == sim.app_id)
+            .order_by(AccountQuota.day)
+        ).scalars()
+        for old in list(days):  # oldest first: no two rows on one day
+            conn.execute(
+                update(AccountQuota)
+                .where(AccountQuota.app_id == sim.app_id, AccountQuota.day == old)
+                .values(day=old - timedelta(days=1))
+            )
 
 
 def make_app(make_wechat_app: Any) -> Any:
@@ -201,3 +247,85 @@ def stop_cli(proc: subprocess.Popen[str], signum: int) -> tuple[str, float]:
             f"the CLI did not stop within 60 s of {name}:\n{output[-3000:]}"
         ) from None
     return output, time.monotonic() - signalled
+
+
+# -- runs from a deployment: what a scheduled resume needs --------------------------------------
+
+
+async def push_campaign_deployment() -> Any:
+    """The push-campaign deployment on the test's Prefect server (created once, as `wxpush
+    serve` names it), without a worker: its runs are started in this process."""
+    from flows.campaign import push_campaign
+
+    deployment = await push_campaign.ato_deployment(name="push-campaign")
+    return await deployment.apply()
+
+
+def run_deployed(p: CampaignParams, flow_run: Any = None) -> tuple[Any, Any]:
+    """Run push_campaign in this process as a run of its deployment (a new run, or the
+    given one, e.g. a scheduled resume): (its final state, its flow run)."""
+    from prefect.client.orchestration import get_client
+    from prefect.flow_engine import run_flow
+
+    from flows.campaign import push_campaign
+
+    async def go() -> tuple[Any, Any]:
+        run = flow_run
+        if run is None:
+            deployment_id = await push_campaign_deployment()
+            async with get_client() as client:
+                run = await client.create_flow_run_from_deployment(
+                    deployment_id, parameters={"params": p.model_dump(mode="json")}
+                )
+        state = await run_flow(
+            push_campaign, flow_run=run, parameters={"params": p}, return_type="state"
+        )
+        return state, run
+
+    return asyncio.run(go())
+
+
+def scheduled_resumes(campaign_id: str) -> list[Any]:
+    """The Scheduled flow runs that will resume `campaign_id` (tasks/resume.py)."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterState,
+        FlowRunFilterStateType,
+        FlowRunFilterTags,
+    )
+    from prefect.client.schemas.objects import StateType
+
+    from tasks.resume import RESUME_TAG
+
+    async def go() -> list[Any]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    tags=FlowRunFilterTags(all_=[RESUME_TAG]),
+                    state=FlowRunFilterState(
+                        type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])
+                    ),
+                )
+            )
+        return [r for r in runs if r.parameters["params"].get("campaign_id") == campaign_id]
+
+    return asyncio.run(go())
+
+
+def run_scheduled(flow_run: Any) -> Any:
+    """Run a scheduled resume now, in this process, with its own parameters; its result.
+    Prefect's clock cannot be moved like the simulator's: the run's time is brought to now
+    first (as if it had come), or Prefect would hold the run until then."""
+    from prefect.client.orchestration import get_client
+    from prefect.states import Scheduled
+
+    async def due() -> None:
+        async with get_client() as client:
+            now = Scheduled(scheduled_time=datetime.now(UTC))
+            await client.set_flow_run_state(flow_run.id, now, force=True)
+
+    asyncio.run(due())
+    state, _ = run_deployed(CampaignParams.model_validate(flow_run.parameters["params"]), flow_run)
+    assert state.is_completed(), state.message
+    return state.result()

@@ -14,19 +14,20 @@ from __future__ import annotations
 
 import subprocess
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, insert, select, update
+from sqlalchemy import Engine, select
 
-from db.models import AccountQuota, recipients
+from db.models import AccountQuota
 from db.outcomes import CampaignStatus, DeliveryStatus, PendingReason
 from tests.campaign_helpers import (
     DATA,
     accepted_openids,
+    followers,
     ledger,
     make_app,
+    next_beijing_day,
     params,
     run_campaign,
     start_cli,
@@ -39,43 +40,6 @@ QUOTA = 500
 AUDIENCE = 1_200
 
 
-def _followers(engine: Engine, sim: Any, prefix: str, count: int) -> list[str]:
-    """`count` recipients every campaign may message (subscribed, in the window, a short
-    nickname, not blocked), in SQL and in the simulator."""
-    ids = [f"{prefix}{i:05d}" for i in range(count)]
-    recent = datetime.now(UTC) - timedelta(hours=1)
-    with engine.begin() as conn:
-        conn.execute(
-            insert(recipients),
-            [
-                {
-                    "app_id": sim.app_id,
-                    "openid": openid,
-                    "subscribed": True,
-                    "last_interaction_at": recent,
-                    "nickname": f"user {i}",
-                    "attributes": {},
-                }
-                for i, openid in enumerate(ids)
-            ],
-        )
-    sim.admin.add_followers(
-        [{"openid": openid, "last_interaction_at": recent.isoformat()} for openid in ids]
-    )
-    return ids
-
-
-@pytest.fixture
-def ledger_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> str:
-    """The flows in this process use the test's database."""
-    from tasks import database
-
-    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
-    database.dispose_all()
-    yield db_url
-    database.dispose_all()
-
-
 def test_the_daily_quota_pauses_before_wechat_and_resumes_finish_on_later_days(
     ledger_env: str, db_engine: Engine, sim: Any, make_wechat_app: Any
 ) -> None:
@@ -83,9 +47,16 @@ def test_the_daily_quota_pauses_before_wechat_and_resumes_finish_on_later_days(
     days (500, 500, 200). A new day is two clocks moving: the simulator's (its quota resets
     at Beijing midnight) and ours, stood for by moving the account's quota rows back one day
     (a new Beijing day starts a new row), instead of the test waiting for midnight."""
-    ids = _followers(db_engine, sim, "oq", AUDIENCE)
+    ids = followers(db_engine, sim, "oq", AUDIENCE)
     app = make_app(lambda: make_wechat_app(daily_quota=QUOTA))
-    campaign = params(app.name, name="quota", campaign_id="quota-1", batch_size=200)
+    # Larger than the day's quota: preflight would refuse it without "send what fits".
+    campaign = params(
+        app.name,
+        name="quota",
+        campaign_id="quota-1",
+        batch_size=200,
+        when_quota_short="send_what_fits",
+    )
 
     first = run_campaign(campaign)
 
@@ -115,14 +86,14 @@ def test_the_daily_quota_pauses_before_wechat_and_resumes_finish_on_later_days(
     assert used == QUOTA, "the day's count is what was sent: nothing held back"
 
     # The next Beijing day: another 500, and a pause again, exactly as on the first.
-    _next_day(sim, db_engine)
+    next_beijing_day(sim, db_engine)
     second = run_campaign(campaign)
     assert second.status == CampaignStatus.PAUSED and second.sent_this_run == QUOTA
     assert second.reason is not None and "(500 messages) is reached" in second.reason
     assert sim.admin.counters().accepted == 2 * QUOTA
 
     # The day after: the last 200, and the campaign is done.
-    _next_day(sim, db_engine)
+    next_beijing_day(sim, db_engine)
     third = run_campaign(campaign)
     assert third.status == CampaignStatus.COMPLETED, third.reason
     assert third.sent_this_run == AUDIENCE - 2 * QUOTA
@@ -139,25 +110,6 @@ def test_the_daily_quota_pauses_before_wechat_and_resumes_finish_on_later_days(
             .order_by(AccountQuota.day)
         ).scalars()
         assert list(counts) == [QUOTA, QUOTA, AUDIENCE - 2 * QUOTA], "one row per day"
-
-
-def _next_day(sim: Any, engine: Engine) -> None:
-    """A Beijing midnight passes on both sides: the simulator's clock moves past it (its
-    quota resets), and on ours the account's rows move back one day, so today starts from
-    nothing, as a new day's row would."""
-    sim.admin.advance(sim.admin.clock().seconds_to_next_day + 60)
-    with engine.begin() as conn:
-        days = conn.execute(
-            select(AccountQuota.day)
-            .where(AccountQuota.app_id == sim.app_id)
-            .order_by(AccountQuota.day)
-        ).scalars()
-        for old in list(days):  # oldest first: no two rows on one day
-            conn.execute(
-                update(AccountQuota)
-                .where(AccountQuota.app_id == sim.app_id, AccountQuota.day == old)
-                .values(day=old - timedelta(days=1))
-            )
 
 
 # -- the rate, shared by two processes ----------------------------------------------------------
@@ -204,8 +156,8 @@ def test_two_campaigns_of_one_account_share_its_rate(
         pytest.skip("several workers sharing an account's rate is a PostgreSQL setup")
     # Both start at once; the audiences are large enough that they send together for
     # seconds whichever of the two processes is ready first (a start takes seconds here).
-    capped_ids = _followers(db_engine, sim, "oc", 200)
-    free_ids = _followers(db_engine, sim, "of", 500)
+    capped_ids = followers(db_engine, sim, "oc", 200)
+    free_ids = followers(db_engine, sim, "of", 500)
     app = make_app(lambda: make_wechat_app(rate_per_second=ACCOUNT_RATE))
     procs = [
         _campaign_process(app.name, ledger_env, prefect_harness, "of"),

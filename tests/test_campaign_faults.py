@@ -120,7 +120,8 @@ def test_unknown_template_stops_after_the_first_answers(
 
 def test_quota_pauses_and_a_resume_finishes(audience: Any, db_engine: Engine, sim: Any) -> None:
     sim.admin.set_config(daily_quota=40)
-    state = asyncio.run(push_campaign(params(audience.name), return_state=True))
+    fits = params(audience.name, when_quota_short="send_what_fits")  # else refused: 40 < 300
+    state = asyncio.run(push_campaign(fits, return_state=True))
     assert state.is_completed() and (state.message or "").startswith("paused: "), state
     paused = state.result()
     assert paused.status == "paused"

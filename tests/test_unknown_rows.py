@@ -61,7 +61,7 @@ def test_resend_unknown_needs_a_campaign_to_continue() -> None:
 
 
 def test_resume_parameters_carry_the_operators_choice() -> None:
-    from cli.campaign import resume_parameters
+    from tasks.resume import resume_parameters
 
     class Record:
         id = "c-1"
