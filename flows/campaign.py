@@ -331,10 +331,11 @@ def _to_send(
     total = count_audience(
         audience_engine(), sql, binds, timeout_seconds=params.audience_timeout_seconds
     )
+    # Rows with a final answer are not sent again; with retry_failed, failures may be.
+    again = {"pending", "failed"} if params.retry_failed else {"pending"}
     with engine().connect() as conn:
-        done = sum(
-            n for status, n in status_counts(conn, campaign_id).items() if status != "pending"
-        )
+        counts = status_counts(conn, campaign_id)
+    done = sum(n for status, n in counts.items() if status not in again)
     if total - done <= left:
         return max(total - done, 0)
     stream = _audience_stream(params, app, campaign_id, sql, binds, batch_size=5000)
