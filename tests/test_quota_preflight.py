@@ -100,3 +100,25 @@ def test_send_what_fits_pauses_and_the_scheduled_run_finishes_after_the_reset(
     assert finished.sent_this_run == AUDIENCE - LEFT
     seen = accepted_openids(sim)
     assert set(seen) == set(ids) and max(seen.values()) == 1, "everyone messaged exactly once"
+
+
+def test_a_failed_quota_query_leaves_the_accounts_own_count(
+    ledger_env: str, db_engine: Engine
+) -> None:
+    """WeChat unreachable (nothing listens on port 9): the answer says why, and what is left
+    is the account's own count alone; the preflight logs it as a warning, not a refusal."""
+    from pydantic import SecretStr
+
+    from tasks.blocks import WeChatApp
+    from tasks.quota import quota_left
+
+    app = WeChatApp(
+        app_id="wx0123456789abcdef",
+        app_secret="s" * 32,
+        api_base_url="http://127.0.0.1:9",
+        daily_quota=50,
+    )
+    left = asyncio.run(quota_left(app, SecretStr("sekrit-123"), datetime.now(UTC)))
+    assert left.wechat is None and left.wechat_error is not None
+    assert left.left == 50 and left.figures() == "this account: 50 of 50 left"
+    assert "sekrit-123" not in left.wechat_error, "the token never leaks into the log line"
