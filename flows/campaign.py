@@ -59,6 +59,7 @@ from db.ledger import (
 from db.outcomes import Attempt, CampaignStatus, DeliveryOutcome, DeliveryStatus
 from db.run_lock import CampaignBusy, hold_campaign
 from sending import quiet_hours
+from sending.breaker import BreakerPolicy
 from sending.message import MessageSpec, client_msg_id_for, invalid_reason, render
 from sending.plan import DryRunPlan
 from sending.quiet_hours import QuietGuard
@@ -580,6 +581,11 @@ async def _send_all(
                 limiter=RateLimiter(params.rate_per_second),
                 concurrency=params.concurrency,
                 retry=RetryPolicy(max_attempts=params.max_attempts),
+                breaker=BreakerPolicy(
+                    window=params.breaker_window,
+                    share=params.breaker_share,
+                    give_up_seconds=params.breaker_give_up_minutes * 60,
+                ),
                 stop=stop,
                 ledger=SqlLedger(campaign_id, retry_failed=params.retry_failed),
                 # The account's rate and daily quota, shared with its other campaigns.

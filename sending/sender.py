@@ -39,6 +39,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from db.outcomes import Attempt, DeliveryOutcome, DeliveryStatus, PendingReason
 from sending.account import AccountGate, AccountLimits, quota_reason
+from sending.breaker import Breaker, BreakerPolicy
 from sending.message import (
     MessageSpec,
     RenderedMessage,
@@ -216,14 +217,22 @@ class StopSignal:
         """Return once the signal is raised."""
         await self._waitable().wait()
 
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep `seconds`, waking early on a stop; True if stopped."""
+    async def sleep(self, seconds: float, *, until: asyncio.Event | None = None) -> bool:
+        """Sleep `seconds`, waking early on a stop (or once `until` is set); True if stopped."""
         if self._stop is not None:
             return True
         event = self._waitable()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(seconds):
-                await event.wait()
+        if until is None:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(seconds):
+                    await event.wait()
+            return self._stop is not None
+        waits = [asyncio.ensure_future(event.wait()), asyncio.ensure_future(until.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
         return self._stop is not None
 
 
@@ -427,6 +436,7 @@ class CampaignRun:
         ledger: Ledger | None = None,
         account: AccountLimits | None = None,
         quiet: QuietGuard | None = None,
+        breaker: BreakerPolicy | Breaker | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
@@ -452,6 +462,11 @@ class CampaignRun:
         self.account = gate if gate is not None and gate.active else None
         #: The account's quiet hours: checked before each attempt (sending/quiet_hours.py).
         self.quiet = quiet
+        #: WeChat's API failing: hold new sends, probe, resume (sending/breaker.py); on by
+        #: default, `BreakerPolicy(share=1)` never opens.
+        self.breaker = breaker if isinstance(breaker, Breaker) else Breaker(breaker)
+        self._breaker_news = asyncio.Event()
+        self._outage_error: WeChatError | None = None
         self._send = _sender(client, spec.kind)
         # One bound for the whole run: a batch finishing its last rows leaves its slots
         # to the next batch, and `concurrency` means what the form says.
@@ -650,6 +665,8 @@ class CampaignRun:
         error: WeChatError | None = None
         limiter = self.limiter
         account = self.account
+        breaker = self.breaker
+        probe = False  # this attempt is the open breaker's probe
 
         def outcome(
             status: DeliveryStatus, reason: str | None = None, **kw: Any
@@ -676,41 +693,66 @@ class CampaignRun:
             if limiter is not None and (wait := limiter.reserve()) > 0:
                 # A stop wakes the wait: at a slow rate a slot can be minutes away.
                 await self.stop.sleep(wait)
+            if not breaker.closed and self.stop._stop is None:
+                # WeChat is failing: wait while the breaker is open (or be its probe).
+                probe = await self._breaker_turn(breaker)
             if account is not None and self.stop._stop is None:
                 # Then the account's slot, reserved only now: a message goes at the later of
                 # the two, and never holds an account slot while it waits for its own.
                 await self._account_turn(account)
             if self.stop._stop is not None:
+                if probe:
+                    breaker.withdraw()
+                    self._breaker_changed()
                 if attempts == 0:
                     return None  # never attempted: no outcome, a resume sends it
                 return outcome(DeliveryStatus.PENDING, "campaign stopped before a retry")
             token = self.tokens.current
-            last = time.time()
-            if not attempts:
-                first = last
-            attempts += 1
             try:
                 async with self._slots:
+                    if not (breaker.closed or probe):
+                        continue  # it opened while this message waited for a slot: wait
+                    last = time.time()
+                    if not attempts:
+                        first = last
+                    attempts += 1
                     result = await self._send(token, message)
             except WeChatError as exc:
                 error = exc
             else:
+                breaker.passed(probe)
+                if probe:
+                    self._breaker_changed()
                 return outcome(
                     DeliveryStatus.SENT, msgid=result.msgid, sent_at=_utc(time.time()), error=None
                 )
             cls = error.error_class
+            # To the breaker, 45011 is an answer from a working API (sending/breaker.py).
+            held = False  # the breaker is open: this failure does not use up a retry
+            if cls is _RETRY and error.errcode != MINUTE_QUOTA_ERRCODE:
+                if held := breaker.failed(probe):
+                    self._outage_error = error
+            else:
+                breaker.passed(probe)
+            if probe:
+                probe = False
+                self._breaker_changed()
             if cls is _RETRY:
-                retries += 1
-                if retries >= self.retry.max_attempts:
-                    return outcome(
-                        DeliveryStatus.FAILED, f"gave up after {attempts} attempts: {error}"
-                    )
+                if not held:
+                    retries += 1
+                    # Every answer since failed too: the run's outage, not this message's.
+                    if retries >= self.retry.max_attempts and not breaker.storm(retries):
+                        return outcome(
+                            DeliveryStatus.FAILED, f"gave up after {attempts} attempts: {error}"
+                        )
                 if not self.dedupe and not self.retry.retry_without_dedupe and _unknown(error):
                     return outcome(
                         DeliveryStatus.FAILED,
                         "outcome unknown (timeout or dropped connection) and WeChat does not "
                         f"dedupe {self.spec.kind} messages: not retried, to avoid a duplicate",
                     )
+                if held:
+                    continue  # the breaker's wait, at the loop's top, replaces the back-off
                 delay = self.retry.delay(retries, error.errcode, self._rng)
                 if await self.stop.sleep(delay):
                     return outcome(DeliveryStatus.PENDING, "campaign stopped before a retry")
@@ -737,6 +779,44 @@ class CampaignRun:
                 return outcome(DeliveryStatus.FAILED, error.meaning)
             else:
                 return self._halt(error, outcome, openid)
+
+    async def _breaker_turn(self, breaker: Breaker) -> bool:
+        """Wait while the breaker is open; True when this attempt is its probe. Otherwise
+        it closed again or the campaign stopped (the caller reads the stop): open past its
+        limit, the campaign is paused here."""
+        while not breaker.closed:
+            if breaker.expired():
+                self._breaker_pause(breaker)
+                return False
+            news = self._breaker_news  # set when a probe's answer (or its withdrawal) is in
+            wait = breaker.turn()
+            if wait is None:
+                return True
+            if await self.stop.sleep(wait, until=news):
+                return False
+        return False
+
+    def _breaker_changed(self) -> None:
+        """A probe is answered (or withdrawn): the senders waiting on the breaker look again."""
+        self._breaker_news.set()
+        self._breaker_news = asyncio.Event()
+
+    def _breaker_pause(self, breaker: Breaker) -> None:
+        """The breaker stayed open past its limit: pause, saying what failed and for how long."""
+        outage = breaker.outage()
+        error = self._outage_error
+        what = "" if error is None else f" ({_said(error)})"
+        since = datetime.fromtimestamp(time.time() - outage.seconds, UTC).strftime("%H:%M UTC")
+        span = outage.seconds
+        lasted = f"{span:.0f} s" if span < 120 else f"{span / 60:.0f} min"
+        reason = (
+            f"WeChat's API kept failing{what}: sending was held at {since} after "
+            f"{outage.window_failed} of the last {outage.window_size} attempts failed, and "
+            f"{outage.probes} probe(s) over {lasted} did not get through ({outage.failed} "
+            "failed attempts in all). The messages not sent are kept for later. Resume when "
+            f"WeChat answers again: `wxpush campaign resume {self.campaign_id}`"
+        )
+        self.stop.pause(None if error is None else error.errcode, reason, cause=StopCause.BREAKER)
 
     async def _account_turn(self, account: AccountGate) -> None:
         """Wait for the account's next send slot, then take one message of its daily quota
@@ -810,6 +890,13 @@ class CampaignRun:
         return outcome(DeliveryStatus.PENDING, reason, error_class=str(cls))
 
 
+def _said(error: WeChatError) -> str:
+    """An error in a few words for a pause reason: `errcode -1: system busy, retry later`."""
+    if error.errcode is not None:
+        return f"errcode {error.errcode}: {error.meaning}"
+    return (str(error).splitlines() or [""])[0][:160] or type(error).__name__
+
+
 def _unknown(error: WeChatError) -> bool:
     """A transport failure after which WeChat may or may not have the message."""
     return isinstance(error, TransportError) and error.status_code is None
@@ -836,6 +923,7 @@ async def send_rows(
     stop: StopSignal | None = None,
     outcomes: list[DeliveryOutcome] | None = None,
     account: AccountLimits | None = None,
+    breaker: BreakerPolicy | Breaker | None = None,
 ) -> BatchResult:
     """One batch through a `CampaignRun` of its own, without a ledger (tests, benches)."""
     async with CampaignRun(
@@ -848,5 +936,6 @@ async def send_rows(
         retry=retry,
         stop=stop,
         account=account,
+        breaker=breaker,
     ) as run:
         return await run.send(rows, outcomes=outcomes)

@@ -279,6 +279,43 @@ class MessageParams(MessageFields):
         description="How long to wait for WeChat's answer to one message before trying again.",
         json_schema_extra={"position": 14.6},
     )
+    breaker_share: float = Field(
+        0.5,
+        gt=0,
+        le=1,
+        title="Hold sending when WeChat fails (share)",
+        description=(
+            "When more than this share of the last messages tried (next field) failed because "
+            "WeChat was busy or could not be reached, send nothing new and try one message at "
+            "a time, after 1 s, 2 s, 4 s … (at most 30 s apart), until WeChat answers; then "
+            "carry on by itself. Messages held meanwhile keep their attempts. 1 = never hold."
+        ),
+        json_schema_extra={"position": 14.61},
+    )
+    breaker_window: int = Field(
+        50,
+        ge=10,
+        le=1000,
+        title="… judged over the last (messages tried)",
+        description=(
+            "How many of the most recent tries the share above is judged on (from the 20th "
+            "try on, or this many if fewer)."
+        ),
+        json_schema_extra={"position": 14.62},
+    )
+    breaker_give_up_minutes: float = Field(
+        5.0,
+        ge=0.05,
+        le=8,
+        title="Pause when WeChat fails for (minutes)",
+        description=(
+            "If WeChat still fails this long after sending was held, pause the campaign and "
+            "tell the alert channels; `wxpush campaign resume <id>` continues it once WeChat "
+            "is back. At most 8, so a message tried again stays within WeChat's 10-minute "
+            "check against duplicates."
+        ),
+        json_schema_extra={"position": 14.63},
+    )
     audience_timeout_seconds: float = Field(
         DEFAULT_TIMEOUT_SECONDS,
         ge=1,

@@ -20,6 +20,7 @@ from httpx_aiohttp import AiohttpTransport
 from pydantic import SecretStr
 
 from db.outcomes import DeliveryOutcome, DeliveryStatus
+from sending.breaker import BreakerPolicy
 from sending.message import MessageSpec, client_msg_id_for
 from sending.ratelimit import RateLimiter
 from sending.sender import (
@@ -122,6 +123,7 @@ async def run(
     transport: httpx.AsyncBaseTransport | None = None,
     timeout: float = 5.0,
     token: SecretStr | None = None,
+    breaker: BreakerPolicy | None = None,
 ) -> BatchResult:
     tokens = TokenSource(token or await stable_token(sim), refresher or Refresher(sim))
     async with WeChatClient(
@@ -137,6 +139,7 @@ async def run(
             concurrency=concurrency,
             retry=retry,
             stop=stop,
+            breaker=breaker,
         )
 
 
@@ -220,7 +223,9 @@ async def test_retries_give_up_after_max_attempts(sim: SimulatorProcess) -> None
     follow(sim, ids)
     sim.admin.set_faults(minus_one_rate=1.0)
     policy = RetryPolicy(max_attempts=3, base_delay=0.001, max_delay=0.002)
-    result = await run(sim, [row(i) for i in ids], retry=policy)
+    # The breaker off: an outage would hold the messages instead (tests/test_breaker.py).
+    never = BreakerPolicy(share=1)
+    result = await run(sim, [row(i) for i in ids], retry=policy, breaker=never)
 
     assert result.counts["failed"] == 3 and result.stop is None
     for outcome in result.outcomes:
