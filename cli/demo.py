@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 import typer
+from pydantic import SecretStr
 
 from cli.services import (
     Service,
@@ -35,6 +36,7 @@ from cli.services import (
 from config import env_var, overridden
 from processes import pick_port
 from receiver.writer import IDLE_WAKE_SECONDS, RECHECK_AFTER_SECONDS
+from wechat.simulator.defaults import DEMO_ROBOT_KEY
 
 
 def _say(text: str) -> None:
@@ -72,6 +74,7 @@ def run_demo(*, keep_running: bool = False) -> None:
 
 
 def _run_demo(*, keep_running: bool) -> None:
+    from cli.alerts import AlertChannels
     from cli.setup import setup_app
     from db.engine import database_url
     from flows.campaign import push_campaign
@@ -91,7 +94,10 @@ def _run_demo(*, keep_running: bool) -> None:
             admin.set_faults(**DEMO_FAULTS)
         _say(f"2/7 Starting a Prefect server on {ui_url} (PREFECT_HOME={prefect_home()})")
         with prefect_server(ui_port) as server:
-            _say("3/7 wxpush setup: block types, the wechat-app block, the token lock")
+            _say(
+                "3/7 wxpush setup: block types, the wechat-app block, the token lock, alerts to "
+                "the simulator's WeCom group robot"
+            )
             setup_app(
                 app="default",
                 app_id=defaults.DEMO_APP_ID,
@@ -99,6 +105,9 @@ def _run_demo(*, keep_running: bool) -> None:
                 api_base_url=sim_url,
                 callback_token=defaults.DEMO_CALLBACK_TOKEN,
                 encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
+                alerts=AlertChannels(
+                    wecom_key=SecretStr(defaults.DEMO_ROBOT_KEY), wecom_url=sim_url
+                ),
             )
             _say(f"4/7 Seeding {DEMO_RECIPIENTS:,} recipients in SQL and in the simulator")
             seed_recipients(sim_url, DEMO_RECIPIENTS, database_url())
@@ -226,6 +235,14 @@ def _report(
             if receipts[AWAITING_RECEIPT]
             else "."
         )
+    )
+    alerts = httpx.get(f"{simulator.url}/_sim/robots/{DEMO_ROBOT_KEY}/messages", timeout=10).json()[
+        "items"
+    ]
+    typer.echo(
+        f"  Alerts: the simulator's WeCom group robot received {len(alerts)}"
+        + (f"; the first: {alerts[0]['content'].splitlines()[0]}" if alerts else "")
+        + f" ({simulator.url}/_sim/robots/{DEMO_ROBOT_KEY}/messages; docs/alerts.md)"
     )
     typer.echo(f"  Took {time.monotonic() - started:.1f} s")
     typer.echo(f"  The run in the Prefect UI: {server.url}/runs/flow-run/{run_id}")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from pydantic import SecretStr
 
 from cli.deploy import (
     PUSH_CAMPAIGN,
@@ -121,6 +122,7 @@ def run_serve(
 ) -> None:
     """Everything `make serve` does, until Ctrl-C; with `workers` > 1 and a PostgreSQL
     database, a local cluster: Prefect on PostgreSQL too, several workers (docs/scaling.md)."""
+    from cli.alerts import AlertChannels
     from cli.cluster import (
         audience_warning,
         check_workers,
@@ -171,6 +173,14 @@ def run_serve(
                     api_base_url=sim_url,
                     callback_token=defaults.DEMO_CALLBACK_TOKEN,
                     encoding_aes_key=defaults.DEMO_ENCODING_AES_KEY,
+                    # Alerts to the simulator's WeCom group robot (docs/alerts.md).
+                    alerts=AlertChannels(
+                        wecom_key=SecretStr(defaults.DEMO_ROBOT_KEY), wecom_url=sim_url
+                    ),
+                )
+                typer.echo(
+                    f"  alerts go to the simulator's WeCom robot: {sim_url}/_sim/robots/"
+                    f"{defaults.DEMO_ROBOT_KEY}/messages"
                 )
                 if recipients:
                     seed_recipients(sim_url, recipients, db_url)

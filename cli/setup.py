@@ -25,6 +25,7 @@ from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
 from prefect.settings import PREFECT_API_URL
 from pydantic import SecretStr, ValidationError
 
+from cli.alerts import AlertChannels, AlertsReport, asetup_alerts
 from cli.errors import OperatorError, validation_problems
 from cli.help import model_default
 from config import env_var, settings
@@ -58,12 +59,13 @@ class SetupReport:
     #: The account's quiet hours as the block now holds them ("off" when none).
     quiet_hours: str = "off"
     limits: dict[str, Change] = field(default_factory=dict)
+    alerts: AlertsReport = field(default_factory=AlertsReport)
 
     @property
     def changed(self) -> bool:
         """True if anything on the server was created or modified."""
         items = [*self.block_types.values(), self.app_block, *self.limits.values()]
-        return any(item != "unchanged" for item in items)
+        return any(item != "unchanged" for item in items) or self.alerts.changed
 
     def lines(self) -> list[str]:
         """Human-readable summary, one line per item."""
@@ -81,6 +83,7 @@ class SetupReport:
             out.append(f"    quiet hours: {self.quiet_hours}")
         for name, change in self.limits.items():
             out.append(f"  concurrency limit {name} (limit 1): {change}")
+        out += self.alerts.lines()
         out.append("Done." if self.changed else "Nothing to change: already set up.")
         return out
 
@@ -258,6 +261,7 @@ async def asetup_app(
     frequency_cap_hours: int | None = None,
     quiet_hours: str | None = None,
     quiet_hours_zone: str | None = None,
+    alerts: AlertChannels | None = None,
 ) -> SetupReport:
     """Register block types, create/update `wechat-app/<app>`, create its limits.
 
@@ -307,6 +311,7 @@ async def asetup_app(
             report.quiet_hours = QUIET_HOURS_OFF if window is None else str(window)
             for name in required_limits(app):
                 report.limits[name] = await _ensure_limit(client, name)
+            report.alerts = await asetup_alerts(client, alerts or AlertChannels())
     except SetupError:
         raise
     except ValueError as exc:  # e.g. "No Prefect API URL provided"
@@ -431,6 +436,64 @@ def setup(
             "quiet_hours_zone",
         ),
     ] = None,
+    alert_wecom_key: Annotated[
+        str | None,
+        _env(
+            "--alert-wecom-key",
+            "alert_wecom_key",
+            "Send alerts to this WeCom group robot: the key= of its webhook URL (prefer the "
+            "environment variable).",
+        ),
+    ] = None,
+    alert_wecom_url: Annotated[
+        str | None,
+        typer.Option(
+            "--alert-wecom-url",
+            help="Where the WeCom robot API lives (the simulator's URL for a demo).",
+            show_default="https://qyapi.weixin.qq.com",
+        ),
+    ] = None,
+    alert_webhook_url: Annotated[
+        str | None,
+        _env(
+            "--alert-webhook-url",
+            "alert_webhook_url",
+            "Send alerts to this URL as JSON {subject, text, source}.",
+        ),
+    ] = None,
+    alert_email_to: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--alert-email-to",
+            help="Send alerts by email to this address (repeat).",
+            show_default="the saved email channel's, if any",
+        ),
+    ] = None,
+    alert_email_from: Annotated[
+        str | None,
+        typer.Option(
+            "--alert-email-from",
+            help="The alerts' sender address.",
+            show_default="the saved email channel's, if any",
+        ),
+    ] = None,
+    alert_sendgrid_api_key: Annotated[
+        str | None,
+        _env(
+            "--alert-sendgrid-api-key",
+            "alert_sendgrid_api_key",
+            "SendGrid API key for alerts by email (prefer the environment variable).",
+        ),
+    ] = None,
+    alert_block: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--alert-block",
+            help="Also send alerts through this Prefect notification block, made in the UI, "
+            "as <block-type>/<name>, e.g. slack-webhook/ops (repeat).",
+            show_default="the blocks the alert automations already notify",
+        ),
+    ] = None,
 ) -> None:
     """Register wxpush's block types, create or update the app's block, create its limits.
     A malformed AppID, EncodingAESKey or empty callback Token is refused with its reason.
@@ -452,9 +515,22 @@ def setup(
         frequency_cap_hours=frequency_cap_hours,
         quiet_hours=quiet_hours,
         quiet_hours_zone=quiet_hours_zone,
+        alerts=AlertChannels(
+            wecom_key=_secret(alert_wecom_key) or env.alert_wecom_key,
+            wecom_url=alert_wecom_url,
+            webhook_url=_secret(alert_webhook_url) or env.alert_webhook_url,
+            email_to=alert_email_to or (),
+            email_from=alert_email_from,
+            sendgrid_api_key=_secret(alert_sendgrid_api_key) or env.alert_sendgrid_api_key,
+            blocks=alert_block or (),
+        ),
     )
     for line in report.lines():
         typer.echo(line)
+
+
+def _secret(value: str | None) -> SecretStr | None:
+    return SecretStr(value) if value else None
 
 
 def register(app: typer.Typer) -> None:

@@ -77,6 +77,7 @@ from tasks.account_limits import account_limits
 from tasks.blocks import WeChatApp
 from tasks.database import audience_engine, engine
 from tasks.ending import CampaignFailed, expected, stop_for_error
+from tasks.events import CampaignFacts, campaign_crashed, campaign_ended
 from tasks.flow_runs import CANCELLED_REASON
 from tasks.params import CampaignForm, CampaignParams
 from tasks.quota import QuotaToday, quota_left, quota_today
@@ -743,7 +744,45 @@ def _close(
     return status, reason, figures
 
 
-def _stopped(params: CampaignParams, campaign_id: str | None, stop: StopSignal) -> State[Any]:
+def _tell(
+    params: CampaignParams,
+    app_id: str | None,
+    campaign_id: str,
+    ended: tuple[CampaignStatus, str | None, dict[str, int]],
+    stop: StopSignal,
+    *,
+    crashed: bool = False,
+) -> None:
+    """Emit the event for where the campaign ended (tasks/events.py): the alert automations
+    tell the operators when it paused, failed, crashed or failed too often. Never for a dry
+    run, and never raises."""
+    if params.dry_run:
+        return
+    status, reason, counts = ended
+    facts = CampaignFacts(
+        campaign_id=campaign_id,
+        name=params.name,
+        app=params.app,
+        app_id=app_id,
+        status=str(status),
+        reason=reason,
+        counts=counts,
+        cause=None if stop.stop is None or stop.stop.cause is None else str(stop.stop.cause),
+    )
+    alert = (
+        campaign_crashed(facts)
+        if crashed
+        else campaign_ended(facts, failure_alert_share=params.alert_failure_share)
+    )
+    alert.emit()
+
+
+def _stopped(
+    params: CampaignParams,
+    campaign_id: str | None,
+    stop: StopSignal,
+    app: WeChatApp | None = None,
+) -> State[Any]:
     """End a run an expected stop cut short (preflight refused it, the audience SQL or
     WeChat failed, …): close the campaign row (None: the run stopped before it had one), log
     the reason in one line, publish the "why it stopped" artifact, and return a Failed state
@@ -766,6 +805,8 @@ def _stopped(params: CampaignParams, campaign_id: str | None, stop: StopSignal) 
             status, reason = decide_status({}, stop)
     reason = " ".join((reason or "the run stopped").split())  # the state message: one line
     log.error("Campaign %r %s: %s", params.name, status, reason)
+    if campaign_id is not None:
+        _tell(params, app and app.app_id, campaign_id, (status, reason, counts), stop)
     publish_stop(
         campaign_id or params.campaign_id or params.name,
         name=params.name,
@@ -794,7 +835,19 @@ def _end_abnormally(kind: StopKind, reason: str) -> Callable[..., None]:
         stop = StopSignal()
         stop.set(kind, reason.format(campaign_id=record.id))
         movable = _CANCELLABLE if kind == "cancel" else (CampaignStatus.RUNNING,)
-        _close(record.id, stop, movable, owner=str(flow_run.id))
+        status, said, figures = _close(record.id, stop, movable, owner=str(flow_run.id))
+        if kind != "cancel" and record.status in movable:
+            # The body could not record the end (its process died, a bug ended it): tell.
+            facts = CampaignFacts(
+                record.id,
+                record.name,
+                record.app,
+                record.app_id,
+                str(status),
+                said,
+                figures.counts,
+            )
+            (campaign_crashed(facts) if kind == "pause" else campaign_ended(facts)).emit()
 
     return hook
 
@@ -829,7 +882,7 @@ def _pause_on_signals(stop: StopSignal, campaign_id: str) -> Iterator[list[int]]
             if body is not None:
                 body.cancel()
             return
-        stop.set(*stop_for_error(_interruption(signum), campaign_id))
+        stop.set(*stop_for_error(_interruption(signum), campaign_id), cause=StopCause.SIGNAL)
         log.warning("Stopping: no new message starts; the ones in flight finish and are recorded.")
 
     previous = {sig: signal.getsignal(sig) for sig in _SIGNALS}
@@ -920,7 +973,7 @@ async def _run_campaign(
             refused = await preflight(params, campaign_id, sql, binds)
             if refused is not None:
                 stop.set(refused.kind, refused.reason)
-                return _stopped(params, campaign_id, stop)
+                return _stopped(params, campaign_id, stop, app)
             progress = await Progress.start(
                 campaign_id,
                 params.name,
@@ -947,7 +1000,7 @@ async def _run_campaign(
             if expected(exc):
                 stop.set(*stop_for_error(exc, campaign_id))
                 log.debug("The stop's traceback:", exc_info=exc)  # the reason says what to do
-                return _stopped(params, campaign_id, stop)
+                return _stopped(params, campaign_id, stop, app)
             if params.dry_run:
                 raise
             stop.set(*stop_for_error(exc, campaign_id))
@@ -961,6 +1014,10 @@ async def _run_campaign(
                 )
             else:
                 log.error("Campaign %r %s: %s", params.name, status, reason)
+                ended = (status, reason, {})
+                # A bug is a failed campaign; a BaseException (not a signal) a crashed run.
+                crashed = not received and not isinstance(exc, Exception)
+                _tell(params, app.app_id, campaign_id, ended, stop, crashed=crashed)
             # A bug keeps its traceback (Prefect logs it); a signal ends the run as it
             # would have, and a cancel from the UI turns the pause into `cancelled` (hook).
             if received:
@@ -968,7 +1025,7 @@ async def _run_campaign(
             raise
     if stop.kind == "pause" and not params.dry_run:
         stop = await _resume_later(app, campaign_id, stop)
-    result = await _finish(params, campaign_id, stop, tally, progress, started)
+    result = await _finish(params, app, campaign_id, stop, tally, progress, started)
     if stop.kind == "cancel":
         return Cancelled(message=CANCELLED_REASON, data=result)
     if received:
@@ -1036,6 +1093,7 @@ async def _cancel_requested() -> bool:
 
 async def _finish(
     params: CampaignParams,
+    app: WeChatApp,
     campaign_id: str,
     stop: StopSignal,
     tally: _Tally,
@@ -1052,6 +1110,7 @@ async def _finish(
     else:
         status, reason, figures = _close(campaign_id, stop)
         counts = figures.counts
+        _tell(params, app.app_id, campaign_id, (status, reason, counts), stop)
     sent_now = tally.counts.get("sent", 0)
     result = CampaignResult(
         campaign_id=campaign_id,

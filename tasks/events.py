@@ -144,9 +144,8 @@ class CampaignFacts:
     reason: str | None
     counts: Mapping[str, int]
     #: StopCause value (quota, error_ratio, breaker, quiet_hours, signal), when one applies.
+    #: A pause the clock ends (quota, quiet hours) has its scheduled resume in its reason.
     cause: str | None = None
-    #: When the campaign will resume by itself (a scheduled run), if it will.
-    resumes_at: datetime | None = None
 
     def resources(self) -> tuple[dict[str, str], list[dict[str, str]]]:
         resource = {
@@ -176,7 +175,6 @@ class CampaignFacts:
             "cause": self.cause,
             "reason": self.reason,
             "counts": dict(self.counts),
-            "resumes_at": self.resumes_at.isoformat() if self.resumes_at else None,
         }
 
 
@@ -216,10 +214,8 @@ def campaign_ended(facts: CampaignFacts, *, failure_alert_share: float = 1.0) ->
         event = WxpushEvent.CAMPAIGN_PAUSED
         why = _CAUSE_WORDS.get(facts.cause or "", "it stopped")
         subject = f"wxpush: campaign {facts.name} paused: {why}"
-        todo = (
-            f"Nothing: it resumes by itself at {facts.resumes_at:%Y-%m-%d %H:%M %Z}."
-            if facts.resumes_at
-            else _PAUSE_TODO.get(facts.cause or "", "Fix the cause, then {resume} sends the rest.")
+        todo = _PAUSE_TODO.get(
+            facts.cause or "", "Fix the cause, then {resume} sends the rest."
         ).format(resume=resume)
         title = f"**Campaign paused**: {head}"
     elif facts.status == "failed":
@@ -265,7 +261,6 @@ def _with_reason(facts: CampaignFacts, reason: str) -> CampaignFacts:
         facts.reason or reason,
         facts.counts,
         facts.cause,
-        facts.resumes_at,
     )
 
 

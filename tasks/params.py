@@ -260,6 +260,18 @@ class MessageParams(MessageFields):
         ),
         json_schema_extra={"position": 14},
     )
+    alert_failure_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        title="Alert above this failure share",
+        description=(
+            "When the campaign finishes with more than this share of the messages tried "
+            "failed, e.g. 0.1 = a tenth, the alert channels set up with `wxpush setup "
+            "--alert-…` are told. 1 = never."
+        ),
+        json_schema_extra={"position": 14.1},
+    )
     max_attempts: int = Field(
         5,
         ge=1,
