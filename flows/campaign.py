@@ -752,6 +752,7 @@ def _tell(
     stop: StopSignal,
     *,
     crashed: bool = False,
+    resumes_at: datetime | None = None,
 ) -> None:
     """Emit the event for where the campaign ended (tasks/events.py): the alert automations
     tell the operators when it paused, failed, crashed or failed too often. Never for a dry
@@ -768,6 +769,7 @@ def _tell(
         reason=reason,
         counts=counts,
         cause=None if stop.stop is None or stop.stop.cause is None else str(stop.stop.cause),
+        resumes_at=resumes_at,
     )
     alert = (
         campaign_crashed(facts)
@@ -1023,9 +1025,10 @@ async def _run_campaign(
             if received:
                 raise exc from None
             raise
+    resumes_at = None
     if stop.kind == "pause" and not params.dry_run:
-        stop = await _resume_later(app, campaign_id, stop)
-    result = await _finish(params, app, campaign_id, stop, tally, progress, started)
+        stop, resumes_at = await _resume_later(app, campaign_id, stop)
+    result = await _finish(params, app, campaign_id, stop, tally, progress, started, resumes_at)
     if stop.kind == "cancel":
         return Cancelled(message=CANCELLED_REASON, data=result)
     if received:
@@ -1033,23 +1036,26 @@ async def _run_campaign(
     return _run_state(result)
 
 
-async def _resume_later(app: WeChatApp, campaign_id: str, stop: StopSignal) -> StopSignal:
+async def _resume_later(
+    app: WeChatApp, campaign_id: str, stop: StopSignal
+) -> tuple[StopSignal, datetime | None]:
     """A pause the clock ends (the daily quota, the quiet hours): schedule the run that
-    resumes the campaign then (tasks/resume.py); the stop returned says when in its reason."""
+    resumes the campaign then (tasks/resume.py); the stop returned says when in its reason,
+    and the time is returned when a run was scheduled (None: the operator resumes)."""
     paused = stop.stop
     now = datetime.fromtimestamp(quiet_hours.wall_clock(), UTC)
     at = None if paused is None else resume_at(paused, now, app.quiet_window())
     if paused is None or at is None:
-        return stop
+        return stop, None
     with engine().connect() as conn:
         record = campaign_rows.get_campaign(conn, campaign_id)
     if record is None:
-        return stop
+        return stop, None
     try:
         resume = resume_params(record, retry_failed=False)
     except ValueError as exc:  # parameters stored by an older version: the operator resumes
         get_run_logger().warning("No resume scheduled for %s: %s", campaign_id, exc)
-        return stop
+        return stop, None
     scheduled = await schedule_resume(resume, at)
     get_run_logger().info("Campaign %s paused. %s.", campaign_id, scheduled.sentence())
     told = StopSignal()
@@ -1061,7 +1067,7 @@ async def _resume_later(app: WeChatApp, campaign_id: str, stop: StopSignal) -> S
         openid=paused.openid,
         cause=paused.cause,
     )
-    return told
+    return told, (scheduled.at if scheduled.flow_run_id is not None else None)
 
 
 async def _sharded(
@@ -1099,6 +1105,7 @@ async def _finish(
     tally: _Tally,
     progress: Progress,
     started: float,
+    resumes_at: datetime | None = None,
 ) -> CampaignResult:
     """Close the campaign row from the ledger, publish the report, log the one-line end."""
     log = get_run_logger()
@@ -1110,7 +1117,8 @@ async def _finish(
     else:
         status, reason, figures = _close(campaign_id, stop)
         counts = figures.counts
-        _tell(params, app.app_id, campaign_id, (status, reason, counts), stop)
+        ended = (status, reason, counts)
+        _tell(params, app.app_id, campaign_id, ended, stop, resumes_at=resumes_at)
     sent_now = tally.counts.get("sent", 0)
     result = CampaignResult(
         campaign_id=campaign_id,

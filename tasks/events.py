@@ -25,6 +25,8 @@ from typing import Any
 from prefect.events import emit_event
 from prefect.runtime import flow_run as current_flow_run
 
+from db.account_limits import BEIJING
+
 __all__ = [
     "Alert",
     "CampaignFacts",
@@ -144,8 +146,9 @@ class CampaignFacts:
     reason: str | None
     counts: Mapping[str, int]
     #: StopCause value (quota, error_ratio, breaker, quiet_hours, signal), when one applies.
-    #: A pause the clock ends (quota, quiet hours) has its scheduled resume in its reason.
     cause: str | None = None
+    #: When a scheduled run resumes the campaign (a quota or quiet-hours pause), if one does.
+    resumes_at: datetime | None = None
 
     def resources(self) -> tuple[dict[str, str], list[dict[str, str]]]:
         resource = {
@@ -175,6 +178,7 @@ class CampaignFacts:
             "cause": self.cause,
             "reason": self.reason,
             "counts": dict(self.counts),
+            "resumes_at": self.resumes_at.isoformat() if self.resumes_at else None,
         }
 
 
@@ -187,14 +191,16 @@ _CAUSE_WORDS = {
 }
 
 
+def _beijing(moment: datetime) -> str:
+    return f"{moment.astimezone(BEIJING):%Y-%m-%d %H:%M} Beijing time"
+
+
 _PAUSE_TODO = {
-    "quota": "Wait for midnight, Beijing time (the quota's reset), then {resume} sends the "
-    "rest, unless the reason says a resume is scheduled.",
+    "quota": "Wait for midnight, Beijing time (the quota's reset), then {resume} sends the rest.",
     "error_ratio": "Look at the report's top errcodes and fix their cause, then {resume}.",
     "breaker": "Check WeChat's status and this server's network; once WeChat answers again, "
     "{resume} sends the rest.",
-    "quiet_hours": "Nothing, unless the reason says otherwise: it resumes when the quiet hours "
-    "end.",
+    "quiet_hours": "When the quiet hours end, {resume} sends the rest.",
     "signal": "{resume} sends the rest, when it was not meant to stop.",
 }
 
@@ -214,8 +220,11 @@ def campaign_ended(facts: CampaignFacts, *, failure_alert_share: float = 1.0) ->
         event = WxpushEvent.CAMPAIGN_PAUSED
         why = _CAUSE_WORDS.get(facts.cause or "", "it stopped")
         subject = f"wxpush: campaign {facts.name} paused: {why}"
-        todo = _PAUSE_TODO.get(
-            facts.cause or "", "Fix the cause, then {resume} sends the rest."
+        todo = (
+            f"Nothing: a scheduled run resumes it at {_beijing(facts.resumes_at)}; cancel "
+            "that run in the UI to keep it paused."
+            if facts.resumes_at
+            else _PAUSE_TODO.get(facts.cause or "", "Fix the cause, then {resume} sends the rest.")
         ).format(resume=resume)
         title = f"**Campaign paused**: {head}"
     elif facts.status == "failed":
@@ -261,6 +270,7 @@ def _with_reason(facts: CampaignFacts, reason: str) -> CampaignFacts:
         facts.reason or reason,
         facts.counts,
         facts.cause,
+        facts.resumes_at,
     )
 
 

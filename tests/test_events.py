@@ -3,7 +3,8 @@ tests/test_alerts.py sends them through real automations to the simulator's robo
 
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import replace
+from datetime import UTC, date, datetime
 from typing import Any
 
 import pytest
@@ -111,3 +112,11 @@ def test_a_quota_alert_reads_as_the_operator_would_say_it() -> None:
         "prefect.resource.id": "wxpush.account.wx0123456789abcdef",
         "prefect.resource.name": "shop",
     }
+
+
+def test_a_pause_that_resumes_by_itself_says_nothing_is_to_be_done() -> None:
+    facts = _facts("paused", {"sent": 10, "pending": 5}, cause="quota")
+    at = datetime(2026, 11, 29, 16, 5, tzinfo=UTC)
+    alert = campaign_ended(replace(facts, resumes_at=at))
+    assert "Nothing: a scheduled run resumes it at 2026-11-30 00:05 Beijing time" in (alert.message)
+    assert alert.facts["resumes_at"] == at.isoformat()
