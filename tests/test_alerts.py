@@ -16,18 +16,16 @@ import asyncio
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from prefect.client.orchestration import get_client
-from sqlalchemy import Engine, insert
+from sqlalchemy import Engine
 
 from cli.alerts import AlertChannels, asetup_alerts
-from db.models import recipients
 from db.outcomes import CampaignStatus
 from tasks.alerts import ALERT_AUTOMATIONS
-from tests.campaign_helpers import make_app, params, run_campaign
+from tests.campaign_helpers import followers, make_app, params, run_campaign
 
 pytestmark = pytest.mark.harness
 #: One database is enough: what is tested is Prefect's side.
@@ -36,17 +34,6 @@ sqlite_only = pytest.mark.parametrize("db_backend", ["sqlite"], scope="session")
 #: How long an alert may take from the event to the robot (the server's trigger and action
 #: services run every second or so); the test returns as soon as it is there.
 ARRIVAL_SECONDS = 30.0
-
-
-@pytest.fixture
-def ledger_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    """The flows in this process use the test's database."""
-    from tasks import database
-
-    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
-    database.dispose_all()
-    yield db_url
-    database.dispose_all()
 
 
 @pytest.fixture
@@ -104,29 +91,6 @@ def _no_secrets(messages: list[str], *secrets: str) -> None:
             assert secret not in message, "an alert holds a secret"
 
 
-def _followers(engine: Engine, sim: Any, prefix: str, count: int) -> None:
-    recent = datetime.now(UTC) - timedelta(hours=1)
-    ids = [f"{prefix}{i:04d}" for i in range(count)]
-    with engine.begin() as conn:
-        conn.execute(
-            insert(recipients),
-            [
-                {
-                    "app_id": sim.app_id,
-                    "openid": openid,
-                    "subscribed": True,
-                    "last_interaction_at": recent,
-                    "nickname": f"user {i}",
-                    "attributes": {},
-                }
-                for i, openid in enumerate(ids)
-            ],
-        )
-    sim.admin.add_followers(
-        [{"openid": openid, "last_interaction_at": recent.isoformat()} for openid in ids]
-    )
-
-
 def test_setting_the_alerts_up_twice_changes_nothing(robot: str, sim: Any) -> None:
     async def again() -> Any:
         async with get_client() as client:
@@ -144,7 +108,7 @@ def test_setting_the_alerts_up_twice_changes_nothing(robot: str, sim: Any) -> No
 def test_a_campaign_paused_by_its_quota_sends_one_alert(
     ledger_env: str, db_engine: Engine, sim: Any, make_wechat_app: Any, robot: str
 ) -> None:
-    _followers(db_engine, sim, "oa", 60)
+    followers(db_engine, sim, "oa", 60)
     app = make_app(lambda: make_wechat_app(daily_quota=40))
     name = f"quota-alert-{uuid.uuid4().hex[:6]}"
 
@@ -182,7 +146,7 @@ def test_a_crashed_campaign_sends_one_alert(
     from flows import campaign as campaign_flow
     from flows.campaign import push_campaign
 
-    _followers(db_engine, sim, "oc", 10)
+    followers(db_engine, sim, "oc", 10)
     app = make_app(make_wechat_app)
     name = f"crash-alert-{uuid.uuid4().hex[:6]}"
 
@@ -273,7 +237,7 @@ def test_a_campaign_paused_by_the_breaker_sends_one_alert(
 ) -> None:
     """WeChat answers -1 to everything: the breaker holds sending, then gives up after its
     limit (3 s here) and pauses; the alert says WeChat's API kept failing."""
-    _followers(db_engine, sim, "ob", 30)
+    followers(db_engine, sim, "ob", 30)
     app = make_app(make_wechat_app)
     name = f"breaker-alert-{uuid.uuid4().hex[:6]}"
     sim.admin.set_faults(minus_one_rate=1.0)

@@ -30,6 +30,15 @@ from tests.waiting import wait_until
 
 pytestmark = pytest.mark.harness
 
+
+@pytest.fixture(scope="session", params=["sqlite"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """SQLite only: what is tested here is the send path and Prefect's side, the same on
+    either database (the SQL it touches runs on PostgreSQL in its own tests); one database
+    keeps the suite inside its time."""
+    return str(request.param)
+
+
 WINDOW = 10
 CONCURRENCY = 4
 START_OUTAGE_AT = 60  # accepted messages

@@ -34,7 +34,14 @@ from db.outcomes import CampaignStatus, DeliveryStatus, SkipReason
 from sending.plan import SKIP_WORDS
 from tasks.blocks import WeChatApp
 from tasks.params import CampaignParams, DigestParams
-from tests.campaign_helpers import DATA, accepted_openids, ledger, params, run_campaign
+from tests.campaign_helpers import (
+    DATA,
+    accepted_openids,
+    followers,
+    ledger,
+    params,
+    run_campaign,
+)
 
 APP_ID = "wx-cap-app"
 APP = "shop"
@@ -310,43 +317,6 @@ def test_setup_sets_and_clears_the_accounts_cap(make_wechat_app: Any) -> None:
 # -- end to end: the Prefect harness, the simulator, both databases -----------------------------
 
 
-@pytest.fixture
-def ledger_env(db_url: str, monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The flows in this process use the test's database."""
-    from tasks import database
-
-    monkeypatch.setenv("WXPUSH_DATABASE_URL", db_url)
-    database.dispose_all()
-    yield db_url
-    database.dispose_all()
-
-
-def _followers(engine: Engine, sim: Any, prefix: str, count: int) -> list[str]:
-    """`count` followers every campaign may message (subscribed, in the window, a short
-    nickname, not blocked), in SQL and in the simulator."""
-    ids = [f"{prefix}{i:04d}" for i in range(count)]
-    recent = datetime.now(UTC) - HOUR
-    with engine.begin() as conn:
-        conn.execute(
-            insert(recipients),
-            [
-                {
-                    "app_id": sim.app_id,
-                    "openid": openid,
-                    "subscribed": True,
-                    "last_interaction_at": recent,
-                    "nickname": f"user {i}",
-                    "attributes": {},
-                }
-                for i, openid in enumerate(ids)
-            ],
-        )
-    sim.admin.add_followers(
-        [{"openid": openid, "last_interaction_at": recent.isoformat()} for openid in ids]
-    )
-    return ids
-
-
 def _stats(engine: Engine, campaign_id: str) -> dict[str, Any]:
     with engine.connect() as conn:
         row = conn.execute(
@@ -373,12 +343,12 @@ def test_the_second_campaign_skips_everyone_the_first_reached(
 ) -> None:
     """The acceptance: a cap of 1 per 24 h on the account, two campaigns in a row. Then the
     campaign's override lifts the cap (0) or sets another (3)."""
-    first_wave = _followers(db_engine, sim, "of", 40)
+    first_wave = followers(db_engine, sim, "of", 40)
     app = asyncio.run(make_wechat_app(frequency_cap=1))
 
     first = run_campaign(params(app.name, name="monday sale"))
     assert _done(first) == {"sent": 40}
-    newcomers = _followers(db_engine, sim, "on", 10)
+    newcomers = followers(db_engine, sim, "on", 10)
 
     plan = run_campaign(params(app.name, name="tuesday sale", dry_run=True)).plan
     assert plan.skipped == {SkipReason.FREQUENCY_CAP: 40} and plan.would_send == 10
@@ -420,7 +390,7 @@ def test_a_resumed_campaign_is_not_capped_by_its_own_sends(
     """A campaign continued later (its audience grew, and three of its answers were lost:
     `unknown`, sent again on the operator's word) sends to the newcomers and the three, and
     caps nobody for what it sent itself."""
-    first_wave = _followers(db_engine, sim, "or", 20)
+    first_wave = followers(db_engine, sim, "or", 20)
     app = asyncio.run(make_wechat_app(frequency_cap=1))
     campaign = params(app.name, name="continued", campaign_id="cap-resume")
     first = run_campaign(campaign)
@@ -432,7 +402,7 @@ def test_a_resumed_campaign_is_not_capped_by_its_own_sends(
             .where(deliveries.c.campaign_id == "cap-resume", deliveries.c.openid.in_(doubtful))
             .values(status="unknown", reason="no_answer", msgid=None)
         )
-    newcomers = _followers(db_engine, sim, "os", 10)
+    newcomers = followers(db_engine, sim, "os", 10)
 
     again = run_campaign(
         params(app.name, name="continued", campaign_id="cap-resume", resend_unknown=True)
@@ -462,7 +432,7 @@ def test_a_digest_is_not_capped_but_counts(
     account's next marketing campaign counts it."""
     from flows.digest import daily_digest
 
-    ids = _followers(db_engine, sim, "od", 20)
+    ids = followers(db_engine, sim, "od", 20)
     app = asyncio.run(make_wechat_app(frequency_cap=1))
 
     def digest(day: date) -> Any:

@@ -38,6 +38,13 @@ SHANGHAI = ZoneInfo("Asia/Shanghai")
 NIGHT = QuietHours.parse("22:00-08:00")
 
 
+@pytest.fixture(scope="session", params=["sqlite"])
+def db_backend(request: pytest.FixtureRequest) -> str:
+    """SQLite only: the window is the send path's and Prefect's, the same on either
+    database; one database keeps the suite inside its time."""
+    return str(request.param)
+
+
 def at(day: int, hour: int, minute: int = 0, zone: ZoneInfo = SHANGHAI) -> datetime:
     return datetime(2026, 11, day, hour, minute, tzinfo=zone)
 
