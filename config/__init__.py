@@ -9,6 +9,7 @@ from config.settings import (
     Settings,
     env_var,
     overridden,
+    prefect_api_url,
     reload,
     settings,
 )
@@ -19,6 +20,7 @@ __all__ = [
     "Settings",
     "env_var",
     "overridden",
+    "prefect_api_url",
     "reload",
     "settings",
 ]

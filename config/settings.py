@@ -219,6 +219,20 @@ def settings() -> Settings:
     return _from_environment()
 
 
+class _PrefectApi(BaseSettings):
+    """Prefect's own PREFECT_API_URL, for the one process that must not import Prefect to
+    learn it: the callback receiver, which posts its spike events over plain HTTP."""
+
+    model_config = SettingsConfigDict(env_prefix="PREFECT_", extra="ignore")
+    api_url: str | None = None
+
+
+def prefect_api_url() -> str | None:
+    """PREFECT_API_URL as this process's environment sets it (Prefect profiles are not read:
+    only Prefect itself does that); None when unset or empty."""
+    return _PrefectApi().api_url or None
+
+
 def reload() -> None:
     """Forget the parsed environment: the next `settings()` reads it again (each `wxpush`
     command starts this way; tests whose environment changes call it)."""

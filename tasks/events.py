@@ -16,14 +16,12 @@ shows. Emitting never raises: an alert that cannot be sent must not stop a campa
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
-
-from prefect.events import emit_event
-from prefect.runtime import flow_run as current_flow_run
 
 from db.account_limits import BEIJING
 
@@ -70,15 +68,31 @@ class Alert:
     message: str
     facts: dict[str, Any]
 
+    def payload(self) -> dict[str, Any]:
+        return {"subject": self.subject, "message": _fit(self.message), **self.facts}
+
+    def as_json(self) -> dict[str, Any]:
+        """The event as Prefect's `POST /api/events` takes it (a list of these), for a
+        process that must not import Prefect (the receiver)."""
+        return {
+            "id": str(uuid.uuid4()),
+            "occurred": datetime.now(UTC).isoformat(),
+            "event": str(self.event),
+            "resource": self.resource,
+            "related": self.related,
+            "payload": self.payload(),
+        }
+
     def emit(self) -> bool:
         """Send it to Prefect's event stream; False (logged) if that failed."""
-        payload = {"subject": self.subject, "message": _fit(self.message), **self.facts}
         try:
+            from prefect.events import emit_event  # here: the receiver imports this module
+
             emit_event(
                 event=str(self.event),
                 resource=self.resource,
                 related=self.related,
-                payload=payload,
+                payload=self.payload(),
             )
         except Exception as exc:  # an alert must never break what it reports on
             log.warning("Could not emit the %s event (%s).", self.event, type(exc).__name__)
@@ -114,6 +128,8 @@ def account_resource(app_id: str, app: str | None = None) -> dict[str, str]:
 def _run_link() -> str | None:
     """The Prefect UI page of the current flow run, when there is one and a UI URL."""
     try:
+        from prefect.runtime import flow_run as current_flow_run
+
         return current_flow_run.ui_url
     except Exception:  # outside a run, or no UI configured
         return None

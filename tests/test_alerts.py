@@ -254,3 +254,20 @@ def test_a_campaign_paused_by_the_breaker_sends_one_alert(
     assert "Campaign paused" in alerts[0] and "WeChat's API kept failing" in alerts[0]
     assert "Check WeChat's status" in alerts[0], "what to do, for this cause"
     _no_secrets(alerts, app.app_secret, robot)
+
+
+def test_a_receiver_spike_reaches_the_robot_without_prefect_in_the_receiver(
+    sim: Any, robot: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The receiver's hook posts the event over plain HTTP to the API (as `wxpush receiver`
+    does with PREFECT_API_URL set); the automation sends it on."""
+    from prefect.settings import PREFECT_API_URL
+
+    from cli.receiver_alerts import tell_spike
+
+    monkeypatch.setenv("PREFECT_API_URL", str(PREFECT_API_URL.value()))
+    tell_spike("refused", 50, 60, "bad signature")
+
+    alerts = _wait_for_alert(sim, robot, "Receiver: 50 pushes refused in 60 s")
+    assert len(alerts) == 1, alerts
+    assert "bad signature" in alerts[0] and "EncodingAESKey" in alerts[0], "what to check"

@@ -7,6 +7,7 @@ from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
+import prefect.events
 import pytest
 from prefect.client.schemas.objects import StateType
 
@@ -74,7 +75,7 @@ def test_a_crash_alert_says_the_ledger_keeps_every_answer() -> None:
 
 def test_a_long_message_is_cut_below_the_robots_limit(monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr(events, "emit_event", lambda **kw: sent.append(kw))
+    monkeypatch.setattr(prefect.events, "emit_event", lambda **kw: sent.append(kw))
     alert = campaign_ended(_facts("failed", {}))
     long = events.Alert(alert.event, alert.resource, [], "s", "字" * 3000, {})
     assert long.emit()
@@ -86,7 +87,7 @@ def test_emitting_never_raises(monkeypatch: pytest.MonkeyPatch) -> None:
     def broken(**kwargs: Any) -> None:
         raise ConnectionError("no server")
 
-    monkeypatch.setattr(events, "emit_event", broken)
+    monkeypatch.setattr(prefect.events, "emit_event", broken)
     assert campaign_ended(_facts("failed", {})).emit() is False
 
 
