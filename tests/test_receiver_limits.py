@@ -347,8 +347,15 @@ def test_refusal_warnings_are_rate_limited(receiver: ReceiverProcess) -> None:
     print(
         f"\n301 refused requests wrote {len(log.encode())} bytes, {len(refused)} lines: {summary}"
     )
-    assert len(refused) <= BURST + 1
-    assert summary and re.search(r"\b295\b", summary[0])
+    # Each 1 s interval logs at most BURST refusals, then one line counting the rest. The 301
+    # requests take one interval on an idle machine (5 lines + "295 more"); on a loaded one
+    # (the suite's first minute, three Prefect servers starting) they spill into a second.
+    suppressed = sum(
+        int(re.findall(r"(\d+) more like this suppressed", line)[0]) for line in summary
+    )
+    assert len(refused) + suppressed == 301, "every refusal is logged or counted"
+    assert len(refused) <= (BURST + 1) * len(summary), "at most BURST lines an interval"
+    assert suppressed >= 250, "the burst was suppressed, not logged"
 
 
 @pytest.mark.process
