@@ -84,6 +84,11 @@ _SLOTS_SQL = {
 }
 
 
+#: A write that changes nothing: SQLite takes the database's write lock for it (waiting for
+#: any other writer), which the transaction then holds until it commits.
+_SQLITE_WRITE_LOCK = text("UPDATE account_rate SET tat = tat WHERE app_id = :app_id")
+
+
 def reserve_slots(conn: Connection, app_id: str, n: int, rate: float) -> SlotGrant:
     """Reserve the account's next `n` send slots at `rate` messages per second."""
     if n < 1:
@@ -94,6 +99,9 @@ def reserve_slots(conn: Connection, app_id: str, n: int, rate: float) -> SlotGra
     dialect = conn.dialect.name
     values: dict[str, object] = {"app_id": app_id, "cost": cost}
     if dialect == "sqlite":
+        # The write lock first, then the clock: a `now` read before waiting for another
+        # writer would be stale by that wait, and the slot's wait too long by as much.
+        conn.execute(_SQLITE_WRITE_LOCK, {"app_id": app_id})
         values["now"] = time.time()
     wait = float(conn.execute(_SLOTS_SQL[dialect], values).scalar_one())
     return SlotGrant(count=n, wait=max(wait, 0.0), interval=1.0 / rate)

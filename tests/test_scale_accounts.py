@@ -27,9 +27,10 @@ from wechat.simulator import defaults
 pytestmark = [pytest.mark.timeout(900), pytest.mark.process]
 
 A_RATE = 100.0
-#: Two campaigns of ~1,000 sends each for A: ~20 s at 100/s, so they overlap for many
-#: seconds even when one starts a few seconds after the other.
-A_RECIPIENTS = 1000
+#: Two campaigns of ~1,500 sends each for A: ~30 s at 100/s, so they overlap for many
+#: seconds even when one starts several seconds after the other (with 1,000 each, a start
+#: 7.5 s apart under a loaded suite left 5.2 s of overlap, short of the 5 s plus two edges).
+A_RECIPIENTS = 1500
 B_RECIPIENTS = 600
 B_ID, B_SECRET = "wxb0b0b0b0b0b0b0b0", "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
 #: The part of A's sending measured: both campaigns sending, less a second at each end.
