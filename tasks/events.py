@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from enum import StrEnum
 from typing import Any
@@ -259,7 +259,9 @@ def campaign_ended(facts: CampaignFacts, *, failure_alert_share: float = 1.0) ->
             f"{facts.campaign_id} --retry-failed` re-sends the failures that may pass now."
         )
         title = f"**Campaign finished with {share:.0%} of its messages failed**: {head}"
-        facts = _with_reason(facts, f"more than {failure_alert_share:.0%} of the tried failed")
+        facts = replace(
+            facts, reason=facts.reason or f"more than {failure_alert_share:.0%} of the tried failed"
+        )
     else:
         event = WxpushEvent.CAMPAIGN_COMPLETED
         subject = f"wxpush: campaign {facts.name} {facts.status}"
@@ -274,20 +276,6 @@ def campaign_ended(facts: CampaignFacts, *, failure_alert_share: float = 1.0) ->
         f"What to do: {todo}" if todo else None,
     )
     return Alert(event, resource, related, subject, message, facts.facts())
-
-
-def _with_reason(facts: CampaignFacts, reason: str) -> CampaignFacts:
-    return CampaignFacts(
-        facts.campaign_id,
-        facts.name,
-        facts.app,
-        facts.app_id,
-        facts.status,
-        facts.reason or reason,
-        facts.counts,
-        facts.cause,
-        facts.resumes_at,
-    )
 
 
 def campaign_crashed(facts: CampaignFacts) -> Alert:
