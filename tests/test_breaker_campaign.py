@@ -26,17 +26,13 @@ from flows.campaign import push_campaign
 from sending.breaker import Breaker
 from sending.sender import Stop, StopCause, StopSignal
 from tests.campaign_helpers import assert_exactly_once, ledger, params
+from tests.fixtures.database import sqlite_only
 from tests.waiting import wait_until
 
 pytestmark = pytest.mark.harness
 
 
-@pytest.fixture(scope="session", params=["sqlite"])
-def db_backend(request: pytest.FixtureRequest) -> str:
-    """SQLite only: what is tested here is the send path and Prefect's side, the same on
-    either database (the SQL it touches runs on PostgreSQL in its own tests); one database
-    keeps the suite inside its time."""
-    return str(request.param)
+db_backend = sqlite_only()  # the send path and Prefect's side: the same on either database
 
 
 WINDOW = 10

@@ -33,16 +33,13 @@ from tests.campaign_helpers import (
     run_scheduled,
     scheduled_resumes,
 )
+from tests.fixtures.database import sqlite_only
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 NIGHT = QuietHours.parse("22:00-08:00")
 
 
-@pytest.fixture(scope="session", params=["sqlite"])
-def db_backend(request: pytest.FixtureRequest) -> str:
-    """SQLite only: the window is the send path's and Prefect's, the same on either
-    database; one database keeps the suite inside its time."""
-    return str(request.param)
+db_backend = sqlite_only()  # the send path and Prefect's side: the same on either database
 
 
 def at(day: int, hour: int, minute: int = 0, zone: ZoneInfo = SHANGHAI) -> datetime:

@@ -33,16 +33,12 @@ from tests.campaign_helpers import (
     run_scheduled,
     scheduled_resumes,
 )
+from tests.fixtures.database import sqlite_only
 
 pytestmark = pytest.mark.harness
 
 
-@pytest.fixture(scope="session", params=["sqlite"])
-def db_backend(request: pytest.FixtureRequest) -> str:
-    """SQLite only: what is tested here is the send path and Prefect's side, the same on
-    either database (the SQL it touches runs on PostgreSQL in its own tests); one database
-    keeps the suite inside its time."""
-    return str(request.param)
+db_backend = sqlite_only()  # the send path and Prefect's side: the same on either database
 
 
 LEFT = 100
