@@ -15,12 +15,13 @@
 | `tasks/`     | config, processes, wechat, db                   |                              |
 | `flows/`     | config, processes, tasks, wechat, db            |                              |
 | `receiver/`  | config, processes, wechat, db                   | prefect                      |
-| `cli/`       | config, processes, flows, tasks, receiver,      |                              |
+| `api/`       | config, processes, tasks, wechat, db            |                              |
+| `cli/`       | config, processes, flows, tasks, receiver, api, |                              |
 |              | wechat, db                                      |                              |
 | `bench/`     | config, processes, cli, flows, tasks, receiver, |                              |
-|              | wechat, db                                      |                              |
+|              | api, wechat, db                                 |                              |
 
-`tasks/`, `flows/`, `cli/` and `bench/` may also import `sending/`, the send engine; it
+`tasks/`, `flows/`, `api/`, `cli/` and `bench/` may also import `sending/`, the send engine; it
 reaches no database code but the ledger's words, through anything it imports either.
 
 `processes/` starts, waits for and stops child processes (the simulator, the CLI's services,
@@ -76,9 +77,14 @@ LAYERS: dict[str, Layer] = {
     "tasks": Layer(frozenset({"sending", _C, _P, "wechat", "db"})),
     "flows": Layer(frozenset({"sending", _C, _P, "tasks", "wechat", "db"})),
     "receiver": Layer(frozenset({_C, _P, "wechat", "db"}), frozenset({"prefect"})),
-    "cli": Layer(frozenset({"sending", _C, _P, "flows", "tasks", "receiver", "wechat", "db"})),
+    "api": Layer(frozenset({"sending", _C, _P, "tasks", "wechat", "db"})),
+    "cli": Layer(
+        frozenset({"sending", _C, _P, "flows", "tasks", "receiver", "api", "wechat", "db"})
+    ),
     "bench": Layer(
-        frozenset({"sending", _C, _P, "cli", "flows", "tasks", "receiver", "wechat", "db"})
+        frozenset(
+            {"sending", _C, _P, "cli", "flows", "tasks", "receiver", "api", "wechat", "db"}
+        )
     ),
 }
 #: Our own top-level names: importing one is governed by `may_import`.
