@@ -6,7 +6,19 @@ from typing import Annotated
 
 import typer
 
-from cli import campaign, db, demo, deploy, digest, receiver, seed, serve, setup, simulator
+from cli import (
+    api_keys,
+    campaign,
+    db,
+    demo,
+    deploy,
+    digest,
+    receiver,
+    seed,
+    serve,
+    setup,
+    simulator,
+)
 from cli.errors import BoundaryGroup
 from config import reload
 
@@ -43,7 +55,19 @@ def main(
     ctx.with_resource(temporary_settings({PREFECT_SERVER_ANALYTICS_ENABLED: False}))
 
 
-for module in (simulator, setup, db, seed, campaign, digest, demo, deploy, serve, receiver):
+for module in (
+    simulator,
+    setup,
+    db,
+    seed,
+    campaign,
+    digest,
+    demo,
+    deploy,
+    serve,
+    receiver,
+    api_keys,
+):
     module.register(app)
 
 
