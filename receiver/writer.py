@@ -25,9 +25,9 @@ push whose write failed can still be received. Each writer also deletes keys old
 `nonce_retention_seconds`, a bounded chunk at a time, between batches.
 
 `close()` is bounded: it writes what it can within `CLOSE_TIMEOUT_SECONDS` and fails the
-rest (never acknowledged). Transactions run in one daemon thread, not asyncio's thread pool,
-whose threads the interpreter joins at exit: a statement stuck on a dead database must not
-keep the process alive after SIGTERM.
+rest (never acknowledged). Transactions run in one daemon thread (db/thread.py), not
+asyncio's thread pool, whose threads the interpreter joins at exit: a statement stuck on a
+dead database must not keep the process alive after SIGTERM.
 
 A receipt can arrive before the campaign has written its msgid. The send path matches
 stored receipts when it writes; for the race where both transactions commit at the same
@@ -39,14 +39,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
 
 from sqlalchemy import Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
@@ -60,11 +57,10 @@ from db.callbacks import (
 )
 from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
 from db.nonces import claim, forget_before
+from db.thread import DatabaseThread
 from db.types import utcnow
 
 log = logging.getLogger("wxpush.receiver")
-
-T = TypeVar("T")
 
 RETRY_DELAYS = (0.1, 0.5, 1.0, 2.0, 5.0)
 RECHECK_AFTER_SECONDS = 3.0
@@ -144,53 +140,6 @@ def describe(exc: BaseException) -> str:
     return f"{text}: {MISSING_TABLE_HINT}" if is_missing_table(exc) else text
 
 
-class _DatabaseThread:
-    """Runs blocking calls one at a time in a daemon thread; each call returns a future of
-    the running loop. A call stuck in the database never delays the process's exit."""
-
-    def __init__(self) -> None:
-        self._jobs: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
-        self._thread: threading.Thread | None = None
-
-    def run(self, function: Callable[..., T], *args: Any) -> asyncio.Future[T]:
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._serve, name="callback-writer-db", daemon=True
-            )
-            self._thread.start()
-        self._jobs.put((loop, future, function, args))
-        return future
-
-    def stop(self) -> None:
-        """Let the thread end once the call in progress, if any, returns."""
-        self._jobs.put(None)
-
-    def _serve(self) -> None:
-        while True:
-            job = self._jobs.get()
-            if job is None:
-                return
-            loop, future, function, args = job
-            try:
-                outcome: tuple[bool, Any] = (True, function(*args))
-            except BaseException as exc:
-                outcome = (False, exc)
-            with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
-                loop.call_soon_threadsafe(_settle, future, outcome)
-
-
-def _settle(future: asyncio.Future[Any], outcome: tuple[bool, Any]) -> None:
-    if future.done():
-        return
-    ok, value = outcome
-    if ok:
-        future.set_result(value)
-    else:
-        future.set_exception(value)
-
-
 def _retrieve(future: asyncio.Future[None]) -> None:
     """Mark a future's exception as seen: a request that timed out no longer awaits it."""
     if not future.cancelled():
@@ -222,7 +171,7 @@ class BatchWriter:
         self._queue: deque[_Pending] = deque()
         self._current: list[_Pending] = []  # the batch being written
         self._wake = asyncio.Event()
-        self._db = _DatabaseThread()
+        self._db = DatabaseThread("callback-writer-db")
         self._task: asyncio.Task[None] | None = None
         self._closing = False
         self._down_since: float | None = None  # the first failure of the current outage
