@@ -2,8 +2,9 @@
 reference table the analyst views join (filled by `db.errcodes.sync_errcodes`), and
 `callback_events`, every WeChat push the receiver stored (written by `db.callbacks`), and
 the shared state of scaling out: `account_rate` and `account_quota` (each account's limits,
-held for all its campaigns), `callback_nonces` (the receivers' replay memory) and
-`campaign_shards` (which flow run sends which part of a sharded campaign).
+held for all its campaigns), `callback_nonces` (the receivers' replay memory),
+`campaign_shards` (which flow run sends which part of a sharded campaign) and
+`api_messages`, the messages the signed push API accepted (db/api_messages.py).
 
 Declared once here; the Alembic migrations create exactly this (a test compares them on
 SQLite and PostgreSQL). Timestamps are `UTCDateTime` (aware UTC on both databases), JSON is
@@ -293,6 +294,51 @@ class CampaignShard(Base):
     errcodes: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)
 
 
+#: `api_messages.status`: waiting to be sent (or re-sent), or WeChat's final answer. `unknown`:
+#: it may have been sent and a re-send could deliver it twice (db/api_messages.py).
+API_MESSAGE_STATUSES = ("queued", "sent", "failed", "unknown")
+
+
+class ApiMessage(Base):
+    """One message the push API accepted: committed before it is sent and before the caller
+    gets a 2xx, then WeChat's answer and receipt (db/api_messages.py). An idempotency key is
+    unique per caller, so a repeated request finds the first one's row instead of a new send."""
+
+    __tablename__ = "api_messages"
+    __table_args__ = (
+        UniqueConstraint("caller", "idempotency_key"),  # NULL keys never collide
+        CheckConstraint(_in_list("status", API_MESSAGE_STATUSES), name="status"),
+        Index(None, "status", "created_at"),  # the queue: queued rows, oldest first
+        Index(None, "msgid"),  # receipts (TEMPLATESENDJOBFINISH) arrive by msgid
+        Index(None, "app", "created_at"),  # api_message_stats, per app and day
+    )
+
+    id: Mapped[str] = mapped_column(String(26), primary_key=True)  # "msg_" + 22 characters
+    caller: Mapped[str] = mapped_column(String(64))  # the API key's --name
+    key_id: Mapped[str] = mapped_column(String(32))  # the API key that signed the request
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    # sha256 of the message's canonical JSON: a reused key with another body is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    app: Mapped[str] = mapped_column(String(64))  # the wechat-app block name
+    kind: Mapped[str] = mapped_column(String(20))  # template / customer_service / subscribe
+    openid: Mapped[str] = mapped_column(String(128))
+    template_id: Mapped[str | None] = mapped_column(String(128))
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONType, default=dict)  # data, url, …
+    client_msg_id: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    errcode: Mapped[int | None] = mapped_column(Integer)
+    errmsg: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    msgid: Mapped[int | None] = mapped_column(BigInteger)  # 64-bit, < 2^63
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    first_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sent_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    receipt_status: Mapped[str | None] = mapped_column(String(32))
+    receipt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
 recipients = Recipient.__table__
 interactions = Interaction.__table__
 campaigns = Campaign.__table__
@@ -303,3 +349,4 @@ account_rate = AccountRate.__table__
 account_quota = AccountQuota.__table__
 callback_nonces = CallbackNonce.__table__
 campaign_shards = CampaignShard.__table__
+api_messages = ApiMessage.__table__
