@@ -20,7 +20,7 @@ from typing import ClassVar
 
 from prefect.blocks.core import Block
 from prefect.client.orchestration import PrefectClient, get_client
-from prefect.exceptions import ObjectNotFound
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
 from api.signing import ApiKey
@@ -112,8 +112,10 @@ async def _all(client: PrefectClient, *, include_secrets: bool) -> list[WxpushAp
         documents = await client.read_block_documents_by_type(
             WxpushApiKey.get_block_type_slug(), include_secrets=include_secrets
         )
-    except ObjectNotFound:
-        return []
+    except PrefectHTTPStatusError as exc:  # this call does not turn a 404 into ObjectNotFound
+        if exc.response.status_code == 404:
+            return []
+        raise
     keys = [
         WxpushApiKey.model_validate(document.data)
         for document in documents
