@@ -11,7 +11,10 @@ What a batch does, in this order:
    WeChat's msgids are unique per account in practice. A receipt whose msgid has no delivery
    row (yet) is stored with `matched = false`; `match_pending_receipts` applies it later.
    Precedence: the receipt with the latest `occurred_at` wins, a tie keeps what is stored,
-   so neither a retry nor an out-of-order older receipt moves a delivery back.
+   so neither a retry nor an out-of-order older receipt moves a delivery back. The push
+   API's messages (`api_messages`, db/api_messages.py) get their receipts the same way, by
+   msgid, in both paths: one lookup finds the msgid in either table, and the API's UPDATE
+   runs only for a batch holding an API message's receipt.
 3. Interactions (`interaction_kind` set): an `interactions` row each, and
    `recipients.last_interaction_at` moves forward only (max of stored and new).
 4. subscribe / unsubscribe set `recipients.subscribed`, unless a newer (un)subscribe of the
@@ -35,12 +38,13 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, select, update
+from sqlalchemy import Connection, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
     CALLBACK_KINDS,
     RECEIPT_STATUSES,
+    api_messages,
     callback_events,
     deliveries,
     interactions,
@@ -158,6 +162,15 @@ SET receipt_status = s.status, receipt_at = s.at, updated_at = %b
 FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[]) AS s(msgid, status, at)
 WHERE d.msgid = s.msgid AND (d.receipt_at IS NULL OR d.receipt_at < s.at)""",
 }
+# The same precedence for the push API's messages (no updated_at there).
+_UPDATE_API_RECEIPTS = {
+    "sqlite": """UPDATE api_messages SET receipt_status = ?1, receipt_at = ?2
+WHERE msgid = ?3 AND (receipt_at IS NULL OR receipt_at < ?2)""",
+    "postgresql": """UPDATE api_messages AS a
+SET receipt_status = s.status, receipt_at = s.at
+FROM unnest(%b::bigint[], %b::text[], %b::timestamptz[]) AS s(msgid, status, at)
+WHERE a.msgid = s.msgid AND (a.receipt_at IS NULL OR a.receipt_at < s.at)""",
+}
 
 _INSERT_INTERACTIONS = {
     "sqlite": "INSERT INTO interactions (app_id, openid, kind, occurred_at) VALUES (?, ?, ?, ?)",
@@ -244,7 +257,11 @@ TEXT_LIMITS: dict[str, int] = {
     "msg_type": _shortest(callback_events.c.msg_type),
     "event": _shortest(callback_events.c.event),
     "interaction_kind": _shortest(callback_events.c.interaction_kind, interactions.c.kind),
-    "receipt_status": _shortest(callback_events.c.receipt_status, deliveries.c.receipt_status),
+    "receipt_status": _shortest(
+        callback_events.c.receipt_status,
+        deliveries.c.receipt_status,
+        api_messages.c.receipt_status,
+    ),
 }
 
 
@@ -287,32 +304,51 @@ def _is_receipt(record: CallbackRecord) -> bool:
     return record.kind == RECEIPT and record.msgid is not None and record.receipt_status is not None
 
 
-def _known_msgids(connection: Connection, msgids: set[int]) -> set[int]:
-    """Which msgids have a delivery row (the `ix_deliveries_msgid` index answers it)."""
+@dataclass(frozen=True, slots=True)
+class _Known:
+    """The msgids that have a delivery row, and those that have a push API message."""
+
+    ledger: set[int]
+    api: set[int]
+
+    def __contains__(self, msgid: object) -> bool:
+        return msgid in self.ledger or msgid in self.api
+
+
+_KNOWN_MSGIDS = {
+    "postgresql": "SELECT DISTINCT msgid, 0 FROM deliveries WHERE msgid = ANY(%b::bigint[]) "
+    "UNION SELECT DISTINCT msgid, 1 FROM api_messages WHERE msgid = ANY(%b::bigint[])",
+    "sqlite": "SELECT DISTINCT msgid, 0 FROM deliveries WHERE msgid IN ({marks}) "
+    "UNION SELECT DISTINCT msgid, 1 FROM api_messages WHERE msgid IN ({marks})",
+}
+
+
+def _known_msgids(connection: Connection, msgids: set[int]) -> _Known:
+    """Which msgids have a delivery row or an API message: one statement, the tables'
+    msgid indexes answer it."""
+    known = _Known(set(), set())
     if not msgids:
-        return set()
+        return known
+    found: list[Any] = []
     if connection.dialect.name == "postgresql":
-        found = connection.exec_driver_sql(
-            "SELECT DISTINCT msgid FROM deliveries WHERE msgid = ANY(%b::bigint[])",
-            (list(msgids),),
-        )
-        return {int(m) for (m,) in found}
-    wanted = list(msgids)
-    known: set[int] = set()
-    for start in range(0, len(wanted), _CHUNK):
-        chunk = wanted[start : start + _CHUNK]
-        marks = ", ".join("?" for _ in chunk)
-        found = connection.exec_driver_sql(
-            f"SELECT DISTINCT msgid FROM deliveries WHERE msgid IN ({marks})", tuple(chunk)
-        )
-        known.update(int(m) for (m,) in found)
+        wanted = list(msgids)
+        found.extend(connection.exec_driver_sql(_KNOWN_MSGIDS["postgresql"], (wanted, wanted)))
+    else:
+        wanted = list(msgids)
+        for start in range(0, len(wanted), _CHUNK):
+            chunk = tuple(wanted[start : start + _CHUNK])
+            marks = ", ".join("?" for _ in chunk)
+            sql = _KNOWN_MSGIDS["sqlite"].format(marks=marks)
+            found.extend(connection.exec_driver_sql(sql, chunk + chunk))
+    for msgid, source in found:
+        (known.api if source else known.ledger).add(int(msgid))
     return known
 
 
 def _insert_events(
     connection: Connection,
     records: list[CallbackRecord],
-    known: set[int],
+    known: _Known,
     now: datetime,
 ) -> set[tuple[str, str]]:
     """Store the records, skipping keys already stored; returns the keys that were new.
@@ -352,10 +388,15 @@ def _insert_events(
 
 
 def _apply_receipts(
-    connection: Connection, receipts: Iterable[tuple[int, str, datetime]], now: datetime
+    connection: Connection,
+    receipts: Iterable[tuple[int, str, datetime]],
+    now: datetime,
+    known: _Known,
 ) -> None:
-    """Set the receipt columns of the deliveries with these msgids; per msgid the receipt
-    with the latest time goes in (one UPDATE may touch a row only once on PostgreSQL)."""
+    """Set the receipt columns of the deliveries and the API messages with these msgids
+    (`known` says which table holds which; a table none of them is in is not touched); per
+    msgid the receipt with the latest time goes in (one UPDATE may touch a row only once
+    on PostgreSQL)."""
     latest: dict[int, tuple[int, str, datetime]] = {}
     for msgid, status, at in receipts:
         stored = latest.get(msgid)
@@ -363,12 +404,17 @@ def _apply_receipts(
             latest[msgid] = (msgid, status, at)
     dialect = connection.dialect.name
     sqlite = dialect == "sqlite"
+    ledger = [value for msgid, value in latest.items() if msgid in known.ledger]
+    api = [value for msgid, value in latest.items() if msgid in known.api]
     if sqlite:
         stamp = _stamp(now, True)
-        rows = [(status, _stamp(at, True), stamp, msgid) for msgid, status, at in latest.values()]
+        rows = [(status, _stamp(at, True), stamp, msgid) for msgid, status, at in ledger]
+        api_rows = [(status, _stamp(at, True), msgid) for msgid, status, at in api]
+        _execute(connection, _UPDATE_RECEIPTS[dialect], rows)
+        _execute(connection, _UPDATE_API_RECEIPTS[dialect], api_rows)
     else:
-        rows = list(latest.values())
-    _execute(connection, _UPDATE_RECEIPTS[dialect], rows, now)
+        _execute(connection, _UPDATE_RECEIPTS[dialect], ledger, now)
+        _execute(connection, _UPDATE_API_RECEIPTS[dialect], api)
 
 
 def _apply_followers(
@@ -471,7 +517,7 @@ def apply_callbacks(executor: Executor, records: Sequence[CallbackRecord]) -> Ca
             unsubscribed += r.kind == UNSUBSCRIBE
 
     if matched:
-        _apply_receipts(connection, matched, now)
+        _apply_receipts(connection, matched, now, known)
     _apply_followers(connection, followers, now)
     return CallbackCounts(
         new=len(new),
@@ -485,20 +531,30 @@ def apply_callbacks(executor: Executor, records: Sequence[CallbackRecord]) -> Ca
 
 
 def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = None) -> int:
-    """Apply stored receipts that found no delivery row when they arrived, now that one
-    carries their msgid; returns how many receipts were matched.
+    """Apply stored receipts that found no delivery row or API message when they arrived,
+    now that one carries their msgid; returns how many receipts were matched.
 
     A receipt can beat the ledger: the send path writes a batch's msgids after the whole
-    batch was answered, and WeChat's receipt may come first. Pass the msgids a ledger write
-    just stored (an index lookup each), or nothing to sweep every unmatched receipt.
+    batch was answered, and WeChat's receipt may come first (the push API's `record` too).
+    Pass the msgids a write just stored (an index lookup each), or nothing to sweep every
+    unmatched receipt.
     """
     connection = _connection(executor)
     e = callback_events
-    query = select(e.c.id, e.c.msgid, e.c.receipt_status, e.c.occurred_at).where(
+    in_ledger = exists().where(deliveries.c.msgid == e.c.msgid)
+    in_api = exists().where(api_messages.c.msgid == e.c.msgid)
+    query = select(
+        e.c.id,
+        e.c.msgid,
+        e.c.receipt_status,
+        e.c.occurred_at,
+        in_ledger.label("in_ledger"),
+        in_api.label("in_api"),
+    ).where(
         e.c.kind == RECEIPT,
         e.c.matched.is_(False),
         e.c.receipt_status.is_not(None),
-        exists().where(deliveries.c.msgid == e.c.msgid),
+        or_(in_ledger, in_api),
     )
     if msgids is None:
         found = list(connection.execute(query))
@@ -511,7 +567,12 @@ def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = No
     if not found:
         return 0
     now = utcnow()
-    _apply_receipts(connection, ((m, s, at) for _, m, s, at in found), now)
+    known = _Known(
+        {row.msgid for row in found if row.in_ledger}, {row.msgid for row in found if row.in_api}
+    )
+    _apply_receipts(
+        connection, ((r.msgid, r.receipt_status, r.occurred_at) for r in found), now, known
+    )
     mark = update(e).where(e.c.id.in_(bindparam("ids", expanding=True))).values(matched=True)
     ids = [row.id for row in found]
     for start in range(0, len(ids), _CHUNK):
