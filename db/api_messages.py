@@ -32,7 +32,7 @@ import secrets
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
@@ -42,7 +42,6 @@ from sqlalchemy.orm import Session
 from db.callbacks import match_pending_receipts
 from db.models import API_MESSAGE_STATUSES, api_messages
 from db.nonces import claim
-from db.types import sqlite_text
 
 Executor = Connection | Session
 
@@ -258,10 +257,11 @@ def _connection(executor: Executor) -> Connection:
 
 
 def _stamp(value: datetime | None, sqlite: bool) -> Any:
-    """As db.types.UTCDateTime stores it (these statements bypass type processing)."""
+    """As db.types.UTCDateTime stores it (these statements bypass type processing); on
+    SQLite `isoformat` writes `sqlite_text`'s exact text at a quarter of strftime's cost."""
     if value is None or not sqlite:
         return value
-    return sqlite_text(value)
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
 
 
 def _payload_text(payload: Mapping[str, Any]) -> str:
@@ -277,8 +277,8 @@ def _stored(row: Any) -> StoredMessage:
     return StoredMessage(**values)
 
 
-def _created(message: NewMessage) -> StoredMessage:
-    """The row `accept` just inserted, without reading it back."""
+def _created(message: NewMessage, payload: str) -> StoredMessage:
+    """The row `accept` just inserted (`payload` its JSON text), without reading it back."""
     return StoredMessage(
         id=message.id,
         caller=message.caller,
@@ -289,7 +289,7 @@ def _created(message: NewMessage) -> StoredMessage:
         kind=message.kind,
         openid=message.openid,
         template_id=message.template_id,
-        payload=json.loads(_payload_text(message.payload)),
+        payload=json.loads(payload),
         client_msg_id=message.client_msg_id,
         status=QUEUED,
         errcode=None,
@@ -328,7 +328,9 @@ def _check(message: NewMessage) -> None:
         raise ValueError(f"message {message.id}: created_at is naive; pass an aware datetime")
 
 
-def _insert(connection: Connection, messages: list[NewMessage]) -> set[str]:
+def _insert(
+    connection: Connection, messages: list[NewMessage], payloads: Mapping[str, str]
+) -> set[str]:
     """Insert the messages, skipping any whose (caller, idempotency_key) is stored; returns
     the ids inserted (from the INSERT itself, so a concurrent accept cannot fool it)."""
     sqlite = connection.dialect.name == "sqlite"
@@ -343,7 +345,7 @@ def _insert(connection: Connection, messages: list[NewMessage]) -> set[str]:
             m.kind,
             m.openid,
             m.template_id,
-            _payload_text(m.payload),
+            payloads[m.id],
             m.client_msg_id,
             _stamp(m.created_at, sqlite),
         )
@@ -413,7 +415,8 @@ def accept(executor: Executor, requests: Sequence[Request]) -> list[Accepted | R
 
     # Key order: two transactions inserting the same keys lock them in the same order.
     ordered = sorted(to_insert.values(), key=lambda m: (m.caller, m.idempotency_key or "", m.id))
-    inserted = _insert(connection, ordered) if ordered else set()
+    payloads = {m.id: _payload_text(m.payload) for m in ordered}
+    inserted = _insert(connection, ordered, payloads) if ordered else set()
     conflicts = [
         (m.caller, m.idempotency_key)
         for m in ordered
@@ -424,7 +427,7 @@ def accept(executor: Executor, requests: Sequence[Request]) -> list[Accepted | R
     if missing:
         raise RuntimeError(f"api_messages refused {len(missing)} rows without a key")
 
-    rows: dict[str, StoredMessage] = {m.id: _created(m) for m in ordered if m.id in inserted}
+    rows = {m.id: _created(m, payloads[m.id]) for m in ordered if m.id in inserted}
     out: list[Accepted | Replayed] = []
     for request, answer in zip(requests, answers, strict=True):
         if answer is not None:
