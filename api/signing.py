@@ -16,6 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Protocol, TypeVar
 
 from pydantic import SecretStr
 
@@ -28,6 +29,7 @@ __all__ = [
     "WINDOW_SECONDS",
     "ApiKey",
     "Refusal",
+    "SigningKey",
     "canonical",
     "nonce_key",
     "sign",
@@ -70,6 +72,23 @@ REASONS: dict[str, tuple[int, str]] = {
     ),
     "replayed-nonce": (409, "this key id and nonce were already used within the window"),
 }
+
+
+class SigningKey(Protocol):
+    """What `verify` needs of a key: `ApiKey` here, or the stored record of tasks/api_keys.py
+    (which may not import this package: tasks/ is below api/ in docs/architecture.md)."""
+
+    @property
+    def key_id(self) -> str: ...
+    @property
+    def caller(self) -> str: ...
+    @property
+    def secret(self) -> SecretStr: ...
+    @property
+    def revoked(self) -> bool: ...
+
+
+K = TypeVar("K", bound=SigningKey)
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,9 +167,9 @@ def verify(
     method: str,
     path: str,
     body: bytes,
-    keys: Callable[[str], ApiKey | None],
+    keys: Callable[[str], K | None],
     now: float | None = None,
-) -> ApiKey:
+) -> K:
     """The key that signed this request, or Refusal(401). Checks, in order: the four
     headers, the timestamp's window, the nonce's form, the key (known, not revoked), then
     the signature, compared in constant time. The body is only hashed, never parsed."""

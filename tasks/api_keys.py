@@ -23,13 +23,12 @@ from prefect.client.orchestration import PrefectClient, get_client
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from pydantic import ConfigDict, Field, SecretStr, field_validator
 
-from api.signing import ApiKey
-
 __all__ = [
     "ACTIVE_KEYS_PER_CALLER",
     "KEY_RELOAD_SECONDS",
     "ApiKeyError",
     "KeyInfo",
+    "StoredKey",
     "WxpushApiKey",
     "create_key",
     "list_keys",
@@ -98,6 +97,17 @@ class KeyInfo:
         return self.revoked_at is not None
 
 
+@dataclass(frozen=True, slots=True)
+class StoredKey:
+    """A key as the API verifies with it (api.signing's `SigningKey`: the same fields as
+    `api.signing.ApiKey`, defined here because tasks/ may not import api/)."""
+
+    key_id: str
+    caller: str
+    secret: SecretStr
+    revoked: bool = False
+
+
 def _document_name(key_id: str) -> str:
     return f"{_DOCUMENT_PREFIX}{key_id}"
 
@@ -124,7 +134,9 @@ async def _all(client: PrefectClient, *, include_secrets: bool) -> list[WxpushAp
     return sorted(keys, key=lambda key: (key.created_at, key.key_id))
 
 
-async def create_key(caller: str, client: PrefectClient | None = None) -> tuple[ApiKey, datetime]:
+async def create_key(
+    caller: str, client: PrefectClient | None = None
+) -> tuple[StoredKey, datetime]:
     """A new key for `caller`, saved; the only moment its secret is handed out.
     Refused: a malformed caller name, or a caller that already has two active keys."""
     if not CALLER_PATTERN.fullmatch(caller):
@@ -156,7 +168,7 @@ async def create_key(caller: str, client: PrefectClient | None = None) -> tuple[
     )
     await block.asave(_document_name(key_id), client=client)
     logger.info("created API key %s for caller %s", key_id, caller)
-    return ApiKey(key_id=key_id, caller=caller, secret=block.secret), created_at
+    return StoredKey(key_id=key_id, caller=caller, secret=block.secret), created_at
 
 
 async def list_keys(client: PrefectClient | None = None) -> list[KeyInfo]:
@@ -189,13 +201,13 @@ async def revoke_key(key_id: str, client: PrefectClient | None = None) -> KeyInf
     return _info(block)
 
 
-async def load_keys(client: PrefectClient | None = None) -> dict[str, ApiKey]:
+async def load_keys(client: PrefectClient | None = None) -> dict[str, StoredKey]:
     """Every key by id, with its secret, revoked ones flagged: what the API verifies with."""
     if client is None:
         async with get_client() as own:
             return await load_keys(own)
     return {
-        key.key_id: ApiKey(
+        key.key_id: StoredKey(
             key_id=key.key_id,
             caller=key.caller,
             secret=key.secret,

@@ -14,12 +14,13 @@ from typing import Any
 import pytest
 from typer.testing import CliRunner
 
-from api.signing import KEY_ID_HEADER, SIGNATURE_HEADER, ApiKey
+from api.signing import KEY_ID_HEADER, SIGNATURE_HEADER
 from cli.main import app
 from tasks.api_keys import (
     ACTIVE_KEYS_PER_CALLER,
     KEY_ID_PATTERN,
     ApiKeyError,
+    StoredKey,
     WxpushApiKey,
     create_key,
     list_keys,
@@ -78,7 +79,7 @@ def test_create_list_revoke_round_trip(
     assert not hasattr(info, "secret")
 
     loaded = asyncio.run(load_keys())
-    assert loaded[key.key_id] == ApiKey(key.key_id, caller, loaded[key.key_id].secret)
+    assert loaded[key.key_id] == StoredKey(key.key_id, caller, loaded[key.key_id].secret)
     assert loaded[key.key_id].secret.get_secret_value() == secret
     assert not loaded[key.key_id].revoked
 
@@ -198,3 +199,20 @@ def test_an_unreachable_prefect_api_is_one_line(args: tuple[str, ...]) -> None:
         line = _one_line("api-key", *args)
     assert f"cannot reach the Prefect API at {api}" in line
     assert line.startswith(f"wxpush api-key {args[0]}: ")
+
+
+def test_a_loaded_key_verifies_a_request_and_a_revoked_one_is_refused(
+    prefect_harness: Any,
+) -> None:
+    """What the API does with load_keys' answer: api.signing.verify takes the stored keys."""
+    from api import signing
+
+    key, _ = asyncio.run(create_key(_caller()))
+    secret = key.secret.get_secret_value()
+    headers = signing.signed_headers(key.key_id, secret, "POST", "/v1/messages", b"{}")
+    keys = asyncio.run(load_keys())
+    assert signing.verify(headers, "POST", "/v1/messages", b"{}", keys.get) == key
+    asyncio.run(revoke_key(key.key_id))
+    with pytest.raises(signing.Refusal) as caught:
+        signing.verify(headers, "POST", "/v1/messages", b"{}", asyncio.run(load_keys()).get)
+    assert caught.value.reason == "revoked-key" and secret not in str(caught.value)
