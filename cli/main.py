@@ -7,6 +7,7 @@ from typing import Annotated
 import typer
 
 from cli import (
+    api,
     api_keys,
     campaign,
     db,
@@ -66,6 +67,7 @@ for module in (
     deploy,
     serve,
     receiver,
+    api,
     api_keys,
 ):
     module.register(app)

@@ -162,6 +162,35 @@ class Settings(BaseSettings):
         json_schema_extra=_who("every `wxpush` command"),
     )
 
+    # -- the push API (`wxpush api`, docs/api.md) -------------------------------------------
+    api_host: str = Field(
+        "127.0.0.1",
+        description="The address `wxpush api` listens on.",
+        json_schema_extra=_who("`wxpush api`, `wxpush serve`"),
+    )
+    api_port: int = Field(
+        8903,
+        ge=1,
+        le=65535,
+        description="The port `wxpush api` listens on.",
+        json_schema_extra=_who("`wxpush api`, `wxpush serve`"),
+    )
+    api_wait_seconds: float = Field(
+        10.0,
+        ge=0,
+        le=30,
+        description="How long a request waits for WeChat's answer when it gives no `wait` "
+        "(0-30 s); past it the answer is 202 `queued`.",
+        json_schema_extra=_who("`wxpush api`"),
+    )
+    api_batch_max: int = Field(
+        1000,
+        ge=1,
+        le=1000,
+        description="The most messages one `POST /v1/messages/batch` may carry (at most 1,000).",
+        json_schema_extra=_who("`wxpush api`"),
+    )
+
     # -- the simulator ------------------------------------------------------------------------
     simulator_app_secret: SecretStr | None = Field(
         None,
@@ -279,7 +308,8 @@ def _type_text(annotation: Any) -> str:
     kind = args[0]
     if get_origin(kind) is Literal:
         return " \\| ".join(f"`{choice}`" for choice in get_args(kind))
-    return {str: "text", bool: "boolean", Path: "path", SecretStr: "secret"}.get(kind, str(kind))
+    names = {str: "text", bool: "boolean", int: "integer", float: "number", Path: "path"}
+    return {**names, SecretStr: "secret"}.get(kind, str(kind))
 
 
 def _default_text(name: str) -> str:

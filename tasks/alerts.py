@@ -178,6 +178,13 @@ ALERT_AUTOMATIONS: tuple[AlertRule, ...] = (
         (WxpushEvent.RECEIVER_SPIKE,),
         "wxpush.receiver",
     ),
+    AlertRule(
+        "wxpush: push API holding messages",
+        "The push API holds an account's messages: its daily quota is spent, or WeChat's API "
+        "kept failing (the breaker); they are sent when it tries again.",
+        (WxpushEvent.API_HELD,),
+        "wxpush.api.*",
+    ),
 )
 
 

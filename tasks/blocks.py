@@ -171,6 +171,17 @@ class WeChatApp(Block):
         title="Quiet hours time zone",
         description="The IANA time zone of the quiet hours, e.g. Asia/Shanghai.",
     )
+    api_follows_guardrails: bool = Field(
+        default=False,
+        title="Push API follows quiet hours and the frequency cap",
+        description=(
+            "Off (the default): messages sent through the push API (`wxpush api`) are "
+            "transactional and go at once, inside quiet hours too and whatever the frequency "
+            "cap. On: the API holds them through the quiet hours above and fails a message to "
+            "a follower at the cap (reason frequency_cap). The account's rate and daily quota "
+            "apply either way."
+        ),
+    )
     callback_token: SecretStr | None = Field(
         default=None,
         title="Callback Token",

@@ -29,6 +29,7 @@ __all__ = [
     "Alert",
     "CampaignFacts",
     "WxpushEvent",
+    "api_held",
     "campaign_crashed",
     "campaign_ended",
     "quota_crossed",
@@ -55,6 +56,7 @@ class WxpushEvent(StrEnum):
     TOKEN_REFRESH_FAILING = "wxpush.token.refresh-failing"
     TOKEN_EXPIRING = "wxpush.token.expiring"
     RECEIVER_SPIKE = "wxpush.receiver.spike"
+    API_HELD = "wxpush.api.held"
 
 
 @dataclass(frozen=True, slots=True)
@@ -375,3 +377,56 @@ def receiver_spike(kind: SpikeKind, count: int, seconds: int, detail: str) -> Al
     facts = {"kind": str(kind), "count": count, "seconds": seconds, "detail": detail}
     subject = f"wxpush: receiver {what}: {count} in {seconds} s"
     return Alert(WxpushEvent.RECEIVER_SPIKE, resource, [], subject, message, facts)
+
+
+# -- the push API -----------------------------------------------------------------------------
+
+_API_TODO = {
+    "quota": "Nothing, if the day's quota is all there is: the API sends the held messages "
+    "after midnight, Beijing time. If WeChat raised the account's quota, `wxpush setup "
+    "--daily-quota N` says so.",
+    "breaker": "Check WeChat's status and this server's network; the API tries again by "
+    "itself and sends the held messages once WeChat answers.",
+}
+
+
+def api_held(
+    app: str,
+    app_id: str | None,
+    kind: str,
+    cause: str,
+    reason: str,
+    queued: int,
+    resumes_at: datetime | None,
+) -> Alert:
+    """The event for the push API holding an account's messages of one kind: its daily
+    quota is spent, or WeChat's API kept failing (the breaker). Messages stay queued and
+    go when the API tries again; callers see `queued` until then."""
+    resource = {
+        "prefect.resource.id": f"wxpush.api.{app}",
+        "prefect.resource.name": app,
+        "wxpush.app": app,
+        "wxpush.cause": cause,
+    }
+    related = [account_resource(app_id, app)] if app_id else []
+    why = _CAUSE_WORDS.get(cause, cause)
+    named = f"{app} ({app_id})" if app_id else app
+    message = _lines(
+        f"**Push API holding {kind} messages**: account {app}: {why}",
+        _quote("Account", named),
+        _quote("Reason", reason),
+        _quote("Queued", f"{queued:,} message(s) waiting"),
+        _quote("Tries again", _beijing(resumes_at)) if resumes_at else None,
+        f"What to do: {_API_TODO.get(cause, 'Fix what the reason names; the API tries again.')}",
+    )
+    facts = {
+        "app": app,
+        "app_id": app_id,
+        "kind": kind,
+        "cause": cause,
+        "reason": reason,
+        "queued": queued,
+        "resumes_at": resumes_at.isoformat() if resumes_at else None,
+    }
+    subject = f"wxpush: the push API holds {kind} messages of {app}: {why}"
+    return Alert(WxpushEvent.API_HELD, resource, related, subject, message, facts)

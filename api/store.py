@@ -1,0 +1,284 @@
+"""The API's writes, group-committed: many requests per transaction, each answered only
+once its transaction has committed.
+
+`accept` (a request's messages and its nonce), `claim_nonce` (a signed GET) and `record`
+(WeChat's answers) queue a job and await its future; one task drains the queue into one
+transaction per batch (db/api_messages.py does the SQL), run by a daemon database thread
+(db/thread.py), and settles the futures when it commits. So a 2xx always means committed,
+and a `kill -9` loses nothing that was answered.
+
+What goes wrong is sorted as the receiver's writer sorts it:
+- a job the database refuses as data (IntegrityError, DataError, ValueError …): the batch
+  is split until the bad job stands alone; that job fails (its request answers 500), the
+  others are written;
+- the database itself (unreachable, locked, a missing table): the batch is retried with
+  back-off; a job still unwritten `commit_timeout` after it was queued fails with
+  `StoreUnavailable` (answer 503) when its next attempt would start, never while a
+  transaction holding it is in flight, so nothing answered 503 is written later.
+Reads (`get`, `unfinished`, counts) go through the engine's pool in asyncio's threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, TypeVar
+
+from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
+
+from db import api_messages
+from db.api_messages import Accepted, Replayed, Request, Result, StoredMessage
+from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
+from db.thread import DatabaseThread
+
+__all__ = ["Store", "StoreClosed", "StoreUnavailable"]
+
+log = logging.getLogger("wxpush.api")
+
+T = TypeVar("T")
+RETRY_DELAYS = (0.05, 0.2, 0.5, 1.0, 2.0)
+DEFAULT_COMMIT_TIMEOUT = 10.0
+DEFAULT_BATCH_JOBS = 500
+
+JobKind = Literal["accept", "nonce", "record"]
+
+
+class StoreUnavailable(RuntimeError):
+    """The database could not be written in time (answer 503; nothing was written)."""
+
+
+class StoreClosed(RuntimeError):
+    """The API is shutting down (answer 503)."""
+
+
+@dataclass(slots=True)
+class _Job:
+    kind: JobKind
+    payload: Any
+    future: asyncio.Future[Any]
+    since: float = field(default_factory=time.monotonic)
+
+    @property
+    def size(self) -> int:
+        if self.kind == "accept":
+            return max(1, len(self.payload.messages))
+        if self.kind == "record":
+            return max(1, len(self.payload))
+        return 1
+
+
+def _about_the_data(exc: BaseException) -> bool:
+    """True when `exc` says this data cannot be stored (retrying cannot help)."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        exc = exc.orig or exc
+    return isinstance(exc, ValueError | TypeError | ArithmeticError)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, value-free description (SQLAlchemy's text carries the SQL's parameters)."""
+    text = error_name(exc)
+    return f"{text}: {MISSING_TABLE_HINT}" if is_missing_table(exc) else text
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
+class Store:
+    """The API's database: group-committed writes, pooled reads."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        batch_rows: int = DEFAULT_BATCH_JOBS,
+        commit_timeout: float = DEFAULT_COMMIT_TIMEOUT,
+    ) -> None:
+        self.engine = engine
+        self.batch_rows = batch_rows
+        self.commit_timeout = commit_timeout
+        self._queue: deque[_Job] = deque()
+        self._wake = asyncio.Event()
+        self._db = DatabaseThread("api-store-db")
+        self._task: asyncio.Task[None] | None = None
+        self._closing = False
+        self._down_since: float | None = None
+        self.transactions = 0
+        self.last_error: str | None = None
+
+    # -- life ------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="api-store")
+
+    async def close(self, timeout: float = 5.0) -> None:
+        """Write what is queued within `timeout`; fail the rest with StoreClosed."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            done, _ = await asyncio.wait({self._task}, timeout=timeout)
+            if not done:
+                self._task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await self._task
+        self._db.stop()
+        while self._queue:
+            job = self._queue.popleft()
+            if not job.future.done():
+                job.future.set_exception(StoreClosed("the API is shutting down"))
+
+    @property
+    def healthy(self) -> bool:
+        """False while the database is failing (/health answers 503)."""
+        return self._down_since is None
+
+    @property
+    def backlog(self) -> int:
+        return len(self._queue)
+
+    # -- writes ----------------------------------------------------------------------------
+
+    def _put(self, kind: JobKind, payload: Any) -> asyncio.Future[Any]:
+        if self._closing:
+            raise StoreClosed("the API is shutting down")
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        future.add_done_callback(_retrieve)
+        self._queue.append(_Job(kind, payload, future))
+        self._wake.set()
+        return future
+
+    async def accept(self, request: Request) -> Accepted | Replayed:
+        """Store a request's messages (and claim its nonce) in the next transaction."""
+        return await self._put("accept", request)  # type: ignore[no-any-return]
+
+    async def claim_nonce(self, key: str) -> bool:
+        """Claim a signed GET's nonce; False if it was used before (a replay)."""
+        return await self._put("nonce", key)  # type: ignore[no-any-return]
+
+    async def record(self, results: Sequence[Result]) -> None:
+        """Store WeChat's answers; returns once committed."""
+        if results:
+            await self._put("record", list(results))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def read(self, work: Callable[[Connection], T]) -> T:
+        """`work` on a pooled connection, in a thread."""
+
+        def run() -> T:
+            with self.engine.connect() as connection:
+                return work(connection)
+
+        return await asyncio.to_thread(run)
+
+    async def get(self, message_id: str) -> StoredMessage | None:
+        return await self.read(lambda conn: api_messages.get(conn, message_id))
+
+    async def unfinished(self, limit: int, before: datetime | None = None) -> list[StoredMessage]:
+        return await self.read(lambda conn: api_messages.unfinished(conn, limit, before))
+
+    # -- the writer task -------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        while True:
+            if not self._queue:
+                if self._closing:
+                    return
+                self._wake.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                continue
+            batch: list[_Job] = []
+            rows = 0
+            while self._queue and (not batch or rows + self._queue[0].size <= self.batch_rows):
+                job = self._queue.popleft()
+                batch.append(job)
+                rows += job.size
+            await self._write(batch)
+
+    async def _write(self, batch: list[_Job]) -> None:
+        parts = [batch]
+        attempt = 0
+        while parts:
+            part = [job for job in parts[0] if not job.future.done()]
+            part = self._expire(part)
+            if not part:
+                parts.pop(0)
+                continue
+            try:
+                answers = await self._db.run(self._transaction, part)
+            except Exception as exc:
+                if _about_the_data(exc):
+                    self._down_since = None
+                    parts.pop(0)
+                    if len(part) == 1:
+                        log.error("The database refused an API write (%s).", describe(exc))
+                        part[0].future.set_exception(exc)
+                    else:
+                        middle = len(part) // 2
+                        parts[:0] = [part[:middle], part[middle:]]
+                    continue
+                parts[0] = part
+                self.last_error = describe(exc)
+                if self._down_since is None:
+                    self._down_since = time.monotonic()
+                delay = RETRY_DELAYS[min(attempt, len(RETRY_DELAYS) - 1)]
+                log.error(
+                    "Writing %d API jobs failed (%s); retrying in %.2f s.",
+                    len(part),
+                    self.last_error,
+                    delay,
+                )
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            parts.pop(0)
+            self._down_since = None
+            self.transactions += 1
+            for job, answer in zip(part, answers, strict=True):
+                if not job.future.done():
+                    job.future.set_result(answer)
+
+    def _expire(self, part: list[_Job]) -> list[_Job]:
+        """Fail the jobs that waited longer than the commit timeout (none is in flight)."""
+        now = time.monotonic()
+        kept = []
+        for job in part:
+            if now - job.since > self.commit_timeout:
+                job.future.set_exception(
+                    StoreUnavailable(
+                        f"the database could not be written for {self.commit_timeout:.0f} s"
+                        f" ({self.last_error or 'no answer'})"
+                    )
+                )
+            else:
+                kept.append(job)
+        return kept
+
+    def _transaction(self, part: Sequence[_Job]) -> list[Any]:
+        """One transaction for every job of `part`; the answers in the jobs' order."""
+        with self.engine.begin() as connection:
+            accepts = [job.payload for job in part if job.kind == "accept"]
+            accepted = iter(api_messages.accept(connection, accepts) if accepts else [])
+            results = [r for job in part if job.kind == "record" for r in job.payload]
+            answers: list[Any] = []
+            for job in part:
+                if job.kind == "accept":
+                    answers.append(next(accepted))
+                elif job.kind == "nonce":
+                    answers.append(api_messages.claim_nonce_only(connection, job.payload))
+                else:
+                    answers.append(None)
+            if results:
+                api_messages.record(connection, results)
+            return answers
