@@ -22,6 +22,7 @@ from db.engine import make_engine
 from wechat.simulator.defaults import DEMO_OPENID, DEMO_TEMPLATE_ID, DEMO_TEMPLATE_VALUES
 
 TEMPLATE_DATA = dict(DEMO_TEMPLATE_VALUES)
+JSON = "application/json"
 
 
 @dataclass(frozen=True)
@@ -98,6 +99,10 @@ class Client:
         signed["content-type"] = "application/json"
         return self.http.post(path, content=raw, headers=signed)
 
+    def send(self, path: str, raw: bytes, headers: dict[str, str]) -> httpx.Response:
+        """POST `raw` with exactly these headers (a replay sends the same twice)."""
+        return self.http.post(path, content=raw, headers={**headers, "content-type": JSON})
+
     def get(self, path: str, *, key: Key | None = None) -> httpx.Response:
         key = key or self.key
         return self.http.get(path, headers=signed_headers(key.key_id, key.secret, "GET", path, b""))
@@ -111,3 +116,23 @@ def rows(database_url: str) -> int:
             return int(conn.execute(text("SELECT count(*) FROM api_messages")).scalar_one())
     finally:
         engine.dispose()
+
+
+def sends(sim: Any) -> int:
+    """Messages the simulator accepted (every kind)."""
+    return int(sim.admin.counters().accepted)
+
+
+def wait_until(condition: Any, timeout: float = 20.0, poll: float = 0.1) -> Any:
+    """Poll `condition()` until it returns something true; that value (AssertionError after
+    `timeout` s)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true within {timeout} s: {condition}")
+        time.sleep(poll)

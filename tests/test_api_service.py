@@ -4,13 +4,31 @@ harness for the keys and blocks. What does not depend on the database runs on SQ
 
 from __future__ import annotations
 
+import json
+import math
+import time
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import httpx
 import pytest
+from prefect.utilities.asyncutils import run_coro_as_sync
 
 from api.process import ApiProcess, start_api
-from tests.api_helpers import Client, Key, new_app, new_key, template
+from api.signing import signed_headers
+from tasks.api_keys import revoke_key
+from tests.api_helpers import (
+    TEMPLATE_DATA,
+    Client,
+    Key,
+    new_app,
+    new_key,
+    rows,
+    sends,
+    template,
+    wait_until,
+)
 from tests.fixtures.database import sqlite_only
 
 pytestmark = pytest.mark.harness
@@ -52,3 +70,135 @@ def test_one_template_message_is_sent_and_answered(
     assert [m.msgid for m in sent] == [body["msgid"]]
     view = client.get(f"/v1/messages/{body['id']}")
     assert view.status_code == 200 and view.json()["status"] == "sent"
+
+
+# -- signature refusals: each its status, nothing written, nothing sent -----------------------
+
+
+def test_signature_refusals_get_their_status_and_write_nothing(
+    api: ApiProcess, client: Client, key: Key, sim: Any, migrated_db_url: str
+) -> None:
+    app = new_app(sim)
+    body = json.dumps(template(app)).encode()
+    path = "/v1/messages"
+    now = time.time()
+
+    def headers(**kw: Any) -> dict[str, str]:
+        values = {"key_id": key.key_id, "secret": key.secret, "path": path, "raw": body, **kw}
+        return signed_headers(
+            values["key_id"],
+            values["secret"],
+            "POST",
+            values["path"],
+            values["raw"],
+            now=kw.get("now", now),
+            nonce=kw.get("nonce"),
+        )
+
+    other = new_key()  # a real key, revoked before use
+    wait_until(lambda: client.post(path, b"{}", key=other).status_code == 422)
+    run_coro_as_sync(revoke_key(other.key_id))
+    cases: dict[str, tuple[Any, str, bytes, int, str]] = {
+        "tampered body": (
+            headers(),
+            path,
+            body.replace(b"thing1", b"thing9"),
+            401,
+            "bad-signature",
+        ),
+        "tampered path": (headers(), f"{path}?wait=1", body, 401, "bad-signature"),
+        "wrong key": (
+            headers(secret="not-the-secret-" + "x" * 20),
+            path,
+            body,
+            401,
+            "bad-signature",
+        ),
+        "unknown key": (headers(key_id="wxk" + "0" * 20), path, body, 401, "unknown-key"),
+        # Signed the moment they are sent, so the skew is 301 s or a little more.
+        "skew +301": (
+            lambda: headers(now=math.ceil(time.time()) + 301),
+            path,
+            body,
+            401,
+            "stale-timestamp",
+        ),
+        "skew -301": (
+            lambda: headers(now=math.floor(time.time()) - 301),
+            path,
+            body,
+            401,
+            "stale-timestamp",
+        ),
+        "nonce too long": (headers(nonce="n" * 65), path, body, 401, "bad-nonce"),
+    }
+    rows_before, sends_before = rows(migrated_db_url), sends(sim)
+    for name, (sent_headers, sent_path, sent_body, status, reason) in cases.items():
+        if callable(sent_headers):
+            sent_headers = sent_headers()
+        answer = client.send(sent_path, sent_body, sent_headers)
+        assert (answer.status_code, answer.json().get("error")) == (status, reason), (
+            name,
+            answer.text,
+        )
+    # Revoked within a few seconds (the keys are read again every 2 s); an empty body, so
+    # nothing could be sent before the revoke is seen.
+    wait_until(lambda: client.post(path, b"{}", key=other).status_code == 401, timeout=10)
+    revoked = client.post(path, body, key=other)
+    assert (revoked.status_code, revoked.json()["error"]) == (401, "revoked-key")
+    # A replay: the very request that was answered, sent again.
+    replayed = headers(nonce="replay-" + uuid.uuid4().hex[:12])
+    first = client.send(path, body, replayed)
+    assert first.status_code == 200, first.text
+    rows_between, sends_between = rows(migrated_db_url), sends(sim)
+    again = client.send(path, body, replayed)
+    assert (again.status_code, again.json()["error"]) == (409, "replayed-nonce")
+    assert (rows_before + 1, sends_before + 1) == (rows_between, sends_between)
+    assert (rows(migrated_db_url), sends(sim)) == (rows_between, sends_between)
+    refused = httpx.get(f"{api.base}/health").json()["refused"]
+    for reason in ("bad-signature", "unknown-key", "stale-timestamp", "bad-nonce", "revoked-key"):
+        assert refused.get(reason, 0) >= 1, reason
+    assert refused["replayed-nonce"] >= 1
+    # No secret in anything the API printed, nor in /health.
+    text = api.output() + httpx.get(f"{api.base}/health").text
+    for secret in (key.secret, other.secret, sim.app_secret):
+        assert secret not in text
+
+
+# -- field rules ----------------------------------------------------------------------------
+
+
+def test_a_broken_field_is_422_naming_it_and_nothing_is_sent(
+    client: Client, sim: Any, migrated_db_url: str
+) -> None:
+    app = new_app(sim)
+    before = rows(migrated_db_url), sends(sim)
+    broken = template(
+        app, data={**TEMPLATE_DATA, "thing1": "这是一个超过二十个字符的商品名称用来测试字段规则"}
+    )
+    answer = client.post("/v1/messages", broken)
+    assert answer.status_code == 422
+    (problem,) = answer.json()["detail"]
+    assert problem["loc"] == ["body", "data", "thing1"] and "20" in problem["msg"]
+    missing = client.post("/v1/messages", {k: v for k, v in template(app).items() if k != "openid"})
+    assert missing.status_code == 422
+    assert missing.json()["detail"][0]["loc"] == ["body", "openid"]
+    no_app = client.post("/v1/messages", template("no-such-app"))
+    assert no_app.status_code == 422 and no_app.json()["detail"][0]["loc"] == ["body", "app"]
+    wait = client.post("/v1/messages?wait=31", template(app))
+    assert wait.status_code == 422 and wait.json()["detail"][0]["loc"] == ["query", "wait"]
+    assert (rows(migrated_db_url), sends(sim)) == before
+
+
+# -- per-message errors fail that message only --------------------------------------------------
+
+
+def test_a_bad_template_id_fails_that_message_only(client: Client, sim: Any) -> None:
+    app = new_app(sim)
+    bad = client.post("/v1/messages", template(app, template_id="no-such-template"))
+    assert bad.status_code == 200, bad.text
+    assert bad.json()["status"] == "failed" and bad.json()["errcode"] == 40037
+    good = client.post("/v1/messages", template(app))
+    assert good.status_code == 200 and good.json()["status"] == "sent"
+    lanes = httpx.get(f"{client.base}/health").json()["lanes"]
+    assert lanes[app]["template"]["state"] == "open"
