@@ -4,8 +4,10 @@ back, receipts by msgid (at once and late), and the analyst views that show the 
 
 from __future__ import annotations
 
+import re
 import threading
 from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -98,7 +100,8 @@ def test_accept_inserts_the_rows_and_says_they_are_new(db_engine: Engine) -> Non
     [answer] = one(db_engine, Request("n-1", [first, second]))
     rows = accepted(answer)
     assert [(row.id, created) for row, created in rows] == [(first.id, True), (second.id, True)]
-    stored = get(db_engine.connect(), first.id)
+    with db_engine.connect() as connection:
+        stored = get(connection, first.id)
     assert stored is not None and stored == rows[0][0]
     assert stored.status == "queued" and not stored.final and stored.attempts == 0
     assert stored.payload == {"data": {"thing1": "鞋子已发货"}, "url": "https://example.com/o/1"}
@@ -390,7 +393,8 @@ def test_the_receivers_sweep_matches_api_rows(db_engine: Engine) -> None:
     with db_engine.begin() as connection:
         assert match_pending_receipts(connection, [9001]) == 1
         assert match_pending_receipts(connection) == 0
-    stored = get(db_engine.connect(), sent.id)
+    with db_engine.connect() as connection:
+        stored = get(connection, sent.id)
     assert stored is not None and stored.receipt_status == "delivered"
 
 
@@ -481,3 +485,59 @@ def test_the_views_show_the_api_rows(db_engine: Engine) -> None:
     ]
     for row in stats:
         assert all(type(row[name]) is int for name in ("accepted", *zero)), row
+
+
+# -- the queries of docs/analytics.md, "Messages sent through the push API" --------------------
+
+ANALYTICS_DOC = Path(__file__).resolve().parents[1] / "docs" / "analytics.md"
+_FENCE = re.compile(r"^```sql( sqlite| postgresql)?\n(.*?)^```\s*$", re.MULTILINE | re.DOTALL)
+
+
+def api_doc_queries(dialect: str) -> dict[str, str]:
+    """The section's SQL for `dialect`, by the heading above each block."""
+    doc = ANALYTICS_DOC.read_text(encoding="utf-8")
+    start = doc.index("## Messages sent through the push API")
+    section = doc[start : doc.index("\n## ", start + 1)]
+    found: dict[str, str] = {}
+    for match in _FENCE.finditer(section):
+        if match.group(1) and match.group(1).strip() != dialect:
+            continue
+        heading = re.findall(r"^#+ (.+)$", section[: match.start()], re.MULTILINE)[-1]
+        found[heading] = match.group(2).strip()
+    return found
+
+
+def test_the_documented_queries_find_the_api_rows(db_engine: Engine) -> None:
+    queries = api_doc_queries(db_engine.dialect.name)
+    assert len(queries) == 5, list(queries)
+    shipped = message("order-1001-shipped")
+    refused = message("order-1002-shipped", openid="o-2")
+    one(db_engine, Request(None, [shipped, refused]))
+    with db_engine.begin() as connection:
+        record(
+            connection,
+            [
+                Result(shipped.id, "sent", attempts=1, msgid=21, sent_at=T0 + SECOND),
+                Result(refused.id, "failed", errcode=43101, reason="user refused", attempts=1),
+            ],
+        )
+        apply_callbacks(connection, [receipt(21, "delivered", T0 + 2 * SECOND)])
+
+    def run(heading: str) -> list[dict[str, Any]]:
+        with db_engine.connect() as connection:  # as an analyst's client sends it
+            return [dict(row) for row in connection.exec_driver_sql(queries[heading]).mappings()]
+
+    [stats] = run("`api_message_stats` — one row per app and Beijing day")
+    assert (stats["app"], stats["accepted"], stats["sent"], stats["failed"]) == ("shop", 2, 1, 1)
+    assert stats["delivered"] == 1
+    [failed] = run("Failed API messages, and why")
+    assert (failed["id"], failed["errcode"]) == (refused.id, 43101)
+    assert failed["meaning"] == lookup(43101).meaning
+    [found] = run("One API message by its idempotency key")
+    assert (found["id"], found["status"], found["msgid"]) == (shipped.id, "sent", "21")
+    assert found["receipt_status"] == "delivered"
+    together = run("Campaigns and API together, per app and Beijing day")
+    assert [(r["app"], str(r["day"]), r["campaign_sent"], r["api_sent"]) for r in together] == [
+        ("shop", "2026-11-20", 0, 1)
+    ]
+    assert run("Yesterday's API messages per caller (Beijing time)") == []  # T0 is long ago
