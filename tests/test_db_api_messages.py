@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, func, select, text
+from alembic import command
+from sqlalchemy import Engine, func, inspect, select, text
+from sqlalchemy.pool import NullPool
 
 from db.api_messages import (
     Accepted,
@@ -31,6 +33,8 @@ from db.api_messages import (
     unfinished,
 )
 from db.callbacks import CallbackRecord, apply_callbacks, match_pending_receipts
+from db.engine import make_engine
+from db.migrate import alembic_config, current_revision, head_revision, upgrade
 from db.models import api_messages, callback_events
 from wechat.errors import lookup
 
@@ -541,3 +545,32 @@ def test_the_documented_queries_find_the_api_rows(db_engine: Engine) -> None:
         ("shop", "2026-11-20", 0, 1)
     ]
     assert run("Yesterday's API messages per caller (Beijing time)") == []  # T0 is long ago
+
+
+# -- the migration ------------------------------------------------------------------------------
+
+
+def test_the_migration_downgrades_to_0010_and_back(blank_db_url: str) -> None:
+    upgrade(blank_db_url)
+    engine = make_engine(blank_db_url, poolclass=NullPool)
+    try:
+
+        def shape() -> tuple[bool, set[str], str]:
+            with engine.connect() as connection:
+                inspector = inspect(connection)
+                views = set(inspector.get_view_names())
+                has_table = "api_messages" in inspector.get_table_names()
+                sql = str(connection.execute(text("SELECT * FROM delivery_failures")).keys())
+            return has_table, views & {"delivery_failures", "api_message_stats"}, sql
+
+        assert shape()[:2] == (True, {"delivery_failures", "api_message_stats"})
+        command.downgrade(alembic_config(blank_db_url), "0010")
+        assert current_revision(blank_db_url) == "0010"
+        has_table, views, columns = shape()
+        assert (has_table, views) == (False, {"delivery_failures"})  # 0004's view again
+        assert "campaign_name" in columns
+        upgrade(blank_db_url)
+        assert shape()[:2] == (True, {"delivery_failures", "api_message_stats"})
+        assert current_revision(blank_db_url) == head_revision()
+    finally:
+        engine.dispose()
