@@ -28,7 +28,13 @@ AUDIENCE_TABLES = ("recipients", "interactions")
 #: callbacks, the reference table, the analyst views, Alembic's bookkeeping.
 LEDGER_TABLES = tuple(
     sorted(
-        {*Base.metadata.tables, "campaign_stats", "delivery_failures", "alembic_version"}
+        {
+            *Base.metadata.tables,
+            "campaign_stats",
+            "delivery_failures",
+            "api_message_stats",
+            "alembic_version",
+        }
         - set(AUDIENCE_TABLES)
     )
 )
