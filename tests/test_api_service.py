@@ -17,6 +17,7 @@ from prefect.utilities.asyncutils import run_coro_as_sync
 
 from api.process import ApiProcess, start_api
 from api.signing import signed_headers
+from bench.receiver import start_receiver
 from tasks.api_keys import revoke_key
 from tests.api_helpers import (
     TEMPLATE_DATA,
@@ -30,10 +31,13 @@ from tests.api_helpers import (
     wait_until,
 )
 from tests.fixtures.database import sqlite_only
+from wechat.simulator.defaults import DEMO_OPENID, DEMO_TEMPLATE_ID, DEMO_TEMPLATE_KEYS
 
 pytestmark = pytest.mark.harness
 
 db_backend = sqlite_only()
+TOKEN = "api-callback-token"
+AES_KEY = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG"
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +53,7 @@ def api(
     process = start_api(migrated_db_url, env=prefect_harness.env())
     yield process
     process.stop()
+    assert "Traceback" not in process.output(), process.output()[-4000:]
 
 
 @pytest.fixture
@@ -202,3 +207,93 @@ def test_a_bad_template_id_fails_that_message_only(client: Client, sim: Any) -> 
     assert good.status_code == 200 and good.json()["status"] == "sent"
     lanes = httpx.get(f"{client.base}/health").json()["lanes"]
     assert lanes[app]["template"]["state"] == "open"
+
+
+# -- the batch endpoint ---------------------------------------------------------------------------
+
+
+def test_a_batch_answers_each_message(client: Client, sim: Any, migrated_db_url: str) -> None:
+    app = new_app(sim)
+    key = f"order-{uuid.uuid4().hex}"
+    first = client.post("/v1/messages", template(app, idempotency_key=key))
+    assert first.status_code == 200
+    messages = [
+        template(app),
+        template(app, template_id="no-such-template"),
+        template(app, idempotency_key=key),  # a repeat: the first answer, no send
+        template(app, idempotency_key=key, url="https://example.com/other"),  # another body
+        template(app, idempotency_key=f"order-{uuid.uuid4().hex}"),
+    ]
+    answer = client.post("/v1/messages/batch", {"messages": messages})
+    assert answer.status_code == 200, answer.text
+    results = answer.json()["results"]
+    assert [r["status"] for r in results] == ["sent", "failed", "sent", "rejected", "sent"]
+    assert results[1]["errcode"] == 40037
+    assert results[2] == first.json()
+    assert results[3]["id"] == first.json()["id"] and "idempotency_key" in results[3]["reason"]
+    assert len({r["id"] for r in results}) == 4
+    assert sends(sim) == 3  # the first single message, and two of the batch
+
+    before = rows(migrated_db_url), sends(sim)
+    broken = [template(app), template(app, data={"thing1": ""})]
+    refused = client.post("/v1/messages/batch", {"messages": broken})
+    assert refused.status_code == 422
+    assert refused.json()["detail"][0]["loc"] == ["body", "messages", 1, "data", "thing1"]
+    too_many = client.post("/v1/messages/batch", {"messages": [template(app)] * 1001})
+    assert too_many.status_code == 422
+    assert too_many.json()["detail"][0]["loc"] == ["body", "messages"]
+    assert (rows(migrated_db_url), sends(sim)) == before
+
+
+# -- receipts --------------------------------------------------------------------------------------
+
+
+def test_a_receipt_reaches_get_message(client: Client, sim: Any, migrated_db_url: str) -> None:
+    app = new_app(sim)
+    receiver = start_receiver(migrated_db_url, app_id=sim.app_id, token=TOKEN, aes_key=AES_KEY)
+    try:
+        sim.admin.set_callbacks(
+            callback_url=f"{receiver.base}/wechat/callback",
+            callback_token=TOKEN,
+            encoding_aes_key=AES_KEY,
+            receipt_mix={"failed:user block": 1.0},
+        )
+        sent = client.post("/v1/messages", template(app)).json()
+        assert sent["status"] == "sent"
+        view = wait_until(
+            lambda: (
+                (v := client.get(f"/v1/messages/{sent['id']}").json()).get("receipt_status") and v
+            )
+        )
+        assert view["receipt_status"] == "user_block" and view["receipt_at"]
+        assert view["msgid"] == sent["msgid"]
+    finally:
+        receiver.stop(timeout=30)
+
+
+# -- the account's limits ------------------------------------------------------------------------
+
+
+def test_a_spent_daily_quota_holds_the_lane_and_messages_stay_queued(
+    api: ApiProcess, client: Client, sim: Any
+) -> None:
+    app_id = "wx" + uuid.uuid4().hex[:16]
+    secret = uuid.uuid4().hex
+    sim.admin.add_account(app_id, secret)
+    account = sim.admin.account(app_id)
+    account.add_follower(DEMO_OPENID)
+    account.add_template(DEMO_TEMPLATE_ID, DEMO_TEMPLATE_KEYS)
+    app = new_app(sim, app_id=app_id, app_secret=secret, daily_quota=1)
+    first = client.post("/v1/messages", template(app))
+    assert first.status_code == 200 and first.json()["status"] == "sent", first.text
+    held = client.post("/v1/messages", template(app))
+    assert held.status_code == 202 and held.json()["status"] == "queued"
+    health = httpx.get(f"{api.base}/health").json()
+    lane = health["lanes"][app]["template"]
+    assert lane["state"] == "held:quota" and "quota" in lane["reason"]
+    assert health["holds"]["quota"] >= 1
+    # Held: the next one is answered at once, and nothing more reaches WeChat.
+    third = client.post("/v1/messages", template(app))
+    assert third.status_code == 202
+    assert account.counters().accepted == 1
+    assert client.get(f"/v1/messages/{held.json()['id']}").json()["status"] == "queued"
