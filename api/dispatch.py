@@ -143,7 +143,7 @@ class Track:
     kind: str
     run: CampaignRun | None = None
     hold: Hold | None = None
-    backoff: float = FIRST_HOLD_SECONDS
+    backoff: float | None = None  # the next hold's length (None: the first hold's)
     in_flight: int = 0
 
     @property
@@ -197,6 +197,7 @@ class Dispatcher:
         request_timeout: float = 10.0,
         emit: Callable[[Alert], object] = lambda alert: alert.emit(),
         clock: Callable[[], float] = time.time,
+        first_hold_seconds: float = FIRST_HOLD_SECONDS,
     ) -> None:
         self.store = store
         self.engine = engine
@@ -209,6 +210,7 @@ class Dispatcher:
         self.request_timeout = request_timeout
         self._emit = emit
         self._clock = clock
+        self.first_hold_seconds = first_hold_seconds
         self.lanes: dict[str, Lane] = {}
         self._lane_locks: dict[str, asyncio.Lock] = {}
         self._sending: dict[str, asyncio.Task[None]] = {}
@@ -488,7 +490,9 @@ class Dispatcher:
             )
             self._hold(track, "quota", reason, until=until)
         elif stop.cause == StopCause.BREAKER:
-            self._hold(track, "breaker", stop.reason)
+            # The campaign's words up to what to do, which for the API is: nothing.
+            said = stop.reason.split(" The messages not sent", 1)[0]
+            self._hold(track, "breaker", f"{said} The API tries again by itself.")
         elif stop.cause == StopCause.QUIET_HOURS and run.quiet is not None:
             self._hold(track, "quiet_hours", stop.reason, until=run.quiet.ends_at.timestamp())
         else:
@@ -500,8 +504,9 @@ class Dispatcher:
             return
         now = self._clock()
         if until is None:
-            until = now + track.backoff
-            track.backoff = min(MAX_HOLD_SECONDS, track.backoff * 2)
+            wait = track.backoff or self.first_hold_seconds
+            until = now + wait
+            track.backoff = min(MAX_HOLD_SECONDS, wait * 2)
         track.hold = Hold(cause, reason, until, now)
         self.counts.holds[cause] += 1
         log.warning(
@@ -592,7 +597,7 @@ class Dispatcher:
                     track.hold = None
                     log.info("Reopened the %s messages of %s.", track.kind, lane.app)
                 elif track.hold is None and track.run is not None and track.in_flight == 0:
-                    track.backoff = FIRST_HOLD_SECONDS
+                    track.backoff = None  # open and idle again: the next hold starts short
         rows = await self.store.unfinished(RESEND_ROWS)
         cutoff = datetime.now(UTC) - timedelta(seconds=2)
         for row in rows:
