@@ -33,6 +33,7 @@ from cli.services import (
     local_database_url,
     point_simulator_at,
     prefect_server,
+    push_api,
     receiver,
     running,
     simulator,
@@ -115,6 +116,7 @@ def run_serve(
     recipients: int,
     ready_file: Path | None = None,
     receiver_port: int = 8902,
+    api_port: int = 8903,
     workers: int = 1,
     worker_limit: int | None = None,
     database_url_option: str | None = None,
@@ -143,7 +145,7 @@ def run_serve(
     state_dir().mkdir(parents=True, exist_ok=True)
     ui_port = pick_port(ui_port)
     ui_url = f"http://127.0.0.1:{ui_port}"
-    steps = 7 if with_simulator else 5
+    steps = 8 if with_simulator else 6
     step = iter(range(1, steps + 1))
     with contextlib.ExitStack() as stack:
         try:
@@ -196,6 +198,8 @@ def run_serve(
             )
             for note in deployed.notes:  # a real account's digest is deployed paused
                 typer.secho(f"  {note}", fg=typer.colors.YELLOW)
+            _say(f"{next(step)}/{steps} Push API (signed requests)")
+            api_url = stack.enter_context(push_api(pick_port(api_port), db_url)).url
             names = worker_names(workers)
             if workers == 1:
                 _say(f"{next(step)}/{steps} A worker on the `{WORK_POOL}` work pool")
@@ -213,7 +217,9 @@ def run_serve(
                 if workers > 1 or prefect_db is not None
                 else []
             )
-            _banner(ui_url, sim_url, receiver_url, db_url, _campaign_deployment_id(), cluster)
+            _banner(
+                ui_url, sim_url, receiver_url, db_url, _campaign_deployment_id(), cluster, api_url
+            )
             if ready_file is not None:
                 ready_file.write_text(
                     json.dumps(
@@ -221,6 +227,7 @@ def run_serve(
                             "ui": ui_url,
                             "simulator": sim_url,
                             "receiver": receiver_url,
+                            "api": api_url,
                             "database": db_url,
                             "prefect_database": display_url(prefect_db) if prefect_db else None,
                             "workers": [name or "prefect-worker" for name in names],
@@ -241,6 +248,7 @@ def _banner(
     db_url: str,
     campaign_deployment_id: str,
     extra: list[str] | None = None,
+    api_url: str | None = None,
 ) -> None:
     from db.engine import display_url
 
@@ -261,6 +269,11 @@ def _banner(
             4,
             f"  Callback receiver    {receiver_url}/wechat/callback  (receipts and follower "
             "actions from the simulator; `wxpush report ID` shows the receipts)",
+        )
+    if api_url:
+        lines.append(
+            f"  Push API             {api_url}/v1/messages  (signed; a key: `wxpush api-key "
+            "create --name orders`; docs/api.md)"
         )
     typer.echo("\n".join(lines + (extra or [])))
     typer.echo("\nCtrl-C stops everything.")
@@ -287,6 +300,9 @@ def register(app: typer.Typer) -> None:
         receiver_port: Annotated[
             int, typer.Option("--receiver-port", help="Callback receiver port.")
         ] = 8902,
+        api_port: Annotated[
+            int, typer.Option("--api-port", help="Push API port (`wxpush api`).")
+        ] = 8903,
         no_simulator: Annotated[
             bool,
             typer.Option(
@@ -347,6 +363,7 @@ def register(app: typer.Typer) -> None:
             ui_port=ui_port,
             simulator_port=simulator_port,
             receiver_port=receiver_port,
+            api_port=api_port,
             with_simulator=not no_simulator,
             recipients=recipients,
             ready_file=ready_file,

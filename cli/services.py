@@ -144,6 +144,19 @@ def receiver(port: int, database_url: str, app: str = "default") -> Iterator[Ser
         yield service
 
 
+@contextlib.contextmanager
+def push_api(port: int, database_url: str) -> Iterator[Service]:
+    """`wxpush api` (the signed push API) on 127.0.0.1:`port`, writing to `database_url`; its
+    keys, apps and tokens come from the blocks on this process's Prefect server."""
+    from cli.deploy import api_url
+
+    url = f"http://127.0.0.1:{port}"
+    env = {env_var("database_url"): database_url, "PREFECT_API_URL": api_url()}
+    argv = python_module("cli.main", "api", "--host", "127.0.0.1", "--port", str(port))
+    with running("api", argv, url=url, health_url=f"{url}/health", env=env) as service:
+        yield service
+
+
 def point_simulator_at(sim_url: str, receiver_url: str) -> None:
     """Receipts (safe mode, like a production account) and follower actions go to the
     receiver, signed with the demo account's callback secrets (`wxpush setup` stores the same

@@ -30,6 +30,7 @@ from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
 from prefect.exceptions import PrefectHTTPStatusError
 from sqlalchemy import Engine, create_engine, text
 
+from api.signing import signed_headers
 from cli.deploy import DAILY_DIGEST, PUSH_CAMPAIGN, REFRESH_TOKEN, SEND_TEST_MESSAGE
 from processes import ChildFailed, pick_port, start
 from sending.message import client_msg_id_for
@@ -54,6 +55,7 @@ class Served:
     simulator: str
     database: str
     output: Path
+    push_api: str
 
     @property
     def api(self) -> str:
@@ -108,7 +110,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         # Ports the OS picks: a developer's own `make serve` (or the demo test on another
         # worker) may hold 4200, 8900 and 8902.
         f"--ui-port {pick_port(0)} --simulator-port {pick_port(0)} "
-        f"--receiver-port {pick_port(0)} "
+        f"--receiver-port {pick_port(0)} --api-port {pick_port(0)} "
         f"--recipients {RECIPIENTS} --ready-file {ready}"
     )
     child = start(  # its own group, like a terminal's foreground job
@@ -124,7 +126,9 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
         pytest.fail(f"{exc}:\n{child.log_tail(5000)}")
     process = child.process
     urls = json.loads(ready.read_text())
-    served = Served(process, folder, urls["ui"], urls["simulator"], urls["database"], output)
+    served = Served(
+        process, folder, urls["ui"], urls["simulator"], urls["database"], output, urls["api"]
+    )
     with SimulatorAdmin(served.simulator) as admin:
         admin.set_config(dedupe_window_seconds=0)  # a double send would show up twice
     yield served
@@ -485,6 +489,39 @@ def test_a_marketer_runs_a_campaign_from_the_form_and_reads_its_report(served: S
 
 
 # -- Ctrl-C ------------------------------------------------------------------------------------
+
+
+def test_a_backend_pushes_one_message_through_the_push_api(served: Served) -> None:
+    """`wxpush serve` starts the push API: a key made with `wxpush api-key create` signs a
+    request, the message reaches the simulator and its row is in the ledger database."""
+    made = served.wxpush("api-key", "create", "--name", "orders")
+    assert made.returncode == 0, made.stdout + made.stderr
+    key_id = re.search(r"key id: (\S+)", made.stdout)
+    secret = re.search(r"secret: (\S+)", made.stdout)
+    assert key_id is not None and secret is not None, made.stdout
+    body = json.dumps(
+        {
+            "app": "default",
+            "kind": "template",
+            "openid": defaults.DEMO_OPENID,
+            "template_id": defaults.DEMO_TEMPLATE_ID,
+            "data": dict(defaults.DEMO_TEMPLATE_VALUES),
+            "idempotency_key": "order-1001-shipped",
+        }
+    ).encode()
+    headers = signed_headers(key_id.group(1), secret.group(1), "POST", "/v1/messages", body)
+    answer = httpx.post(f"{served.push_api}/v1/messages", content=body, headers=headers, timeout=60)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["status"] == "sent", answer.text
+    with SimulatorAdmin(served.simulator) as admin:
+        cmids = {m.client_msg_id for m in admin.iter_messages(openid=defaults.DEMO_OPENID)}
+    with served.engine().connect() as conn:
+        row = conn.execute(
+            text("SELECT status, client_msg_id FROM api_messages WHERE id = :id"),
+            {"id": answer.json()["id"]},
+        ).one()
+    assert row.status == "sent"
+    assert row.client_msg_id in cmids, "the simulator got the message the ledger holds"
 
 
 def test_ctrl_c_stops_everything_make_serve_started(served: Served) -> None:
