@@ -292,9 +292,11 @@ def create_app(
     config: ApiConfig | None = None,
     keys: KeyLoader,
     dispatcher: Callable[[Store], Dispatcher],
+    on_close: Callable[[], Awaitable[None]] | None = None,
 ) -> FastAPI:
     """The API's app. `keys` reads every API key (tasks.api_keys.load_keys); `dispatcher`
-    makes the sender over the store (api/server.py wires the Prefect-backed one)."""
+    makes the sender over the store (api/server.py wires the Prefect-backed one);
+    `on_close` runs after the service stopped."""
     service = Service(engine, config or ApiConfig(), keys, dispatcher)
 
     @contextlib.asynccontextmanager
@@ -304,6 +306,8 @@ def create_app(
             yield
         finally:
             await service.close()
+            if on_close is not None:
+                await on_close()
 
     app = FastAPI(
         title="wxpush push API",

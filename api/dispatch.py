@@ -162,6 +162,8 @@ class Lane:
     limits: SqlAccountLimits | None = None
     tracks: dict[str, Track] = field(default_factory=dict)
     token_read_at: float = 0.0
+    #: One token read or run start at a time: a burst of first messages reads it once.
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     def track(self, kind: str) -> Track:
         found = self.tracks.get(kind)
@@ -291,7 +293,27 @@ class Dispatcher:
 
     async def _run_of(self, track: Track) -> CampaignRun:
         if track.run is not None:
+            if time.monotonic() - track.lane.token_read_at >= TOKEN_EVERY_SECONDS:
+                await self._offer_token(track.lane)
             return track.run
+        async with track.lane.lock:
+            if track.run is not None:
+                return track.run
+            return await self._start_run(track)
+
+    async def _offer_token(self, lane: Lane) -> None:
+        """The Block's token again, read by one message while the others go on."""
+        if lane.lock.locked():
+            return
+        async with lane.lock:
+            if time.monotonic() - lane.token_read_at >= TOKEN_EVERY_SECONDS:
+                try:
+                    await self._tokens(lane)
+                except Exception as exc:  # keep the token in hand; try again later
+                    lane.token_read_at = time.monotonic()
+                    log.warning("Could not read the token of %s again (%s).", lane.app, _said(exc))
+
+    async def _start_run(self, track: Track) -> CampaignRun:
         lane = track.lane
         tokens = await self._tokens(lane)
         quiet = None
