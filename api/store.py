@@ -12,9 +12,10 @@ What goes wrong is sorted as the receiver's writer sorts it:
   is split until the bad job stands alone; that job fails (its request answers 500), the
   others are written;
 - the database itself (unreachable, locked, a missing table): the batch is retried with
-  back-off; a job still unwritten `commit_timeout` after it was queued fails with
-  `StoreUnavailable` (answer 503) when its next attempt would start, never while a
-  transaction holding it is in flight, so nothing answered 503 is written later.
+  back-off; a request's job still unwritten `commit_timeout` after it was queued fails
+  with `StoreUnavailable` (answer 503) when its next attempt would start, never while a
+  transaction holding it is in flight, so nothing answered 503 is written later. WeChat's
+  answers are kept and retried until they are written.
 Reads (`get`, `unfinished`, counts) go through the engine's pool in asyncio's threads.
 """
 
@@ -114,6 +115,8 @@ class Store:
         self._closing = False
         self._down_since: float | None = None
         self.transactions = 0
+        self._tt: list = []
+        self._inner = 0.0
         self.last_error: str | None = None
 
     # -- life ------------------------------------------------------------------------------
@@ -216,7 +219,9 @@ class Store:
                 parts.pop(0)
                 continue
             try:
+                _a = time.perf_counter()
                 answers = await self._db.run(self._transaction, part)
+                self._tt.append((_a, time.perf_counter(), len(part), self._inner))
             except Exception as exc:
                 if _about_the_data(exc):
                     self._down_since = None
@@ -250,11 +255,13 @@ class Store:
                     job.future.set_result(answer)
 
     def _expire(self, part: list[_Job]) -> list[_Job]:
-        """Fail the jobs that waited longer than the commit timeout (none is in flight)."""
+        """Fail the requests' jobs that waited longer than the commit timeout (none is in
+        flight). WeChat's answers (`record`) never expire: they are written once the
+        database is back, or the message would be sent again."""
         now = time.monotonic()
         kept = []
         for job in part:
-            if now - job.since > self.commit_timeout:
+            if job.kind != "record" and now - job.since > self.commit_timeout:
                 job.future.set_exception(
                     StoreUnavailable(
                         f"the database could not be written for {self.commit_timeout:.0f} s"
@@ -267,6 +274,13 @@ class Store:
 
     def _transaction(self, part: Sequence[_Job]) -> list[Any]:
         """One transaction for every job of `part`; the answers in the jobs' order."""
+        _b = time.perf_counter()
+        try:
+            return self._transaction2(part)
+        finally:
+            self._inner = time.perf_counter() - _b
+
+    def _transaction2(self, part: Sequence[_Job]) -> list[Any]:
         with self.engine.begin() as connection:
             accepts = [job.payload for job in part if job.kind == "accept"]
             accepted = iter(api_messages.accept(connection, accepts) if accepts else [])
