@@ -94,8 +94,6 @@ def build_app(engine: Engine, config: ApiConfig | None = None) -> FastAPI:
 
 def serve(app: FastAPI, sock: socket.socket) -> None:
     """Run `app` on the bound `sock` until SIGINT or SIGTERM."""
-    import sys
-    sys.setswitchinterval(0.0005)
     config = uvicorn.Config(
         app,
         loop="uvloop",

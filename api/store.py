@@ -115,8 +115,6 @@ class Store:
         self._closing = False
         self._down_since: float | None = None
         self.transactions = 0
-        self._tt: list = []
-        self._inner = 0.0
         self.last_error: str | None = None
 
     # -- life ------------------------------------------------------------------------------
@@ -219,9 +217,7 @@ class Store:
                 parts.pop(0)
                 continue
             try:
-                _a = time.perf_counter()
                 answers = await self._db.run(self._transaction, part)
-                self._tt.append((_a, time.perf_counter(), len(part), self._inner))
             except Exception as exc:
                 if _about_the_data(exc):
                     self._down_since = None
@@ -274,13 +270,6 @@ class Store:
 
     def _transaction(self, part: Sequence[_Job]) -> list[Any]:
         """One transaction for every job of `part`; the answers in the jobs' order."""
-        _b = time.perf_counter()
-        try:
-            return self._transaction2(part)
-        finally:
-            self._inner = time.perf_counter() - _b
-
-    def _transaction2(self, part: Sequence[_Job]) -> list[Any]:
         with self.engine.begin() as connection:
             accepts = [job.payload for job in part if job.kind == "accept"]
             accepted = iter(api_messages.accept(connection, accepts) if accepts else [])
