@@ -65,6 +65,9 @@ TOKEN_EVERY_SECONDS = 30.0
 LOOP_SECONDS = 1.0
 #: Rows the loop takes from the database per round.
 RESEND_ROWS = 500
+#: The loop looks for queued rows nobody here sends this often, and whenever a track reopens
+#: (the requests send their own messages; the scan is for holds, restarts and strays).
+RESCAN_SECONDS = 10.0
 #: A held track (not quota, not quiet hours) tries again after this, doubling to the max.
 FIRST_HOLD_SECONDS = 15.0
 MAX_HOLD_SECONDS = 300.0
@@ -221,6 +224,9 @@ class Dispatcher:
         # gets this answer, never a second send.
         self._finished: OrderedDict[str, Result] = OrderedDict()
         self._loop_task: asyncio.Task[None] | None = None
+        self._scanned_at = 0.0
+        # Messages whose first-attempt mark this process wrote (not an earlier process's).
+        self._marked: set[str] = set()
         self._wake = asyncio.Event()
         self.counts = DispatchCounts()
         self.started_at = datetime.now(UTC)
@@ -229,7 +235,7 @@ class Dispatcher:
 
     async def start(self) -> None:
         """Settle what an earlier process left (the restart rule), then start the loop."""
-        await self._recover()
+        await self._round()
         self._loop_task = asyncio.create_task(self._loop(), name="api-dispatch-loop")
 
     async def close(self) -> None:
@@ -391,6 +397,7 @@ class Dispatcher:
         elif result.status == "unknown":
             self.counts.unknown += 1
         self._finished[result.id] = result
+        self._marked.discard(result.id)
         if len(self._finished) > FINISHED_MEMORY:
             self._finished.popitem(last=False)
         future = self._outcomes.pop(result.id, None)
@@ -431,6 +438,7 @@ class Dispatcher:
             # WeChat does not dedupe this kind: say "may have been attempted" before trying,
             # so a crash mid-send leaves `unknown`, never a second send (the restart rule).
             now = datetime.now(UTC)
+            self._marked.add(row.id)
             await self.store.record([_result(row, "queued", first_attempt_at=now)])
         for _ in range(MAX_RESTARTS):
             if track.hold is not None:
@@ -568,33 +576,15 @@ class Dispatcher:
 
     # -- the loop ----------------------------------------------------------------------------
 
-    async def _recover(self) -> None:
-        """The restart rule for rows an earlier process left queued."""
-        before = datetime.now(UTC)
-        done: set[str] = set()
-        while True:
-            rows = [r for r in await self.store.unfinished(RESEND_ROWS, before) if r.id not in done]
-            if not rows:
-                return
-            unknown = []
-            for row in rows:
-                done.add(row.id)
-                if row.kind != "template" and row.first_attempt_at is not None:
-                    unknown.append(
-                        _result(
-                            row,
-                            "unknown",
-                            reason=(
-                                "the API stopped while this message may have been in flight, "
-                                f"and WeChat does not dedupe {row.kind} messages: not sent "
-                                "again, to avoid a duplicate"
-                            ),
-                        )
-                    )
-            for result in unknown:
-                await self._finish(result)
-            if len(rows) < RESEND_ROWS:
-                return
+    def _left_unsure(self, row: StoredMessage) -> bool:
+        """A customer_service or subscribe row an earlier process may have sent (it marked
+        the first attempt, and this process did not): the restart rule makes it unknown."""
+        return (
+            row.kind != "template"
+            and row.first_attempt_at is not None
+            and row.id not in self._marked
+            and _aware(row.created_at) < self.started_at
+        )
 
     async def _loop(self) -> None:
         while True:
@@ -612,19 +602,39 @@ class Dispatcher:
     async def _round(self) -> None:
         """Reopen tracks whose hold has ended; send the queued rows nobody here sends."""
         now = self._clock()
+        reopened = False
         for lane in list(self.lanes.values()):
             for track in lane.tracks.values():
                 if track.hold is not None and now >= track.hold.until:
                     await self._close_run(track)
                     track.hold = None
+                    reopened = True
                     log.info("Reopened the %s messages of %s.", track.kind, lane.app)
                 elif track.hold is None and track.run is not None and track.in_flight == 0:
                     track.backoff = None  # open and idle again: the next hold starts short
-        rows = await self.store.unfinished(RESEND_ROWS)
-        cutoff = datetime.now(UTC) - timedelta(seconds=2)
+        if not reopened and time.monotonic() - self._scanned_at < RESCAN_SECONDS:
+            return
+        self._scanned_at = time.monotonic()
+        # Rows accepted in the last seconds are their requests' to send; an earlier
+        # process's rows are all the loop's.
+        cutoff = max(self.started_at, datetime.now(UTC) - timedelta(seconds=2))
+        rows = await self.store.unfinished(RESEND_ROWS, cutoff)
         for row in rows:
-            if row.id in self._sending or _aware(row.created_at) > cutoff:
-                continue  # being sent here, or just accepted (its request sends it)
+            if row.id in self._sending:
+                continue
+            if self._left_unsure(row):
+                await self._finish(
+                    _result(
+                        row,
+                        "unknown",
+                        reason=(
+                            "the API stopped while this message may have been in flight, "
+                            f"and WeChat does not dedupe {row.kind} messages: not sent "
+                            "again, to avoid a duplicate"
+                        ),
+                    )
+                )
+                continue
             if self.held(row.app, row.kind) is not None:
                 continue
             self.submit(row)
