@@ -261,6 +261,7 @@ async def asetup_app(
     frequency_cap_hours: int | None = None,
     quiet_hours: str | None = None,
     quiet_hours_zone: str | None = None,
+    api_follows_guardrails: bool | None = None,
     alerts: AlertChannels | None = None,
 ) -> SetupReport:
     """Register block types, create/update `wechat-app/<app>`, create its limits.
@@ -289,6 +290,7 @@ async def asetup_app(
         "frequency_cap_hours": frequency_cap_hours,
         "quiet_hours": None if quiet_hours == QUIET_HOURS_OFF else quiet_hours,
         "quiet_hours_zone": quiet_hours_zone,
+        "api_follows_guardrails": api_follows_guardrails,
     }
     clear = frozenset({"rate_per_second"} if rate_per_second == UNLIMITED else ())
     if frequency_cap == NO_FREQUENCY_CAP:
@@ -436,6 +438,15 @@ def setup(
             "quiet_hours_zone",
         ),
     ] = None,
+    api_follows_guardrails: Annotated[
+        bool | None,
+        typer.Option(
+            "--api-follows-guardrails/--api-ignores-guardrails",
+            help="Whether messages sent through the push API (`wxpush api`) are held through "
+            "the quiet hours and refused at the frequency cap, as campaigns are.",
+            show_default="the block's current value, else ignores",
+        ),
+    ] = None,
     alert_wecom_key: Annotated[
         str | None,
         _env(
@@ -515,6 +526,7 @@ def setup(
         frequency_cap_hours=frequency_cap_hours,
         quiet_hours=quiet_hours,
         quiet_hours_zone=quiet_hours_zone,
+        api_follows_guardrails=api_follows_guardrails,
         alerts=AlertChannels(
             wecom_key=_secret(alert_wecom_key) or env.alert_wecom_key,
             wecom_url=alert_wecom_url,

@@ -4,6 +4,7 @@ no Prefect API (unset, or nothing listening), a port in use; and its help."""
 from __future__ import annotations
 
 import socket
+import uuid
 from pathlib import Path
 
 from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -50,3 +51,22 @@ def test_help_names_every_option() -> None:
     assert result.exit_code == 0
     for option in ("--host", "--port", "--database-url", "--wait", "--concurrency"):
         assert option in result.output
+
+
+def test_setup_turns_the_api_guardrails_on_and_off(prefect_harness: object) -> None:
+    from prefect.utilities.asyncutils import run_coro_as_sync
+
+    from tasks.token import load_app
+    from wechat.simulator.defaults import DEMO_APP_ID, DEMO_APP_SECRET
+
+    name = f"g-{uuid.uuid4().hex[:8]}"
+    base = ["setup", "--app", name, "--app-id", DEMO_APP_ID, "--app-secret", DEMO_APP_SECRET]
+    runner = CliRunner()
+    assert runner.invoke(app, base).exit_code == 0
+    assert run_coro_as_sync(load_app(name)).api_follows_guardrails is False  # the default
+    assert runner.invoke(app, [*base, "--api-follows-guardrails"]).exit_code == 0
+    assert run_coro_as_sync(load_app(name)).api_follows_guardrails is True
+    assert runner.invoke(app, base).exit_code == 0  # not given: kept
+    assert run_coro_as_sync(load_app(name)).api_follows_guardrails is True
+    assert runner.invoke(app, [*base, "--api-ignores-guardrails"]).exit_code == 0
+    assert run_coro_as_sync(load_app(name)).api_follows_guardrails is False
