@@ -297,3 +297,25 @@ def test_a_spent_daily_quota_holds_the_lane_and_messages_stay_queued(
     assert third.status_code == 202
     assert account.counters().accepted == 1
     assert client.get(f"/v1/messages/{held.json()['id']}").json()["status"] == "queued"
+
+
+# -- the other kinds ------------------------------------------------------------------------------
+
+
+def test_customer_service_and_subscribe_messages_are_sent(client: Client, sim: Any) -> None:
+    app = new_app(sim)
+    sim.admin.add_follower(DEMO_OPENID, subscribe_authorizations={DEMO_TEMPLATE_ID: 1})
+    sim.admin.follower_sends_message(DEMO_OPENID)  # opens the 48-hour window
+    text = {"app": app, "kind": "customer_service", "openid": DEMO_OPENID, "text": "已发货"}
+    answer = client.post("/v1/messages", text)
+    assert answer.status_code == 200 and answer.json()["status"] == "sent", answer.text
+    subscribe = template(app, kind="subscribe", page="pages/order?id=1")
+    answer = client.post("/v1/messages", subscribe)
+    assert answer.status_code == 200 and answer.json()["status"] == "sent", answer.text
+    kinds = sim.admin.counters().accepted_by_kind
+    assert (kinds.get("custom"), kinds.get("subscribe")) == (1, 1)
+    (sent,) = sim.admin.messages(kind="custom").items
+    assert sent.client_msg_id is None  # WeChat has no dedupe for this kind
+    # A text on a template message is refused, naming the field.
+    wrong = client.post("/v1/messages", template(app, text="hello"))
+    assert wrong.status_code == 422 and wrong.json()["detail"][0]["loc"] == ["body", "text"]
