@@ -243,6 +243,13 @@ class Service:
             self.counts.refused["invalid"] += 1
             msg = (str(exc).splitlines() or ["no such wechat-app block"])[0]
             return _unprocessable([{"loc": loc, "msg": msg, "type": "unknown_app"}])
+        except Exception as exc:  # the Prefect API did not answer: nothing was stored
+            self.counts.refused["unavailable"] += 1
+            return _error(
+                503,
+                "unavailable",
+                f"could not read the wechat-app block {app!r} ({type(exc).__name__}); retry",
+            )
         return lane.block
 
     async def accept(

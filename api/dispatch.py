@@ -68,6 +68,8 @@ RESEND_ROWS = 500
 #: The loop looks for queued rows nobody here sends this often, and whenever a track reopens
 #: (the requests send their own messages; the scan is for holds, restarts and strays).
 RESCAN_SECONDS = 10.0
+#: The most rows one scan reads when every row it found is held or in flight.
+MAX_SCAN_ROWS = 32_000
 #: A held track (not quota, not quiet hours) tries again after this, doubling to the max.
 FIRST_HOLD_SECONDS = 15.0
 MAX_HOLD_SECONDS = 300.0
@@ -618,10 +620,15 @@ class Dispatcher:
         # Rows accepted in the last seconds are their requests' to send; an earlier
         # process's rows are all the loop's.
         cutoff = max(self.started_at, datetime.now(UTC) - timedelta(seconds=2))
-        rows = await self.store.unfinished(RESEND_ROWS, cutoff)
-        for row in rows:
-            if row.id in self._sending:
-                continue
+        limit = RESEND_ROWS
+        while True:
+            rows = await self.store.unfinished(limit, cutoff)
+            sendable = [row for row in rows if not self._skipped(row)]
+            # A page of rows all held (a spent quota) or in flight: look further.
+            if sendable or len(rows) < limit or limit >= MAX_SCAN_ROWS:
+                break
+            limit *= 4
+        for row in sendable:
             if self._left_unsure(row):
                 await self._finish(
                     _result(
@@ -635,9 +642,13 @@ class Dispatcher:
                     )
                 )
                 continue
-            if self.held(row.app, row.kind) is not None:
-                continue
             self.submit(row)
+
+    def _skipped(self, row: StoredMessage) -> bool:
+        """Not the scan's to send: sent here already, or its track is held."""
+        return row.id in self._sending or (
+            self.held(row.app, row.kind) is not None and not self._left_unsure(row)
+        )
 
     def snapshot(self) -> dict[str, Any]:
         """Lane states for /health: no secrets, no tokens."""
