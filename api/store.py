@@ -2,10 +2,11 @@
 once its transaction has committed.
 
 `accept` (a request's messages and its nonce), `claim_nonce` (a signed GET) and `record`
-(WeChat's answers) queue a job and await its future; one task drains the queue into one
-transaction per batch (db/api_messages.py does the SQL), run by a daemon database thread
-(db/thread.py), and settles the futures when it commits. So a 2xx always means committed,
-and a `kill -9` loses nothing that was answered.
+(WeChat's answers) queue a job and await its future; one daemon database thread drains the
+queue into one transaction per batch (db/api_messages.py does the SQL), taking the next
+batch as soon as a transaction commits, and hands the answers back to the event loop once
+it has committed. So a 2xx always means committed, and a `kill -9` loses nothing that was
+answered.
 
 What goes wrong is sorted as the receiver's writer sorts it:
 - a job the database refuses as data (IntegrityError, DataError, ValueError …): the batch
@@ -24,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -37,7 +39,6 @@ from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 from db import api_messages
 from db.api_messages import Accepted, Replayed, Request, Result, StoredMessage
 from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
-from db.thread import DatabaseThread
 
 __all__ = ["Store", "StoreClosed", "StoreUnavailable"]
 
@@ -108,11 +109,12 @@ class Store:
         self.engine = engine
         self.batch_rows = batch_rows
         self.commit_timeout = commit_timeout
-        self._queue: deque[_Job] = deque()
-        self._wake = asyncio.Event()
-        self._db = DatabaseThread("api-store-db")
-        self._task: asyncio.Task[None] | None = None
+        self._queue: deque[_Job] = deque()  # appended by the loop, taken by the thread
+        self._ready = threading.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
         self._closing = False
+        self._gone = False
         self._down_since: float | None = None
         self.transactions = 0
         self.last_error: str | None = None
@@ -120,19 +122,21 @@ class Store:
     # -- life ------------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="api-store")
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._serve, name="api-store-db", daemon=True)
+        self._thread.start()
 
     async def close(self, timeout: float = 5.0) -> None:
         """Write what is queued within `timeout`; fail the rest with StoreClosed."""
         self._closing = True
-        self._wake.set()
-        if self._task is not None:
-            done, _ = await asyncio.wait({self._task}, timeout=timeout)
-            if not done:
-                self._task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await self._task
-        self._db.stop()
+        self._ready.set()
+        thread = self._thread
+        if thread is not None:
+            deadline = time.monotonic() + timeout
+            while thread.is_alive() and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        self._gone = True  # a thread still retrying stops at its next attempt
+        self._ready.set()
         while self._queue:
             job = self._queue.popleft()
             if not job.future.done():
@@ -155,7 +159,7 @@ class Store:
         future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._queue.append(_Job(kind, payload, future))
-        self._wake.set()
+        self._ready.set()
         return future
 
     async def accept(self, request: Request) -> Accepted | Replayed:
@@ -188,16 +192,19 @@ class Store:
     async def unfinished(self, limit: int, before: datetime | None = None) -> list[StoredMessage]:
         return await self.read(lambda conn: api_messages.unfinished(conn, limit, before))
 
-    # -- the writer task -------------------------------------------------------------------
+    # -- the writer thread -----------------------------------------------------------------
+    # One daemon thread takes the queued jobs itself as soon as a transaction commits (no
+    # trip through the event loop between two transactions) and hands the answers back to
+    # the loop in one call per transaction. A daemon, so a statement stuck on a dead
+    # database never keeps the process alive after SIGTERM.
 
-    async def _run(self) -> None:
-        while True:
+    def _serve(self) -> None:
+        while not self._gone:
             if not self._queue:
                 if self._closing:
                     return
-                self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), 1.0)
+                self._ready.wait(1.0)
+                self._ready.clear()
                 continue
             batch: list[_Job] = []
             rows = 0
@@ -205,26 +212,42 @@ class Store:
                 job = self._queue.popleft()
                 batch.append(job)
                 rows += job.size
-            await self._write(batch)
+            self._write(batch)
 
-    async def _write(self, batch: list[_Job]) -> None:
+    def _settle(self, outcomes: list[tuple[_Job, bool, Any]]) -> None:
+        """On the loop: the futures of a written (or failed) part."""
+        for job, ok, value in outcomes:
+            if job.future.done():
+                continue
+            if ok:
+                job.future.set_result(value)
+            else:
+                job.future.set_exception(value)
+
+    def _hand_back(self, outcomes: list[tuple[_Job, bool, Any]]) -> None:
+        if not outcomes or self._loop is None:
+            return
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits
+            self._loop.call_soon_threadsafe(self._settle, outcomes)
+
+    def _write(self, batch: list[_Job]) -> None:
         parts = [batch]
         attempt = 0
-        while parts:
+        while parts and not self._gone:
             part = [job for job in parts[0] if not job.future.done()]
             part = self._expire(part)
             if not part:
                 parts.pop(0)
                 continue
             try:
-                answers = await self._db.run(self._transaction, part)
+                answers = self._transaction(part)
             except Exception as exc:
                 if _about_the_data(exc):
                     self._down_since = None
                     parts.pop(0)
                     if len(part) == 1:
                         log.error("The database refused an API write (%s).", describe(exc))
-                        part[0].future.set_exception(exc)
+                        self._hand_back([(part[0], False, exc)])
                     else:
                         middle = len(part) // 2
                         parts[:0] = [part[:middle], part[middle:]]
@@ -241,14 +264,13 @@ class Store:
                     delay,
                 )
                 attempt += 1
-                await asyncio.sleep(delay)
+                time.sleep(delay)
                 continue
             parts.pop(0)
             self._down_since = None
             self.transactions += 1
-            for job, answer in zip(part, answers, strict=True):
-                if not job.future.done():
-                    job.future.set_result(answer)
+            done = zip(part, answers, strict=True)
+            self._hand_back([(job, True, answer) for job, answer in done])
 
     def _expire(self, part: list[_Job]) -> list[_Job]:
         """Fail the requests' jobs that waited longer than the commit timeout (none is in
@@ -256,16 +278,17 @@ class Store:
         database is back, or the message would be sent again."""
         now = time.monotonic()
         kept = []
+        expired: list[tuple[_Job, bool, Any]] = []
         for job in part:
             if job.kind != "record" and now - job.since > self.commit_timeout:
-                job.future.set_exception(
-                    StoreUnavailable(
-                        f"the database could not be written for {self.commit_timeout:.0f} s"
-                        f" ({self.last_error or 'no answer'})"
-                    )
+                refusal = StoreUnavailable(
+                    f"the database could not be written for {self.commit_timeout:.0f} s"
+                    f" ({self.last_error or 'no answer'})"
                 )
+                expired.append((job, False, refusal))
             else:
                 kept.append(job)
+        self._hand_back(expired)
         return kept
 
     def _transaction(self, part: Sequence[_Job]) -> list[Any]:
