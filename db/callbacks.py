@@ -38,7 +38,7 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, exists, or_, select, update
+from sqlalchemy import Connection, Select, bindparam, exists, or_, select, update
 from sqlalchemy.orm import Session
 
 from db.models import (
@@ -530,20 +530,14 @@ def apply_callbacks(executor: Executor, records: Sequence[CallbackRecord]) -> Ca
     )
 
 
-def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = None) -> int:
-    """Apply stored receipts that found no delivery row or API message when they arrived,
-    now that one carries their msgid; returns how many receipts were matched.
-
-    A receipt can beat the ledger: the send path writes a batch's msgids after the whole
-    batch was answered, and WeChat's receipt may come first (the push API's `record` too).
-    Pass the msgids a write just stored (an index lookup each), or nothing to sweep every
-    unmatched receipt.
-    """
-    connection = _connection(executor)
+@cache
+def _pending_receipts() -> Select[Any]:
+    """Unmatched receipts whose msgid is now in the ledger or api_messages. Built once: the
+    push API asks after every write, and building the clause cost more than running it."""
     e = callback_events
     in_ledger = exists().where(deliveries.c.msgid == e.c.msgid)
     in_api = exists().where(api_messages.c.msgid == e.c.msgid)
-    query = select(
+    return select(
         e.c.id,
         e.c.msgid,
         e.c.receipt_status,
@@ -556,11 +550,30 @@ def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = No
         e.c.receipt_status.is_not(None),
         or_(in_ledger, in_api),
     )
+
+
+@cache
+def _pending_receipts_of() -> Select[Any]:
+    """`_pending_receipts` narrowed to the msgids in the expanding parameter `msgids`."""
+    e = callback_events
+    return _pending_receipts().where(e.c.msgid.in_(bindparam("msgids", expanding=True)))
+
+
+def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = None) -> int:
+    """Apply stored receipts that found no delivery row or API message when they arrived,
+    now that one carries their msgid; returns how many receipts were matched.
+
+    A receipt can beat the ledger: the send path writes a batch's msgids after the whole
+    batch was answered, and WeChat's receipt may come first (the push API's `record` too).
+    Pass the msgids a write just stored (an index lookup each), or nothing to sweep every
+    unmatched receipt.
+    """
+    connection = _connection(executor)
     if msgids is None:
-        found = list(connection.execute(query))
+        found = list(connection.execute(_pending_receipts()))
     else:
         wanted = list(dict.fromkeys(msgids))
-        narrowed = query.where(e.c.msgid.in_(bindparam("msgids", expanding=True)))
+        narrowed = _pending_receipts_of()
         found = []
         for start in range(0, len(wanted), _CHUNK):
             found.extend(connection.execute(narrowed, {"msgids": wanted[start : start + _CHUNK]}))
@@ -573,6 +586,7 @@ def match_pending_receipts(executor: Executor, msgids: Iterable[int] | None = No
     _apply_receipts(
         connection, ((r.msgid, r.receipt_status, r.occurred_at) for r in found), now, known
     )
+    e = callback_events
     mark = update(e).where(e.c.id.in_(bindparam("ids", expanding=True))).values(matched=True)
     ids = [row.id for row in found]
     for start in range(0, len(ids), _CHUNK):
