@@ -37,12 +37,13 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine, func, select
 
 from api.store import Store
 from db.account_limits import BEIJING
 from db.api_messages import Result, StoredMessage
 from db.audience import FrequencyCap, capped_openids
+from db.models import api_messages
 from db.outcomes import DeliveryOutcome, DeliveryStatus
 from sending.breaker import BreakerPolicy
 from sending.message import MessageSpec, RenderedMessage
@@ -227,6 +228,7 @@ class Dispatcher:
         self._finished: OrderedDict[str, Result] = OrderedDict()
         self._loop_task: asyncio.Task[None] | None = None
         self._scanned_at = 0.0
+        self._alerting: set[asyncio.Task[None]] = set()
         # Messages whose first-attempt mark this process wrote (not an earlier process's).
         self._marked: set[str] = set()
         self._wake = asyncio.Event()
@@ -241,6 +243,8 @@ class Dispatcher:
         self._loop_task = asyncio.create_task(self._loop(), name="api-dispatch-loop")
 
     async def close(self) -> None:
+        if self._alerting:  # an alert being counted: let it go out (briefly)
+            await asyncio.wait(list(self._alerting), timeout=2)
         if self._loop_task is not None:
             self._loop_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -550,20 +554,29 @@ class Dispatcher:
         )
         if cause in ("quota", "breaker"):
             track.hold.alerted = True
-            alert = api_held(
-                track.lane.app,
-                track.lane.block.app_id,
-                track.kind,
-                cause,
-                reason,
-                queued=self._queued_estimate(track),
-                resumes_at=datetime.fromtimestamp(until, UTC),
-            )
-            with contextlib.suppress(Exception):
-                self._emit(alert)
+            task = asyncio.create_task(self._alert(track, cause, reason, until))
+            self._alerting.add(task)
+            task.add_done_callback(self._alerting.discard)
 
-    def _queued_estimate(self, track: Track) -> int:
-        return max(1, track.in_flight)
+    async def _alert(self, track: Track, cause: str, reason: str, until: float) -> None:
+        """Emit `wxpush.api.held` with how many of the track's messages wait (an emit that
+        fails is logged by the event itself; it never stops the sending)."""
+        app, kind = track.lane.app, track.kind
+        try:
+            queued = await self.store.read(lambda conn: _queued_of(conn, app, kind))
+        except Exception:
+            queued = max(1, track.in_flight)
+        alert = api_held(
+            app,
+            track.lane.block.app_id,
+            kind,
+            cause,
+            reason,
+            queued=queued,
+            resumes_at=datetime.fromtimestamp(until, UTC),
+        )
+        with contextlib.suppress(Exception):
+            self._emit(alert)
 
     async def _capped(self, lane: Lane, row: StoredMessage) -> bool:
         cap = lane.block.frequency_cap
@@ -670,6 +683,20 @@ class Dispatcher:
                 for kind, track in lane.tracks.items()
             }
         return lanes
+
+
+def _queued_of(connection: Connection, app: str, kind: str) -> int:
+    """Messages of one account and kind waiting to be sent (index (app, created_at))."""
+    query = (
+        select(func.count())
+        .select_from(api_messages)
+        .where(
+            api_messages.c.app == app,
+            api_messages.c.kind == kind,
+            api_messages.c.status == "queued",
+        )
+    )
+    return int(connection.execute(query).scalar_one())
 
 
 def _aware(moment: datetime) -> datetime:

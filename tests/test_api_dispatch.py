@@ -146,9 +146,11 @@ async def test_wechat_failing_holds_the_lane_alerts_and_sends_once_it_reopens(
         hold = await _until(lambda: harness.dispatcher.held(app, "template"))
         assert hold.cause == "breaker"
         assert not future.done()
+        await _until(lambda: harness.alerts)
         (alert,) = harness.alerts
         assert alert.event is WxpushEvent.API_HELD and alert.facts["cause"] == "breaker"
         assert alert.facts["app"] == app and "Push API holding template messages" in alert.message
+        assert alert.facts["queued"] == 1
         assert "campaign resume" not in hold.reason
         await _until(lambda: harness.row(row.id).attempts > 0)  # recorded, still queued
         assert harness.row(row.id).status == "queued"
