@@ -19,7 +19,7 @@ from fastapi import FastAPI
 from pydantic import SecretStr
 from sqlalchemy import Engine
 
-from api.app import ApiConfig, create_app
+from api.app import ApiConfig, LeanRoutes, create_app
 from api.dispatch import Dispatcher
 from api.store import Store
 
@@ -93,9 +93,10 @@ def build_app(engine: Engine, config: ApiConfig | None = None) -> FastAPI:
 
 
 def serve(app: FastAPI, sock: socket.socket) -> None:
-    """Run `app` on the bound `sock` until SIGINT or SIGTERM."""
+    """Run `app` on the bound `sock` until SIGINT or SIGTERM (single messages take the lean
+    route, see api.app.LeanRoutes)."""
     config = uvicorn.Config(
-        app,
+        LeanRoutes(app),
         loop="uvloop",
         http="httptools",
         log_level="warning",
