@@ -35,6 +35,7 @@ from starlette.types import Receive, Scope, Send
 
 from api.dispatch import Dispatcher, answer_of
 from api.models import BatchIn, MessageIn, MessageView, field_errors
+from api.report import DayReport
 from api.signing import NONCE_HEADER, Refusal, SigningKey, nonce_key, verify
 from api.store import Store, StoreClosed, StoreUnavailable
 from db.api_messages import Accepted, NewMessage, StoredMessage, new_message_id
@@ -229,6 +230,9 @@ class Service:
         self.store.start()
         await self.dispatcher.start()
         self._tasks.append(asyncio.create_task(self._every_few_seconds(), name="api-keys"))
+        # The day's counts in the Prefect UI (Artifacts ▸ wxpush-push-api), every minute.
+        report = DayReport(self.engine, self.counts.refused, self.dispatcher.started_at)
+        self._tasks.append(asyncio.create_task(report.run(), name="api-report"))
 
     async def close(self) -> None:
         for task in self._tasks:
