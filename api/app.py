@@ -38,7 +38,7 @@ from api.models import BatchIn, MessageIn, MessageView, field_errors
 from api.report import DayReport
 from api.signing import NONCE_HEADER, Refusal, SigningKey, nonce_key, verify
 from api.store import Store, StoreClosed, StoreUnavailable
-from db.api_messages import Accepted, NewMessage, StoredMessage, new_message_id
+from db.api_messages import Accepted, NewMessage, Result, StoredMessage, new_message_id
 from db.api_messages import Request as StoreRequest
 from db.models import api_messages
 from sending.message import client_msg_id_for
@@ -296,8 +296,9 @@ class Service:
             return self.refuse(Refusal(409, "replayed-nonce"))
         return accepted
 
-    async def settle(self, row: StoredMessage, created: bool, deadline: float) -> dict[str, Any]:
-        """The answer for one accepted message: final if it gets one before `deadline`."""
+    def _start(self, row: StoredMessage, created: bool) -> dict[str, Any] | asyncio.Future[Result]:
+        """An accepted message's answer now (final, or queued on a held track), else the
+        future of its send."""
         if created:
             self.counts.accepted += 1
         else:
@@ -306,7 +307,13 @@ class Service:
             return answer_of(row)
         if self.dispatcher.held(row.app, row.kind) is not None:
             return {"id": row.id, "status": "queued"}
-        future = self.dispatcher.submit(row)
+        return self.dispatcher.submit(row)
+
+    async def settle(self, row: StoredMessage, created: bool, deadline: float) -> dict[str, Any]:
+        """The answer for one accepted message: final if it gets one before `deadline`."""
+        future = self._start(row, created)
+        if isinstance(future, dict):
+            return future
         left = deadline - time.monotonic()
         if left <= 0 and not future.done():
             return {"id": row.id, "status": "queued"}
@@ -316,6 +323,29 @@ class Service:
         except TimeoutError:
             return {"id": row.id, "status": "queued"}
         return answer_of(result)
+
+    async def settle_many(
+        self, rows: list[tuple[StoredMessage, bool]], deadline: float
+    ) -> list[dict[str, Any]]:
+        """`settle` for a batch's messages, with one wait for all of them (not a timeout
+        and a shield per message): the answers in the rows' order."""
+        answers: list[dict[str, Any]] = []
+        waiting: dict[int, asyncio.Future[Result]] = {}
+        for index, (row, created) in enumerate(rows):
+            started = self._start(row, created)
+            if isinstance(started, dict):
+                answers.append(started)
+            else:
+                answers.append({"id": row.id, "status": "queued"})
+                waiting[index] = started
+        pending = [future for future in waiting.values() if not future.done()]
+        left = deadline - time.monotonic()
+        if pending and left > 0:
+            await asyncio.wait(pending, timeout=left)  # never cancels the sends
+        for index, future in waiting.items():
+            if future.done() and not future.cancelled() and future.exception() is None:
+                answers[index] = answer_of(future.result())
+        return answers
 
 
 def _queued(connection: Any) -> int:
@@ -473,14 +503,19 @@ def create_app(
         accepted = await service.accept(key, call, news)
         if isinstance(accepted, JSONResponse):
             return accepted
-        jobs: list[Awaitable[dict[str, Any]]] = []
+        rejected: dict[int, dict[str, Any]] = {}
+        settled: list[tuple[StoredMessage, bool]] = []
         for index, ((row, created), new) in enumerate(zip(accepted.messages, news, strict=True)):
             if not created and row.request_hash != new.request_hash:
                 service.counts.refused["idempotency-conflict"] += 1
-                jobs.append(_rejected(index, row.id))
+                rejected[index] = _rejected(index, row.id)
             else:
-                jobs.append(service.settle(row, created, deadline))
-        results = await asyncio.gather(*jobs)
+                settled.append((row, created))
+        answers = iter(await service.settle_many(settled, deadline))
+        results = [
+            rejected[index] if index in rejected else next(answers)
+            for index in range(len(accepted.messages))
+        ]
         queued = any(result["status"] == "queued" for result in results)
         return JSONResponse({"results": results}, status_code=202 if queued else 200)
 
@@ -509,7 +544,7 @@ def create_app(
     return app
 
 
-async def _rejected(index: int, message_id: str) -> dict[str, Any]:
+def _rejected(index: int, message_id: str) -> dict[str, Any]:
     return {
         "id": message_id,
         "status": "rejected",
