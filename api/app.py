@@ -243,12 +243,15 @@ class Service:
         await self.store.close()
 
     async def _every_few_seconds(self) -> None:
-        """Keys (so a revoke counts within seconds) and the queue depth for /health."""
+        """Keys (so a revoke counts within seconds), the queue depth for /health, and the
+        request nonces older than two signing windows."""
         while True:
             await asyncio.sleep(self.config.key_reload_seconds)
             await self.keys.reload()
             with contextlib.suppress(Exception):
                 self.queue_depth = await self.store.read(_queued)
+            with contextlib.suppress(Exception):  # the next turn tries again
+                await self.store.forget_replay_keys()
 
     # -- the steps every /v1 request takes ----------------------------------------------------
 

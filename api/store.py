@@ -30,15 +30,18 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
+from api.signing import WINDOW_SECONDS
 from db import api_messages
 from db.api_messages import Accepted, Replayed, Request, Result, StoredMessage
 from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
+from db.nonces import forget_before
+from db.types import utcnow
 
 __all__ = ["Store", "StoreClosed", "StoreUnavailable"]
 
@@ -174,6 +177,18 @@ class Store:
         """Store WeChat's answers; returns once committed."""
         if results:
             await self._put("record", list(results))
+
+    async def forget_replay_keys(self, limit: int = 2_000) -> int:
+        """Delete up to `limit` request nonces older than two signing windows (db/nonces.py:
+        past them a replay is refused by its timestamp); how many went. Its own short
+        transaction, outside the group commit: nothing waits on it."""
+        cutoff = utcnow() - timedelta(seconds=2 * WINDOW_SECONDS)
+
+        def run() -> int:
+            with self.engine.begin() as connection:
+                return forget_before(connection, cutoff, limit)
+
+        return await asyncio.to_thread(run)
 
     # -- reads -----------------------------------------------------------------------------
 

@@ -15,7 +15,10 @@ A captured push replayed within the timestamp window carries a valid signature; 
   Keys are inserted in sorted order, so two batches never wait on each other in a cycle.
 - `forget_before` deletes rows older than a cutoff, a bounded number at a time; the
   receivers call it every second or so with a cutoff two timestamp windows back, beyond
-  which the timestamp check refuses a replay by itself.
+  which the timestamp check refuses a replay by itself, and so does the push API (api/),
+  whose request nonces live here too. Whoever calls it, no key younger than
+  MIN_RETENTION_SECONDS goes: a receiver configured with a short window must not forget
+  the API's keys (two of its 300 s windows) early.
 
 The key is the SHA-256 of "app_id, timestamp, nonce" in hex (64 characters, the column's
 width): unkeyed, so every process computes the same one.
@@ -25,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
@@ -35,6 +38,8 @@ from db.types import sqlite_text, utcnow
 Executor = Connection | Session
 
 _CHUNK = 500  # keys per multi-row SQLite statement
+#: Keys are kept at least this long, whoever prunes: two of the push API's 300 s windows.
+MIN_RETENTION_SECONDS = 600
 
 _PG_CLAIM = (
     "INSERT INTO callback_nonces (key, seen_at) "
@@ -88,7 +93,9 @@ def claim(executor: Executor, keys: Iterable[str], now: datetime | None = None) 
 
 def forget_before(executor: Executor, cutoff: datetime, limit: int) -> int:
     """Delete at most `limit` keys seen before `cutoff`; returns how many went. On
-    PostgreSQL rows another receiver is deleting are skipped, not waited for."""
+    PostgreSQL rows another receiver is deleting are skipped, not waited for. A cutoff
+    later than MIN_RETENTION_SECONDS ago is moved back to it."""
+    cutoff = min(cutoff, utcnow() - timedelta(seconds=MIN_RETENTION_SECONDS))
     connection = _connection(executor)
     if connection.dialect.name == "postgresql":
         result = connection.exec_driver_sql(_PG_FORGET, (cutoff, limit))

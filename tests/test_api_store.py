@@ -5,16 +5,18 @@ with StoreUnavailable after the commit timeout (a 503), never a hang."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, select
 from sqlalchemy.pool import NullPool
 
 from api.store import Store, StoreUnavailable
 from db import api_messages
 from db.api_messages import Accepted, NewMessage, Replayed, Request, Result
 from db.engine import make_engine
+from db.models import callback_nonces
+from db.nonces import claim
 from processes import pick_port
 from tests.fixtures.database import sqlite_only
 
@@ -74,3 +76,16 @@ async def test_an_unreachable_database_is_503_after_the_commit_timeout() -> None
     finally:
         await store.close()
         engine.dispose()
+
+
+async def test_request_nonces_older_than_two_windows_are_forgotten(db_engine: Engine) -> None:
+    """A nonce is kept 600 s (a replay within the ±300 s timestamp window is refused by it),
+    then deleted by the API itself, even when no receiver runs to prune the table."""
+    now = datetime.now(UTC)
+    with db_engine.begin() as conn:
+        claim(conn, ["recent"], now=now - timedelta(seconds=590))
+        claim(conn, ["old-1", "old-2"], now=now - timedelta(seconds=700))
+    store = Store(db_engine)
+    assert await store.forget_replay_keys() == 2
+    with db_engine.connect() as conn:
+        assert list(conn.execute(select(callback_nonces.c.key)).scalars()) == ["recent"]

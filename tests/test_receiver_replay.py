@@ -102,6 +102,19 @@ def test_old_keys_are_deleted_in_bounded_chunks(db_engine: Engine) -> None:
         assert list(conn.execute(select(callback_nonces.c.key)).scalars()) == ["recent"]
 
 
+def test_no_key_goes_before_the_push_apis_two_windows(db_engine: Engine) -> None:
+    """A receiver with a 60 s window asks for keys older than 120 s; the push API's nonces
+    (kept here too) must live 600 s, so only the key older than that goes."""
+    now = datetime.now(UTC)
+    with db_engine.begin() as conn:
+        claim(conn, ["api-nonce"], now=now - timedelta(seconds=300))
+        claim(conn, ["ancient"], now=now - timedelta(seconds=700))
+    with db_engine.begin() as conn:
+        assert forget_before(conn, now - timedelta(seconds=120), limit=10) == 1
+    with db_engine.connect() as conn:
+        assert list(conn.execute(select(callback_nonces.c.key)).scalars()) == ["api-nonce"]
+
+
 # -- two receivers on one database --------------------------------------------------------------
 
 
