@@ -34,12 +34,11 @@ from datetime import datetime, timedelta
 from typing import Any, Literal, TypeVar
 
 from sqlalchemy import Connection, Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from api.signing import WINDOW_SECONDS
 from db import api_messages
 from db.api_messages import Accepted, Replayed, Request, Result, StoredMessage
-from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
+from db.errors import about_the_data, describe
 from db.nonces import forget_before
 from db.types import utcnow
 
@@ -77,21 +76,6 @@ class _Job:
         if self.kind == "record":
             return max(1, len(self.payload))
         return 1
-
-
-def _about_the_data(exc: BaseException) -> bool:
-    """True when `exc` says this data cannot be stored (retrying cannot help)."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
-        exc = exc.orig or exc
-    return isinstance(exc, ValueError | TypeError | ArithmeticError)
-
-
-def describe(exc: BaseException) -> str:
-    """A short, value-free description (SQLAlchemy's text carries the SQL's parameters)."""
-    text = error_name(exc)
-    return f"{text}: {MISSING_TABLE_HINT}" if is_missing_table(exc) else text
 
 
 def _retrieve(future: asyncio.Future[Any]) -> None:
@@ -257,7 +241,7 @@ class Store:
             try:
                 answers = self._transaction(part)
             except Exception as exc:
-                if _about_the_data(exc):
+                if about_the_data(exc):
                     self._down_since = None
                     parts.pop(0)
                     if len(part) == 1:

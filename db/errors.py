@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from sqlalchemy.exc import StatementError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 MISSING_TABLE_HINT = "a table is missing; run `wxpush db upgrade`"
 
@@ -50,3 +50,21 @@ def error_name(exc: BaseException) -> str:
 def is_missing_table(exc: BaseException) -> bool:
     """Whether the database says a table does not exist (an unmigrated database)."""
     return error_code(exc) == "42P01" or str(driver_error(exc)).startswith("no such table")
+
+
+def about_the_data(exc: BaseException) -> bool:
+    """True when `exc` says this data cannot be stored (retrying cannot help); False when it
+    says the database cannot store anything right now (retry, and report unhealthy). The
+    receiver's and the push API's group commits split a batch on the first kind."""
+    if isinstance(exc, DataError | IntegrityError):
+        return True
+    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
+        exc = exc.orig or exc  # a driver's own TypeError / OverflowError, wrapped
+    return isinstance(exc, ValueError | TypeError | ArithmeticError)
+
+
+def describe(exc: BaseException) -> str:
+    """A short, value-free description for /health and logs (SQLAlchemy's message carries
+    the SQL and parameters), with what to do when the schema is missing."""
+    text = error_name(exc)
+    return f"{text}: {MISSING_TABLE_HINT}" if is_missing_table(exc) else text

@@ -46,7 +46,6 @@ from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, StatementError
 
 from db.callbacks import (
     RECEIPT,
@@ -55,7 +54,7 @@ from db.callbacks import (
     apply_callbacks,
     match_pending_receipts,
 )
-from db.errors import MISSING_TABLE_HINT, error_name, is_missing_table
+from db.errors import about_the_data, describe
 from db.nonces import claim, forget_before
 from db.thread import DatabaseThread
 from db.types import utcnow
@@ -121,23 +120,6 @@ class _Pending:
     future: asyncio.Future[None]
     since: float
     replay_key: str | None = None
-
-
-def about_the_record(exc: BaseException) -> bool:
-    """True when `exc` says this data cannot be stored (retrying cannot help); False when it
-    says the database cannot store anything right now (retry, and report unhealthy)."""
-    if isinstance(exc, DataError | IntegrityError):
-        return True
-    if isinstance(exc, StatementError) and not isinstance(exc, DBAPIError):
-        exc = exc.orig or exc  # a driver's own TypeError / OverflowError, wrapped
-    return isinstance(exc, ValueError | TypeError | ArithmeticError)
-
-
-def describe(exc: BaseException) -> str:
-    """A short, value-free description for /health and logs (SQLAlchemy's message carries
-    the SQL and parameters), with what to do when the schema is missing."""
-    text = error_name(exc)
-    return f"{text}: {MISSING_TABLE_HINT}" if is_missing_table(exc) else text
 
 
 def _retrieve(future: asyncio.Future[None]) -> None:
@@ -300,7 +282,7 @@ class BatchWriter:
             try:
                 counts, replayed = await self._db.run(self._transaction, part)
             except Exception as exc:
-                if about_the_record(exc):
+                if about_the_data(exc):
                     self._down_since = None  # it judged the data: the database is there
                     parts.pop(0)
                     if len(part) == 1:
