@@ -10,6 +10,7 @@ build a TLS context each time, on the event loop.
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 from contextlib import AsyncExitStack
 from typing import Any
@@ -104,4 +105,9 @@ def serve(app: FastAPI, sock: socket.socket) -> None:
         server_header=False,
         timeout_graceful_shutdown=5,
     )
+    # Everything imported so far (Prefect, pydantic, SQLAlchemy, FastAPI: ~200,000 objects)
+    # lives as long as the process: frozen, the collector's passes no longer walk it. Under
+    # load those passes were the API's p99 (bench.api single: p99 ~230 -> ~90 ms).
+    gc.collect()
+    gc.freeze()
     uvicorn.Server(config).run(sockets=[sock])
