@@ -1,9 +1,10 @@
 """One daemon thread that runs blocking database calls one at a time, for an event loop.
 
-The receiver's group commit (receiver/writer.py) and the push API's (api/store.py) both
-write through one: a call returns a future of the running loop, settled when the call
-returns. A daemon thread, not asyncio's pool, whose threads the interpreter joins at exit:
-a statement stuck on a dead database must not keep the process alive after SIGTERM.
+The receiver's group commit (receiver/writer.py) writes through one: a call returns a
+future of the running loop, settled when the call returns. (The push API's writer,
+api/store.py, runs its own daemon thread that takes batches itself.) A daemon thread, not
+asyncio's pool, whose threads the interpreter joins at exit: a statement stuck on a dead
+database must not keep the process alive after SIGTERM.
 """
 
 from __future__ import annotations
