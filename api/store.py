@@ -270,6 +270,9 @@ class Store:
             self.transactions += 1
             done = zip(part, answers, strict=True)
             self._hand_back([(job, True, answer) for job, answer in done])
+        # Given up at shutdown (between two attempts: nothing of it is in flight).
+        closed = StoreClosed("the API is shutting down")
+        self._hand_back([(job, False, closed) for part in parts for job in part])
 
     def _expire(self, part: list[_Job]) -> list[_Job]:
         """Fail the requests' jobs that waited longer than the commit timeout (none is in
