@@ -175,9 +175,16 @@ def test_two_processes_on_one_url_store_every_push_once_and_refuse_replays(
     one_url: ReceiverProcess, db_engine: Engine
 ) -> None:
     assert "2 processes" in one_url.output()
-    serving = _serving(one_url)
+    # uvicorn's supervisor replaces a process that misses its health ping (seen once on the
+    # suite's loaded machine: a new pid between the two reads), so read both again on a
+    # mismatch; two processes must answer either way.
+    for _ in range(3):
+        serving = _serving(one_url)
+        answering = _pids_answering(one_url.base)
+        if answering == serving:
+            break
     assert len(serving) == 2
-    assert _pids_answering(one_url.base) == serving, "both processes answer on the one port"
+    assert answering == serving, "both processes answer on the one port"
 
     pushes = _messages(2000)
     answers = _send(one_url.base, pushes, 32)
